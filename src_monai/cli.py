@@ -1,0 +1,57 @@
+"""The ``lasc`` command: one entry point, a subcommand per job.
+
+Each subcommand lives in its module (``add_arguments`` + ``run``) and also runs as
+``python -m src_monai.<module>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from . import __version__, prepare
+from .cli_support import (
+    LascArgumentParser,
+    add_common_arguments,
+    configure_logging,
+    report_errors,
+)
+
+SUBCOMMANDS = {
+    "prepare": (
+        prepare,
+        "turn a NIfTI dataset into a slice cache or the earlier tool's PNG "
+        "dataset, with statistics",
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = LascArgumentParser(
+        prog="lasc",
+        description="Left-atrium segmentation of 3D cardiac MRI (napari-lasc).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_common_arguments(parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, summary) in SUBCOMMANDS.items():
+        sub = commands.add_parser(
+            name,
+            help=summary,
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(sub)
+        add_common_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    return report_errors(args.verbose, lambda: args.run(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

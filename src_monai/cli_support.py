@@ -1,0 +1,135 @@
+"""What every ``lasc`` entry point shares: logging set-up, progress bars, error reporting.
+
+Errors caused by input (:class:`~src_monai.errors.LascError`) become one ``error:`` line on
+stderr and exit code 2; anything else is reported as an internal error with exit code 1.
+``--verbose`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from .errors import LascError
+from .progress import Job
+
+T = TypeVar("T")
+
+EXIT_INPUT_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+class LascArgumentParser(argparse.ArgumentParser):
+    """argparse with usage errors reported like every other error: one ``error:`` line."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_INPUT_ERROR, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def argument_type(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """Let a parser that raises :class:`LascError` serve as an argparse ``type``."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except LascError as exc:
+            raise argparse.ArgumentTypeError(exc.problem) from exc
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+class _LevelFormatter(logging.Formatter):
+    """Info lines as plain text, warnings and errors prefixed ``warning:``/``error:``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {message}"
+        return message
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log details and show tracebacks of errors"
+    )
+
+
+def configure_logging(verbose: bool) -> None:
+    """Log to stderr; show Python warnings (orientation unknown, ...) as one-line warnings."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LevelFormatter("%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("src_monai").setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.captureWarnings(True)
+    warnings.formatwarning = lambda message, category, *_args, **_kw: (
+        f"{message} [{category.__name__}]"
+    )
+
+
+def drive(job: Job[T], description: str) -> T:
+    """Run a job to its end with a tqdm progress bar on stderr."""
+    from tqdm import tqdm
+
+    with tqdm(
+        desc=description, unit="case", file=sys.stderr, dynamic_ncols=True, disable=None
+    ) as bar:
+        while True:
+            try:
+                progress = next(job)
+            except StopIteration as stop:
+                return stop.value
+            bar.total = progress.total
+            bar.set_postfix_str(progress.message)
+            bar.update(progress.done - bar.n)
+
+
+def report_errors(verbose: bool, run: Callable[[], int]) -> int:
+    """Call ``run`` and turn exceptions into one-line messages and exit codes."""
+    try:
+        return run()
+    except LascError as exc:
+        if verbose:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if verbose:
+            traceback.print_exc()
+        first_line = (str(exc).splitlines() or [""])[0]
+        print(
+            f"error: internal error: {type(exc).__name__}: {first_line} "
+            "(run again with --verbose for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL_ERROR
+
+
+def module_main(
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int],
+    *,
+    prog: str,
+    description: str | None,
+    argv: Sequence[str] | None = None,
+) -> int:
+    """Entry point of ``python -m src_monai.<module>``: the same options as ``lasc <module>``."""
+    parser = LascArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(parser)
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    return report_errors(args.verbose, lambda: run(args))

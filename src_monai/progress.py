@@ -1,0 +1,34 @@
+"""Progress reports of long jobs.
+
+Long work is a generator that yields :class:`Progress` and returns its result; the CLI drives
+it with a tqdm bar, napari with a ``thread_worker``, tests by exhausting it. One code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """``done`` of ``total`` steps finished; ``message`` says what was just done."""
+
+    message: str
+    done: int
+    total: int
+
+
+Job = Generator[Progress, None, T]
+
+
+def run_to_end(job: Job[T]) -> T:
+    """Exhaust a job without reporting progress and return its result."""
+    while True:
+        try:
+            next(job)
+        except StopIteration as stop:
+            return stop.value

@@ -1,0 +1,508 @@
+"""Read and write 3D scans and label volumes with their exact geometry.
+
+Arrays keep the file's voxel index order ``(i, j, k)`` (nibabel's convention; for the LASC'13
+data that is x, y and the slice axis). ``ScanGeometry.affine`` maps voxel indices to RAS+
+world millimetres for every format, so a NIfTI scan and an NRRD label of the same space
+compare equal.
+
+NIfTI goes through nibabel; NRRD (``.nrrd``/``.nhdr``) and MetaImage (``.mha``/``.mhd``)
+through SimpleITK, whose LPS geometry is converted to RAS.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import nibabel as nib
+import numpy as np
+
+from .errors import (
+    BadAffineError,
+    CorruptScanError,
+    LabelValueError,
+    NonFiniteVoxelsError,
+    NotAScanError,
+    OrientationUnknownWarning,
+    PairMismatchError,
+    ScanReadError,
+    ScanShapeError,
+    TruncatedScanError,
+)
+from .fileutil import atomic_destination
+
+logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+SCAN_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+# Detached-header formats (.nhdr, .mhd) are read but not written: their data file is named
+# inside the header, which the write-then-rename of an atomic write would leave dangling.
+WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+# ITK works in LPS, NIfTI and this package in RAS: flip the first two world axes.
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+# World positions closer than this (mm) count as the same place when pairing volumes.
+GEOMETRY_TOLERANCE_MM = 1e-3
+
+SourceFormat = Literal["nifti", "nrrd", "metaimage"]
+
+
+def scan_suffix(path: str | Path) -> str | None:
+    """The supported suffix ``path`` ends with (case-insensitive), or ``None``."""
+    name = Path(path).name.lower()
+    return next((suffix for suffix in SCAN_SUFFIXES if name.endswith(suffix)), None)
+
+
+def case_id_from_path(path: str | Path) -> str:
+    """File name without its scan suffix: ``imagesTr/la_003.nii.gz`` -> ``la_003``."""
+    name = Path(path).name
+    suffix = scan_suffix(name)
+    return name[: -len(suffix)] if suffix else Path(name).stem
+
+
+@dataclass(frozen=True, eq=False)
+class ScanGeometry:
+    """Where a volume's voxels lie in the world, and how the file stored them.
+
+    Attributes
+    ----------
+    affine
+        4x4 voxel-index -> RAS+ millimetre transform.
+    shape
+        The three spatial dimensions.
+    spacing
+        Voxel size in mm along the three array axes.
+    dtype
+        Data type of the voxels as stored in the file.
+    source_format
+        ``"nifti"``, ``"nrrd"`` or ``"metaimage"``.
+    orientation_known
+        False when a NIfTI file had neither qform nor sform, so the affine is nibabel's
+        fall-back built from the voxel sizes alone.
+    nifti_header
+        The source NIfTI header, kept so that written labels carry the same qform/sform
+        codes, units and zooms.
+    """
+
+    affine: np.ndarray
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    dtype: str
+    source_format: SourceFormat
+    orientation_known: bool = True
+    nifti_header: nib.Nifti1Header | None = field(default=None, repr=False)
+
+    @property
+    def axcodes(self) -> tuple[str, str, str]:
+        """Anatomical direction each array axis points to, e.g. ``('R', 'A', 'S')``."""
+        return tuple(nib.aff2axcodes(self.affine))  # type: ignore[return-value]
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel in millilitres."""
+        return float(np.prod(self.spacing)) / 1000.0
+
+    def same_space(self, other: ScanGeometry, tolerance_mm: float = GEOMETRY_TOLERANCE_MM) -> bool:
+        """True when both volumes have the same shape and voxel-to-world transform."""
+        return self.shape == other.shape and bool(
+            np.allclose(self.affine, other.affine, rtol=0.0, atol=tolerance_mm)
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Scan:
+    """A 3D volume read from ``path``: voxel array in file index order plus geometry."""
+
+    array: np.ndarray
+    geometry: ScanGeometry
+    path: Path
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_geometry(path: str | Path) -> ScanGeometry:
+    """Read only the header of a scan: cheap, for pairing and dataset discovery."""
+    path = _existing_file(path)
+    if scan_suffix(path) in NIFTI_SUFFIXES:
+        try:
+            image = nib.load(path)
+        except Exception as exc:
+            raise NotAScanError(path, f"not a readable NIfTI header ({_one_line(exc)})") from exc
+        return _nifti_geometry(image, path, warn=False)
+    reader = _itk_reader(path)
+    return _itk_geometry(reader, path)
+
+
+def read_scan(path: str | Path) -> Scan:
+    """Read a 3D scalar volume with its geometry.
+
+    Raises a :class:`~src_monai.errors.ScanReadError` subclass, whose message names the file
+    and the problem, for anything that is not one finite 3D volume with a usable affine.
+    A 4D file with a single volume is accepted. A NIfTI file without qform and sform is
+    read with a :class:`~src_monai.errors.OrientationUnknownWarning`.
+    """
+    path = _existing_file(path)
+    if scan_suffix(path) in NIFTI_SUFFIXES:
+        array, geometry = _read_nifti(path)
+    else:
+        array, geometry = _read_itk(path)
+    if array.dtype.kind in "f" and not np.isfinite(array).all():
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        raise NonFiniteVoxelsError(path, f"{bad} voxels are NaN or infinite")
+    return Scan(array=array, geometry=geometry, path=path)
+
+
+def read_labels(path: str | Path, num_classes: int = 2) -> Scan:
+    """Read a label volume as ``uint8`` classes ``0 .. num_classes - 1``.
+
+    A binary mask stored as {0, 255} (the 2018 Atrial Segmentation Challenge's ``laendo.nrrd``)
+    is mapped to {0, 1}. Fractional values or values outside the classes raise
+    :class:`~src_monai.errors.LabelValueError`.
+    """
+    if not 2 <= num_classes <= 255:
+        raise ValueError(f"num_classes must be in 2..255, got {num_classes}")
+    scan = read_scan(path)
+    labels = as_label_array(scan.array, num_classes, source=scan.path)
+    return Scan(array=labels, geometry=scan.geometry, path=scan.path)
+
+
+def as_label_array(
+    array: np.ndarray, num_classes: int, source: str | Path | None = None
+) -> np.ndarray:
+    """Check that ``array`` holds class indices and return it as ``uint8``."""
+    if array.dtype.kind == "b":
+        return array.astype(np.uint8)
+    if array.dtype.kind not in "iuf":
+        raise LabelValueError(source, f"label voxels of type {array.dtype} are not class numbers")
+    if array.dtype.kind == "f":
+        fractional = array != np.round(array)
+        if fractional.any():
+            example = float(array[fractional].flat[0])
+            raise LabelValueError(
+                source, f"non-integer label values (e.g. {example:g}): labels must be class numbers"
+            )
+    low, high = array.min(), array.max()
+    if low >= 0 and high < num_classes:
+        return array.astype(np.uint8, copy=False)
+    values = np.unique(array)
+    if np.array_equal(values, [0, 255]) or np.array_equal(values, [255]):
+        logger.info("%s: binary mask stored as {0, 255}; reading 255 as class 1", source)
+        return (array == 255).astype(np.uint8)
+    outside = [v.item() for v in values if not 0 <= v < num_classes]
+    shown = ", ".join(f"{v:g}" for v in outside[:5]) + (", ..." if len(outside) > 5 else "")
+    raise LabelValueError(
+        source, f"label values {shown} are outside the classes 0..{num_classes - 1}"
+    )
+
+
+def check_pair(
+    image: ScanGeometry, label: ScanGeometry, image_path: str | Path, label_path: str | Path
+) -> None:
+    """Raise :class:`PairMismatchError` unless image and label lie in the same voxel space."""
+    pair = f"{image_path} / {Path(label_path).name}"
+    if image.shape != label.shape:
+        raise PairMismatchError(
+            pair, f"image shape {_shape_str(image.shape)} != label shape {_shape_str(label.shape)}"
+        )
+    if not image.same_space(label):
+        offset = float(np.abs(image.affine - label.affine).max())
+        raise PairMismatchError(
+            pair, f"image and label affines differ (by up to {offset:.4g} mm): not the same space"
+        )
+
+
+def _existing_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise ScanReadError(path, "file not found")
+    if not path.is_file():
+        raise ScanReadError(path, "is a folder, not a scan file")
+    if scan_suffix(path) is None:
+        raise NotAScanError(
+            path, f"unsupported file type (expected one of {', '.join(SCAN_SUFFIXES)})"
+        )
+    if path.stat().st_size == 0:
+        raise NotAScanError(path, "empty file")
+    return path
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, ScanGeometry]:
+    raw = path.read_bytes()
+    if path.name.lower().endswith(".gz"):
+        raw = _gunzip_verified(raw, path)
+    image = _nifti_from_bytes(raw, path)
+    geometry = _nifti_geometry(image, path, warn=True)
+    header = image.header
+    if header.get_data_dtype().names is not None:
+        raise ScanShapeError(path, "RGB/vector voxels: a scalar (greyscale) volume is needed")
+    expected = (
+        int(header.get_data_offset())
+        + int(np.prod(header.get_data_shape(), dtype=np.int64)) * header.get_data_dtype().itemsize
+    )
+    if len(raw) < expected:
+        raise TruncatedScanError(
+            path, f"truncated: header declares {expected} bytes, file holds {len(raw)}"
+        )
+    try:
+        array = np.asanyarray(image.dataobj)
+    except Exception as exc:
+        raise TruncatedScanError(path, f"voxel data unreadable ({_one_line(exc)})") from exc
+    return _squeeze_to_3d(array, path), geometry
+
+
+def _gunzip_verified(raw: bytes, path: Path) -> bytes:
+    # nibabel stops reading a gzip stream once it has the voxels it wants, before the CRC,
+    # so a damaged stream can give wrong voxels silently. Decompressing the whole stream
+    # here checks every member's CRC and length.
+    if not raw.startswith(b"\x1f\x8b"):
+        raise NotAScanError(path, "not a gzip file, so not a .nii.gz")
+    try:
+        return gzip.decompress(raw)
+    except EOFError as exc:
+        raise TruncatedScanError(path, "truncated: the gzip stream ends early") from exc
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        raise CorruptScanError(path, f"corrupted gzip stream ({_one_line(exc)})") from exc
+
+
+def _nifti_from_bytes(raw: bytes, path: Path) -> nib.Nifti1Image:
+    if len(raw) < 348:
+        raise NotAScanError(path, "not a NIfTI file (shorter than a NIfTI header)")
+    sizeof_hdr = {struct.unpack("<i", raw[:4])[0], struct.unpack(">i", raw[:4])[0]}
+    if 348 in sizeof_hdr:
+        image_class = nib.Nifti1Image
+    elif 540 in sizeof_hdr:
+        image_class = nib.Nifti2Image
+    else:
+        raise NotAScanError(path, "not a NIfTI file (bad header size field)")
+    try:
+        return image_class.from_bytes(raw)
+    except Exception as exc:
+        raise NotAScanError(path, f"not a readable NIfTI header ({_one_line(exc)})") from exc
+
+
+def _nifti_geometry(image: nib.Nifti1Image, path: Path, *, warn: bool) -> ScanGeometry:
+    header = image.header
+    shape = _spatial_shape(tuple(int(n) for n in header.get_data_shape()), path)
+    _, qform_code = header.get_qform(coded=True)
+    _, sform_code = header.get_sform(coded=True)
+    orientation_known = bool(qform_code) or bool(sform_code)
+    if not orientation_known and warn:
+        warnings.warn(
+            f"{path}: NIfTI header has neither qform nor sform; orientation unknown, "
+            "assuming the voxel sizes alone",
+            OrientationUnknownWarning,
+            stacklevel=3,
+        )
+    affine = np.asarray(image.affine, dtype=np.float64)
+    _check_affine(affine, path)
+    spacing = tuple(float(z) for z in header.get_zooms()[:3])
+    return ScanGeometry(
+        affine=affine,
+        shape=shape,
+        spacing=spacing,  # type: ignore[arg-type]
+        dtype=str(header.get_data_dtype()),
+        source_format="nifti",
+        orientation_known=orientation_known,
+        nifti_header=header.copy(),
+    )
+
+
+def _itk_reader(path: Path):
+    import SimpleITK as sitk  # imported here: NIfTI-only users never pay for it
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise NotAScanError(path, f"not a readable image header ({_itk_message(exc)})") from exc
+    return reader
+
+
+def _itk_geometry(reader, path: Path) -> ScanGeometry:
+    if reader.GetNumberOfComponents() != 1:
+        raise ScanShapeError(
+            path,
+            f"{reader.GetNumberOfComponents()} components per voxel: a scalar volume is needed",
+        )
+    dimension = reader.GetDimension()
+    shape = _spatial_shape(tuple(int(n) for n in reader.GetSize()), path)
+    spacing = np.array(reader.GetSpacing()[:3], dtype=np.float64)
+    direction = np.array(reader.GetDirection(), dtype=np.float64).reshape(dimension, dimension)
+    origin = np.array(reader.GetOrigin()[:3], dtype=np.float64)
+    affine = np.eye(4)
+    affine[:3, :3] = _LPS_TO_RAS @ direction[:3, :3] @ np.diag(spacing)
+    affine[:3, 3] = _LPS_TO_RAS @ origin
+    _check_affine(affine, path)
+    suffix = scan_suffix(path)
+    return ScanGeometry(
+        affine=affine,
+        shape=shape,
+        spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
+        dtype=str(np.dtype(_itk_numpy_dtype(reader))),
+        source_format="nrrd" if suffix in (".nrrd", ".nhdr") else "metaimage",
+    )
+
+
+def _itk_numpy_dtype(reader) -> np.dtype:
+    import SimpleITK as sitk
+
+    # GetPixelIDTypeAsString gives e.g. "16-bit signed integer"; map through a 1-voxel image.
+    probe = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID())
+    return sitk.GetArrayViewFromImage(probe).dtype
+
+
+def _read_itk(path: Path) -> tuple[np.ndarray, ScanGeometry]:
+    import SimpleITK as sitk
+
+    reader = _itk_reader(path)
+    geometry = _itk_geometry(reader, path)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise CorruptScanError(path, f"voxel data unreadable ({_itk_message(exc)})") from exc
+    # SimpleITK arrays are indexed (k, j, i); reverse to the file's (i, j, k) order.
+    array = sitk.GetArrayFromImage(image)
+    array = np.ascontiguousarray(array.transpose(tuple(range(array.ndim))[::-1]))
+    return _squeeze_to_3d(array, path), geometry
+
+
+def _spatial_shape(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
+    """The three spatial dimensions, after rejecting 2D and multi-volume files."""
+    extra = shape[3:]
+    if len(shape) < 3 or min(shape[:3]) <= 1:
+        raise ScanShapeError(path, f"2D image (shape {_shape_str(shape)}): a 3D volume is needed")
+    if any(n > 1 for n in extra):
+        count = int(np.prod(extra))
+        raise ScanShapeError(
+            path, f"4D file with {count} volumes (shape {_shape_str(shape)}): give one 3D volume"
+        )
+    return shape[0], shape[1], shape[2]
+
+
+def _squeeze_to_3d(array: np.ndarray, path: Path) -> np.ndarray:
+    _spatial_shape(array.shape, path)
+    return array.reshape(array.shape[:3])
+
+
+def _check_affine(affine: np.ndarray, path: Path) -> None:
+    if not np.isfinite(affine).all():
+        raise BadAffineError(path, "voxel-to-world affine holds NaN or infinite values")
+    linear = affine[:3, :3]
+    scale = float(np.abs(linear).max())
+    if scale == 0.0:
+        raise BadAffineError(path, "voxel-to-world affine is zero (no voxel size or orientation)")
+    if abs(np.linalg.det(linear)) <= 1e-9 * scale**3:
+        raise BadAffineError(path, "voxel-to-world affine is singular (a voxel size is zero?)")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _itk_message(exc: RuntimeError) -> str:
+    # SimpleITK messages span lines and lead with C++ source locations; keep the last line
+    # that says something.
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("sitk::ERROR", "Exception thrown"))]
+    return (useful or lines or [type(exc).__name__])[-1][:200]
+
+
+def _shape_str(shape: tuple[int, ...]) -> str:
+    return "x".join(str(n) for n in shape)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_labels(
+    path: str | Path, labels: np.ndarray, geometry: ScanGeometry, *, overwrite: bool = False
+) -> Path:
+    """Write a label volume in the geometry of the scan it was made on.
+
+    The format follows the suffix of ``path``: NIfTI keeps the source header's qform/sform
+    (with their codes), zooms and units; NRRD/MetaImage get the same world geometry in LPS.
+    The file appears under its final name only once it is complete.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "biu":
+        raise LabelValueError(path, f"labels must be integers, got {labels.dtype}")
+    dtype = np.uint8 if labels.size == 0 or labels.max() <= 255 else np.uint16
+    return write_volume(
+        path, labels.astype(dtype, copy=False), geometry, overwrite=overwrite, intent="label"
+    )
+
+
+def write_volume(
+    path: str | Path,
+    array: np.ndarray,
+    geometry: ScanGeometry,
+    *,
+    overwrite: bool = False,
+    intent: str | None = None,
+) -> Path:
+    """Write ``array`` (file index order, shape ``geometry.shape``) with ``geometry``."""
+    path = Path(path)
+    suffix = scan_suffix(path)
+    if suffix not in WRITABLE_SUFFIXES:
+        raise NotAScanError(
+            path, f"cannot write this file type (use one of {', '.join(WRITABLE_SUFFIXES)})"
+        )
+    if tuple(array.shape) != geometry.shape:
+        raise PairMismatchError(
+            path,
+            f"array shape {_shape_str(array.shape)} != scan shape {_shape_str(geometry.shape)}",
+        )
+    with atomic_destination(path, overwrite=overwrite) as temporary:
+        if suffix in NIFTI_SUFFIXES:
+            _nifti_image(array, geometry, intent).to_filename(temporary)
+        else:
+            _write_itk(temporary, array, geometry)
+    logger.info("wrote %s", path)
+    return path
+
+
+def _nifti_image(array: np.ndarray, geometry: ScanGeometry, intent: str | None) -> nib.Nifti1Image:
+    source = geometry.nifti_header
+    if source is None:
+        image = nib.Nifti1Image(array, geometry.affine)
+        code = "scanner" if geometry.orientation_known else "unknown"
+        image.set_qform(geometry.affine, code=code)
+        image.set_sform(geometry.affine, code=code)
+        image.header.set_xyzt_units("mm")
+    else:
+        header = source.copy()
+        header.set_data_dtype(array.dtype)
+        header.set_data_shape(array.shape)
+        # Intensity scaling and display range belong to the source's voxels, not ours.
+        header.set_slope_inter(None, None)
+        header["cal_min"] = 0
+        header["cal_max"] = 0
+        image_class = nib.Nifti2Image if isinstance(source, nib.Nifti2Header) else nib.Nifti1Image
+        # affine=None keeps the header's qform and sform (values and codes) untouched.
+        image = image_class(array, None, header=header)
+    if intent is not None:
+        image.header.set_intent(intent)
+    return image
+
+
+def _write_itk(path: Path, array: np.ndarray, geometry: ScanGeometry) -> None:
+    import SimpleITK as sitk
+
+    linear = geometry.affine[:3, :3]
+    spacing = np.linalg.norm(linear, axis=0)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetDirection([float(d) for d in (_LPS_TO_RAS @ linear / spacing).ravel()])
+    image.SetOrigin([float(o) for o in _LPS_TO_RAS @ geometry.affine[:3, 3]])
+    sitk.WriteImage(image, str(path), useCompression=True)

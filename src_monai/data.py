@@ -84,7 +84,7 @@ def discover_msd(root: str | Path, *, verify: bool = True) -> MsdDataset:
         for case in dataset.training:
             assert case.label is not None
             check_pair(read_geometry(case.image), read_geometry(case.label), case.image, case.label)
-    logger.info(
+    logger.debug(
         "%s: %d training cases, %d test images", root, len(dataset.training), len(dataset.test)
     )
     return dataset

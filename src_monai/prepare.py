@@ -259,11 +259,14 @@ def export_png_dataset(
         labels = read_labels(case.label, dataset.num_classes)
         volume_max = float(np.percentile(volume, 99.5)) if intensity == "volume" else 0.0
         folder = out / subset_of[case.case_id]
-        for z in range(volume.shape[slice_axis]):
-            label_slice = np.take(labels.array, z, axis=slice_axis)
+        # One contiguous copy, slices first: taking strided slices one by one is ~100x slower.
+        image_slices = _slices_first(volume, slice_axis)
+        label_slices = _slices_first(labels.array, slice_axis)
+        for z, (image_slice, label_slice) in enumerate(
+            zip(image_slices, label_slices, strict=True)
+        ):
             if not keep_empty and not label_slice.any():
                 continue
-            image_slice = np.take(volume, z, axis=slice_axis)
             scale = float(image_slice.max()) if intensity == "slice-max" else volume_max
             name = f"{names[case.case_id]}_{z}.png"
             _save_png(
@@ -402,7 +405,7 @@ def prepare(
     if output_format not in ("cache", "png", "none"):
         raise ValueError(f"unknown output format {output_format!r}")
     if slice_axis not in (0, 1, 2):
-        raise DatasetError(None, f"slice axis must be 0, 1 or 2, got {slice_axis}")
+        raise DatasetError(None, f"slice_axis must be 0, 1 or 2, got {slice_axis}")
     dataset = discover_msd(data, verify=True)
     out = ensure_empty_folder(out, overwrite=overwrite)
     if output_format == "cache":
@@ -504,6 +507,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--slice-axis",
         type=int,
+        choices=(0, 1, 2),
         default=DEFAULT_SLICE_AXIS,
         help="array axis to slice along (default 2, as the earlier tool)",
     )

@@ -1,0 +1,104 @@
+"""Shared fixtures: paths to the real data in ../shared and small synthetic volumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+LASC13 = SHARED_DATA / "lasc13"
+SEED_MINI_TEST = SHARED_DATA / "seed_mini_test"
+
+
+def _oblique_affine() -> np.ndarray:
+    # A rotation (so ITK's direction matrix can hold it exactly) with anisotropic voxels and
+    # an off-centre origin: catches axis, sign and LPS/RAS mix-ups that the diagonal LASC'13
+    # affines would not.
+    angle = np.deg2rad(25.0)
+    about_z = np.array(
+        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    )
+    about_x = np.array(
+        [
+            [1, 0, 0],
+            [0, np.cos(angle / 2), -np.sin(angle / 2)],
+            [0, np.sin(angle / 2), np.cos(angle / 2)],
+        ]
+    )
+    affine = np.eye(4)
+    affine[:3, :3] = about_x @ about_z @ np.diag([1.25, 0.9, 1.37])
+    affine[:3, 3] = [30.5, -12.0, 7.25]
+    return affine
+
+
+OBLIQUE_AFFINE = _oblique_affine()
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not present at {path} (CI provides ../shared beside the clone)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def lasc13() -> Path:
+    return _need(LASC13)
+
+
+@pytest.fixture(scope="session")
+def seed_mini_test() -> Path:
+    return _need(SEED_MINI_TEST)
+
+
+def synthetic_case(shape=(24, 20, 9), seed=0, affine=OBLIQUE_AFFINE):
+    """A small int16 'scan' with a blob labelled 1, in the given geometry."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 800, size=shape).astype(np.int16)
+    labels = np.zeros(shape, np.uint8)
+    x, y, z = shape
+    labels[x // 4 : x // 2 + 2, y // 3 : y // 2 + 3, 2 : z - 2] = 1
+    image[labels == 1] += 600
+    return image, labels, affine
+
+
+def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray = OBLIQUE_AFFINE) -> Path:
+    image = nib.Nifti1Image(array, affine)
+    image.header.set_xyzt_units("mm", "sec")
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    nib.save(image, path)
+    return path
+
+
+def make_msd_dataset(root: Path, cases: int = 3, with_manifest: bool = True) -> Path:
+    """A tiny MSD-layout dataset of synthetic cases ``case_000`` ... with varying depth."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    training = []
+    for index in range(cases):
+        case_id = f"case_{index:03d}"
+        image, labels, affine = synthetic_case(shape=(24, 20, 7 + index), seed=index)
+        save_nifti(root / "imagesTr" / f"{case_id}.nii.gz", image, affine)
+        save_nifti(root / "labelsTr" / f"{case_id}.nii.gz", labels, affine)
+        training.append(
+            {"image": f"./imagesTr/{case_id}.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"}
+        )
+    if with_manifest:
+        manifest = {
+            "name": "synthetic",
+            "labels": {"0": "background", "1": "left atrium"},
+            "numTraining": cases,
+            "training": training,
+        }
+        (root / "dataset.json").write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.fixture
+def msd_dataset(tmp_path: Path) -> Path:
+    return make_msd_dataset(tmp_path / "dataset")

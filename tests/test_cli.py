@@ -1,0 +1,118 @@
+"""The `lasc` command as a user runs it: exit codes, one-line errors, nothing lost."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LASC = str(Path(sys.executable).with_name("lasc"))
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([LASC, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_help_lists_prepare():
+    result = run("--help")
+    assert result.returncode == 0
+    assert "prepare" in result.stdout
+
+
+def test_module_entry_point_has_the_same_options():
+    result = subprocess.run(
+        [sys.executable, "-m", "src_monai.prepare", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0 and "--drop-empty" in result.stdout
+
+
+def test_missing_dataset_is_one_line_naming_it(tmp_path):
+    assert_one_line_error(
+        run("prepare", str(tmp_path / "nowhere"), str(tmp_path / "out")),
+        "nowhere",
+        "dataset folder not found",
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+    result = run("prepare", str(tmp_path / "nowhere"), str(tmp_path / "out"), "--verbose")
+    assert result.returncode == 2
+    assert "Traceback" in result.stderr and "error: " in result.stderr
+
+
+def test_usage_errors_are_one_line_too(tmp_path):
+    assert_one_line_error(run("prepare"), "required")
+    assert_one_line_error(run("prepare", "a", "b", "--slice-axis", "7"), "--slice-axis")
+
+
+def test_code_in_rgb_map_is_refused_not_run(msd_dataset, tmp_path):
+    marker = tmp_path / "pwned"
+    result = run(
+        "prepare",
+        str(msd_dataset),
+        str(tmp_path / "out"),
+        "--format",
+        "png",
+        "--rgb-map",
+        f"__import__('os').system('touch {marker}')",
+    )
+    assert_one_line_error(result, "rgb_map")
+    assert not marker.exists()
+
+
+def test_non_empty_output_folder_is_kept(msd_dataset, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.pt").write_bytes(b"weights")
+    assert_one_line_error(run("prepare", str(msd_dataset), str(out)), str(out), "not empty")
+    assert [p.name for p in out.iterdir()] == ["model.pt"]
+    assert (out / "model.pt").read_bytes() == b"weights"
+
+
+def test_corrupt_scan_in_a_dataset_names_the_file(msd_dataset, tmp_path):
+    bad = msd_dataset / "imagesTr" / "case_001.nii.gz"
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    result = run("prepare", str(msd_dataset), str(tmp_path / "out"))
+    assert_one_line_error(result, "case_001.nii.gz")
+
+
+def test_stats_are_printed(msd_dataset, tmp_path):
+    result = run("prepare", str(msd_dataset), str(tmp_path / "out"), "--format", "none", "--stats")
+    assert result.returncode == 0, result.stderr
+    assert "case_000" in result.stdout and "3 cases, 24 slices" in result.stdout
+    assert (tmp_path / "out" / "stats.png").is_file()
+
+
+@pytest.mark.slow
+def test_prepare_png_from_the_command_line(msd_dataset, tmp_path):
+    result = run(
+        "prepare",
+        str(msd_dataset),
+        str(tmp_path / "png"),
+        "--format",
+        "png",
+        "--size",
+        "32",
+        "--fractions",
+        "0.34",
+        "0.33",
+        "0.33",
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "png").glob("*/images/*.png"))) == 24

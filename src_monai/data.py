@@ -203,6 +203,8 @@ def discover_png(root: str | Path, *, require_masks: bool = True) -> list[PngSli
                 if require_masks:
                     raise DatasetError(image, f"no mask {mask}")
                 mask = None
+            if mask is not None:
+                _check_same_size(image, mask)
             case_id, slice_index = parse_slice_name(image.stem)
             slices.append(PngSlice(case_id, slice_index, image, mask, subset))
     if not slices:
@@ -217,6 +219,16 @@ def discover_png(root: str | Path, *, require_masks: bool = True) -> list[PngSli
             leaked[0],
         )
     return slices
+
+
+def _check_same_size(image: Path, mask: Path) -> None:
+    # Image.open reads the header only: cheap enough for every pair.
+    image_size, mask_size = _open_png(image, pixels=False).size, _open_png(mask, pixels=False).size
+    if image_size != mask_size:
+        raise DatasetError(
+            mask,
+            f"mask is {mask_size[0]}x{mask_size[1]}, its image {image_size[0]}x{image_size[1]}",
+        )
 
 
 def patients_in_several_subsets(slices: Iterable[PngSlice]) -> list[str]:
@@ -237,13 +249,15 @@ def read_png_mask(path: str | Path, rgb_map: RgbMap = DEFAULT_RGB_MAP) -> np.nda
     return decode_rgb_mask(np.asarray(_open_png(path).convert("RGB")), rgb_map, source=path)
 
 
-def _open_png(path: str | Path) -> Image.Image:
+def _open_png(path: str | Path, *, pixels: bool = True) -> Image.Image:
+    """Open an image; with ``pixels=False`` only its header is read (size, mode)."""
     try:
-        image = Image.open(path)
-        image.load()
+        with Image.open(path) as image:
+            if pixels:
+                image.load()
+            return image
     except (OSError, UnidentifiedImageError) as exc:
         raise DatasetError(path, f"not a readable image ({exc})") from exc
-    return image
 
 
 def decode_rgb_mask(

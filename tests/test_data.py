@@ -221,3 +221,17 @@ def test_too_few_cases_for_a_split():
         kfold_split(CASES[:3], 4)
     with pytest.raises(DatasetError, match="duplicate case ids: la_003"):
         kfold_split([CASES[0], *CASES], 4)
+
+
+def test_png_mask_of_another_size_is_named(tmp_path):
+    _png_slice(tmp_path, "10001_5.png", 10)
+    Image.fromarray(np.zeros((4, 8, 3), np.uint8)).save(tmp_path / "masks" / "10001_5.png")
+    with pytest.raises(DatasetError, match=r"10001_5\.png: mask is 8x4, its image 8x8"):
+        discover_png(tmp_path)
+
+
+def test_unreadable_png_is_named(tmp_path):
+    _png_slice(tmp_path, "10001_5.png", 10)
+    (tmp_path / "masks" / "10001_5.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match="not a readable image"):
+        discover_png(tmp_path)

@@ -216,6 +216,7 @@ def _huge_header_nifti(path: Path) -> Path:
     header = nib.Nifti1Header()
     header.set_data_shape((2048, 2048, 2048))
     header.set_data_dtype(np.int16)
+    header.set_sform(np.eye(4), code=1)
     raw = header.binaryblock + b"\x00" * 4 + b"\x00" * 1000
     path.write_bytes(gzip.compress(raw))
     return path

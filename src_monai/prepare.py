@@ -38,7 +38,7 @@ from .data import (
 from .errors import DatasetError
 from .fileutil import atomic_destination, ensure_empty_folder, write_json, write_text
 from .progress import Job, Progress
-from .scan_io import read_labels, read_scan
+from .scan_io import Scan, read_labels, read_scan
 
 logger = logging.getLogger(__name__)
 
@@ -67,18 +67,16 @@ def _slices_first(volume: np.ndarray, axis: int) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(volume, axis, 0))
 
 
-def _case_stats(
-    case_id: str, labels: np.ndarray, spacing: tuple[float, float, float], axis: int
-) -> CaseStats:
-    foreground = labels > 0
-    other_axes = tuple(a for a in range(3) if a != axis)
-    voxels = int(foreground.sum())
+def _case_stats(case_id: str, labels: Scan, label_slices: np.ndarray) -> CaseStats:
+    """Statistics of one case; ``label_slices`` is ``labels.array`` with slices first."""
+    spacing = labels.geometry.spacing
+    voxels = int(np.count_nonzero(label_slices))
     return CaseStats(
         case_id=case_id,
-        shape=tuple(int(n) for n in labels.shape),  # type: ignore[arg-type]
+        shape=labels.geometry.shape,
         spacing_mm=tuple(round(float(s), 4) for s in spacing),  # type: ignore[arg-type]
-        slices=int(labels.shape[axis]),
-        slices_with_la=int(foreground.any(axis=other_axes).sum()),
+        slices=int(label_slices.shape[0]),
+        slices_with_la=int(label_slices.any(axis=(1, 2)).sum()),
         la_voxels=voxels,
         la_volume_ml=round(voxels * float(np.prod(spacing)) / 1000.0, 3),
     )
@@ -99,10 +97,10 @@ def build_slice_cache(
         assert case.label is not None
         scan = read_scan(case.image)
         labels = read_labels(case.label, dataset.num_classes)
+        label_slices = _slices_first(labels.array, slice_axis)
         image_file, label_file = f"images/{case.case_id}.npy", f"labels/{case.case_id}.npy"
         _save_npy(out / image_file, _slices_first(scan.array, slice_axis), overwrite)
-        _save_npy(out / label_file, _slices_first(labels.array, slice_axis), overwrite)
-        other_axes = tuple(a for a in range(3) if a != slice_axis)
+        _save_npy(out / label_file, label_slices, overwrite)
         entries.append(
             {
                 "case_id": case.case_id,
@@ -115,12 +113,12 @@ def build_slice_cache(
                 "affine": scan.geometry.affine.tolist(),
                 "dtype": scan.geometry.dtype,
                 "slices_with_class": {
-                    str(c): np.flatnonzero((labels.array == c).any(axis=other_axes)).tolist()
+                    str(c): np.flatnonzero((label_slices == c).any(axis=(1, 2))).tolist()
                     for c in range(1, dataset.num_classes)
                 },
             }
         )
-        stats.append(_case_stats(case.case_id, labels.array, scan.geometry.spacing, slice_axis))
+        stats.append(_case_stats(case.case_id, labels, label_slices))
         yield Progress(case.case_id, done, total)
     write_json(
         out / "cache.json",
@@ -276,7 +274,7 @@ def export_png_dataset(
                 folder / "masks" / name, slice_to_png_mask(label_slice, size, rgb_map), overwrite
             )
             written += 1
-        stats.append(_case_stats(case.case_id, labels.array, labels.geometry.spacing, slice_axis))
+        stats.append(_case_stats(case.case_id, labels, label_slices))
         yield Progress(case.case_id, done, total)
     save_split(out / "split.json", plan, overwrite=overwrite)
     write_json(
@@ -314,7 +312,7 @@ def compute_stats(
     for done, case in enumerate(dataset.training, start=1):
         assert case.label is not None
         labels = read_labels(case.label, dataset.num_classes)
-        stats.append(_case_stats(case.case_id, labels.array, labels.geometry.spacing, slice_axis))
+        stats.append(_case_stats(case.case_id, labels, _slices_first(labels.array, slice_axis)))
         yield Progress(case.case_id, done, total)
     return stats
 

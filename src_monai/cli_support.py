@@ -75,12 +75,12 @@ def configure_logging(verbose: bool) -> None:
     )
 
 
-def drive(job: Job[T], description: str) -> T:
+def drive(job: Job[T], description: str, unit: str = "step") -> T:
     """Run a job to its end with a tqdm progress bar on stderr."""
     from tqdm import tqdm
 
     with tqdm(
-        desc=description, unit="case", file=sys.stderr, dynamic_ncols=True, disable=None
+        desc=description, unit=unit, file=sys.stderr, dynamic_ncols=True, disable=None
     ) as bar:
         while True:
             try:

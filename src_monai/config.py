@@ -1,0 +1,496 @@
+"""One configuration for training, evaluation and inference.
+
+A tree of dataclasses (``data``, ``augment``, ``model``, ``train``, ``eval``, ``infer``) read from
+TOML, or from the earlier Keras tool's INI ``train_eval_infer.config``. Unknown keys and values
+of the wrong type are errors that name the key. Relative paths are taken relative to the
+config file's folder. ``--set section.key=value`` overrides any value.
+"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import logging
+import tomllib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from .errors import LascError
+
+logger = logging.getLogger(__name__)
+
+
+class ConfigError(LascError):
+    """A config file or value is invalid; the message names the file or key."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = ""
+    """MSD-layout folder (``dataset.json``, ``imagesTr/``, ``labelsTr/``) or a PNG-layout folder."""
+    layout: str = "auto"
+    """``auto``, ``msd`` or ``png``."""
+    split: str = ""
+    """A split JSON (``lasc prepare --folds``); empty: a seeded patient-level split is made."""
+    fold: int = 0
+    """Which partition of a k-fold split file to train on."""
+    val_fraction: float = 0.25
+    """Share of patients held out for validation when no split file is given."""
+    split_seed: int = 0
+    slice_axis: int = 2
+    """Array axis the 2D model slices along (the earlier tool's: the third)."""
+    context_slices: int = 1
+    """Neighbouring slices given as channels (odd; 1 is plain 2D, 3 or 5 is 2.5D)."""
+    patch_size: list[int] = field(default_factory=lambda: [256, 256])
+    """Training crop; slices are padded to it when smaller."""
+    foreground_oversample: float = 0.67
+    """Probability that a training slice is drawn from slices holding a foreground class."""
+    normalisation: str = "zscore"
+    """Per-volume intensity normalisation: ``zscore`` (after 0.5-99.5 percentile clipping),
+    ``minmax`` (percentiles to 0..1) or ``none``."""
+    num_classes: int = 2
+    class_names: list[str] = field(default_factory=lambda: ["background", "left atrium"])
+    rgb_map: str = "{(0,0,0):0, (255,0,255):1}"
+    """Colour of each class in PNG masks (the earlier tool's ``rgb_map``)."""
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = True
+    probability: float = 0.3
+    """Probability of each random transform."""
+    rotate_degrees: float = 15.0
+    scale: float = 0.15
+    flip: bool = False
+    """Left-right flips: off by default, the atrium's anatomy is not mirror-symmetric."""
+    elastic: bool = False
+    gamma: list[float] = field(default_factory=lambda: [0.7, 1.5])
+    contrast: float = 0.25
+    bias_field: bool = True
+    noise_std: float = 0.05
+
+
+@dataclass
+class ModelConfig:
+    name: str = "UNet"
+    """``UNet`` (MONAI UNet with the earlier tool's knobs), ``BasicUNet``, ``DynUNet``,
+    ``AttentionUnet`` or ``SegResNet``."""
+    base_filters: int = 16
+    levels: int = 5
+    """Resolution levels including the bottom one; filters double per level."""
+    first_kernel_size: int = 3
+    dilation: int = 1
+    dropout: float = 0.0
+    norm: str = "instance"
+    """``instance``, ``batch`` or ``none``."""
+    residual_units: int = 2
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    steps_per_epoch: int = 100
+    batch_size: int = 16
+    loss: str = "dice_ce"
+    """``ce``, ``dice``, ``dice_ce`` or ``dice_focal``."""
+    optimizer: str = "adamw"
+    """``adam``, ``adamw`` or ``sgd``."""
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-5
+    momentum: float = 0.99
+    clip_value: float = 0.0
+    """Clip each gradient value to +-clip_value (the earlier tool's ``clipvalue``); 0: off."""
+    clip_norm: float = 0.0
+    """Clip the gradient norm; 0: off."""
+    scheduler: str = "plateau"
+    """``plateau`` (ReduceLROnPlateau on validation Dice), ``cosine``, ``poly`` or ``none``."""
+    reducer_factor: float = 0.5
+    reducer_patience: int = 4
+    early_stopping_patience: int = 10
+    """Validations without improvement before stopping; 0: never stop early."""
+    val_every: int = 1
+    preview_slices: int = 6
+    """Validation slices drawn as image | truth | prediction after each validation; 0: none."""
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    """``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32``, ``bf16`` or ``fp16``."""
+    tensorboard: bool = False
+    runs_dir: str = "runs"
+    run_name: str = ""
+    """Run folder name; empty: ``<date>-<time>``. An existing run folder is never reused."""
+
+
+@dataclass
+class EvalConfig:
+    hd_percentile: float = 95.0
+
+
+@dataclass
+class InferConfig:
+    batch_size: int = 16
+    tta: bool = False
+    """Test-time augmentation: average the prediction over flips."""
+    device: str = "auto"
+    overlap: float = 0.25
+    """Sliding-window overlap for slices larger than the training patch."""
+    save_probabilities: bool = False
+    input: str = ""
+    output: str = ""
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+CHOICES = {
+    "data.layout": ("auto", "msd", "png"),
+    "data.normalisation": ("zscore", "minmax", "none"),
+    "model.name": ("UNet", "BasicUNet", "DynUNet", "AttentionUnet", "SegResNet"),
+    "model.norm": ("instance", "batch", "none"),
+    "train.loss": ("ce", "dice", "dice_ce", "dice_focal"),
+    "train.optimizer": ("adam", "adamw", "sgd"),
+    "train.scheduler": ("plateau", "cosine", "poly", "none"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "infer.device": ("auto", "cpu", "cuda"),
+}
+PATH_KEYS = ("data.dataset", "data.split", "train.runs_dir", "infer.input", "infer.output")
+
+
+# --------------------------------------------------------------------------- building
+
+
+def config_from_dict(raw: dict[str, Any], source: str | Path | None = None) -> Config:
+    """Build a :class:`Config` from nested dicts, rejecting unknown keys and wrong types."""
+    config = _build(Config, raw, "", source)
+    validate(config, source)
+    return config
+
+
+def _build(cls: type, raw: Any, prefix: str, source) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(source, f"{prefix.rstrip('.') or 'config'} must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(
+            source, f"unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(known))})"
+        )
+    values = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        key = f"{prefix}{name}"
+        if is_dataclass(hint):
+            values[name] = _build(hint, value, f"{key}.", source)
+        else:
+            values[name] = _coerce(value, hint, key, source)
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str, source) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(source, f"{key} must be a list, got {value!r}")
+        return [_coerce(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported config type {hint}")  # not used by the dataclasses
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(source, f"{key} must be true or false, got {value!r}")
+    if hint is int and isinstance(value, bool):
+        raise ConfigError(source, f"{key} must be an integer, got {value!r}")
+    if not isinstance(value, hint):
+        raise ConfigError(source, f"{key} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def validate(config: Config, source: str | Path | None = None) -> None:
+    """Check values beyond their types: choices and ranges."""
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value not in allowed:
+            raise ConfigError(source, f"{key} = {value!r} is not one of {', '.join(allowed)}")
+    data, model, train = config.data, config.model, config.train
+    checks = [
+        (data.slice_axis in (0, 1, 2), "data.slice_axis must be 0, 1 or 2"),
+        (
+            data.context_slices >= 1 and data.context_slices % 2 == 1,
+            "data.context_slices must be an odd number >= 1",
+        ),
+        (
+            len(data.patch_size) == 2 and min(data.patch_size) >= 16,
+            "data.patch_size must be two sizes >= 16",
+        ),
+        (0.0 <= data.foreground_oversample <= 1.0, "data.foreground_oversample must be in 0..1"),
+        (0.0 < data.val_fraction < 1.0, "data.val_fraction must be between 0 and 1"),
+        (data.num_classes >= 2, "data.num_classes must be >= 2"),
+        (
+            len(data.class_names) == data.num_classes,
+            "data.class_names must name each of data.num_classes classes",
+        ),
+        (model.levels >= 2, "model.levels must be >= 2"),
+        (model.base_filters >= 1, "model.base_filters must be >= 1"),
+        (model.first_kernel_size % 2 == 1, "model.first_kernel_size must be odd"),
+        (0.0 <= model.dropout < 1.0, "model.dropout must be in 0..1"),
+        (
+            train.epochs >= 1 and train.steps_per_epoch >= 1 and train.batch_size >= 1,
+            "train.epochs, train.steps_per_epoch and train.batch_size must be >= 1",
+        ),
+        (train.learning_rate > 0, "train.learning_rate must be > 0"),
+        (train.val_every >= 1, "train.val_every must be >= 1"),
+        (len(config.augment.gamma) == 2, "augment.gamma must be [low, high]"),
+        (config.infer.batch_size >= 1, "infer.batch_size must be >= 1"),
+        (0.0 <= config.infer.overlap < 1.0, "infer.overlap must be in 0..1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(source, message)
+    patch_divisor = 2 ** (model.levels - 1)
+    if any(size % patch_divisor for size in data.patch_size):
+        raise ConfigError(
+            source,
+            f"data.patch_size {data.patch_size} must be divisible by {patch_divisor} "
+            f"(2 ** (model.levels - 1))",
+        )
+
+
+def apply_overrides(config: Config, overrides: list[str], source: str = "--set") -> Config:
+    """Apply ``section.key=value`` overrides; values are TOML literals, else plain strings."""
+    raw = config.to_dict()
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2:
+            raise ConfigError(source, f"{item!r} is not of the form section.key=value")
+        section, name = parts
+        if section not in raw:
+            raise ConfigError(source, f"unknown section {section!r} in {item!r}")
+        if name not in raw[section]:
+            raise ConfigError(source, f"unknown key {section}.{name}")
+        raw[section][name] = _parse_literal(text.strip())
+    return config_from_dict(raw, source)
+
+
+def _parse_literal(text: str) -> Any:
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+# --------------------------------------------------------------------------- files
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a TOML config or the earlier tool's INI ``train_eval_infer.config``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(path, "config file not found")
+    text = _read_text(path)
+    if path.suffix.lower() == ".toml":
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(path, f"not valid TOML ({exc})") from exc
+        config = config_from_dict(raw, path)
+    else:
+        config = config_from_ini(text, path)
+    config = _resolve_paths(config, path.parent)
+    return apply_overrides(config, overrides) if overrides else config
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, f"unreadable config file ({exc})") from exc
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    raw = config.to_dict()
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = raw[section][name]
+        if value and not Path(value).is_absolute():
+            raw[section][name] = str((base / value).resolve())
+    return config_from_dict(raw)
+
+
+def save_config(config: Config, path: str | Path) -> Path:
+    from .fileutil import write_text
+
+    return write_text(path, config.to_toml(), overwrite=True)
+
+
+# --------------------------------------------------------------------------- earlier tool
+
+
+# (section, key) of the earlier tool -> our "section.key", with a value converter.
+def _first(value):
+    return int(value[0]) if isinstance(value, list | tuple) else int(value)
+
+
+_LOSSES = {
+    "categorical_crossentropy": "ce",
+    "sparse_categorical_crossentropy": "ce",
+    "binary_crossentropy": "ce",
+    "dice": "dice",
+    "dice_coef": "dice",
+    "dice_loss": "dice",
+    "bce_dice": "dice_ce",
+    "bce_dice_loss": "dice_ce",
+}
+_MODELS = {
+    "TensorFlowFlexUNet": "UNet",
+    "TensorflowFlexUNet": "UNet",
+    "AttentionUNet": "AttentionUnet",
+}
+
+
+def _lookup(table: dict[str, str], what: str):
+    def convert(value):
+        if value not in table:
+            raise ValueError(f"{value!r} has no equivalent here (known: {', '.join(table)})")
+        return table[value]
+
+    convert.__name__ = what
+    return convert
+
+
+INI_KEYS: dict[tuple[str, str], tuple[str, Any]] = {
+    ("model", "model"): ("model.name", _lookup(_MODELS, "model")),
+    ("model", "num_classes"): ("data.num_classes", int),
+    ("model", "base_filters"): ("model.base_filters", int),
+    ("model", "base_kernels"): ("model.first_kernel_size", _first),
+    ("model", "num_layers"): ("model.levels", int),
+    ("model", "dilation"): ("model.dilation", _first),
+    ("model", "dropout_rate"): ("model.dropout", float),
+    ("model", "normalization"): ("model.norm", lambda on: "batch" if on else "none"),
+    ("model", "optimizer"): ("train.optimizer", lambda name: str(name).lower()),
+    ("model", "learning_rate"): ("train.learning_rate", float),
+    ("model", "clipvalue"): ("train.clip_value", float),
+    ("model", "loss"): ("train.loss", _lookup(_LOSSES, "loss")),
+    ("train", "epochs"): ("train.epochs", int),
+    ("train", "batch_size"): ("train.batch_size", int),
+    ("train", "patience"): ("train.early_stopping_patience", int),
+    ("train", "learning_rate_reducer"): ("train.scheduler", lambda on: "plateau" if on else "none"),
+    ("train", "reducer_factor"): ("train.reducer_factor", float),
+    ("train", "reducer_patience"): ("train.reducer_patience", int),
+    ("train", "reducer_patinece"): ("train.reducer_patience", int),  # its own misspelling
+    ("train", "model_dir"): ("train.runs_dir", str),
+    ("train", "num_infer_images"): ("train.preview_slices", int),
+    ("mask", "rgb_map"): ("data.rgb_map", lambda m: repr(dict(m))),
+    ("infer", "images_dir"): ("infer.input", str),
+    ("infer", "output_dir"): ("infer.output", str),
+}
+# Keys whose meaning is covered otherwise: image size and folders are handled below.
+_INI_HANDLED = {
+    ("model", "image_width"),
+    ("model", "image_height"),
+    ("train", "images_dir"),
+    ("train", "masks_dir"),
+    ("valid", "images_dir"),
+    ("valid", "masks_dir"),
+    ("test", "images_dir"),
+    ("test", "masks_dir"),
+    ("train", "epoch_change_infer"),
+    ("train", "epoch_change_infer_dir"),
+}
+
+
+def config_from_ini(text: str, source: str | Path) -> Config:
+    """Map the earlier tool's INI config onto ours.
+
+    Values are Python literals read with :func:`ast.literal_eval` (never ``eval``); a value
+    that is not a literal is an error naming ``section.key``. Keys without an equivalent are
+    listed in one warning.
+    """
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # keys are case-sensitive there
+    try:
+        parser.read_string(text, source=str(source))
+    except configparser.Error as exc:
+        raise ConfigError(source, f"not an INI config ({str(exc).splitlines()[0]})") from exc
+    values: dict[tuple[str, str], Any] = {}
+    for section in parser.sections():
+        for key, raw in parser.items(section):
+            try:
+                values[(section, key)] = ast.literal_eval(raw.strip())
+            except (ValueError, SyntaxError) as exc:
+                raise ConfigError(
+                    source,
+                    f"{section}.{key} = {raw.strip()!r} is not a literal value "
+                    "(strings need quotes; code is never run)",
+                ) from exc
+    raw_config: dict[str, dict[str, Any]] = {f.name: {} for f in fields(Config)}
+    ignored = []
+    for (section, key), value in values.items():
+        if (section, key) in INI_KEYS:
+            target, convert = INI_KEYS[(section, key)]
+            try:
+                converted = convert(value)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(source, f"{section}.{key}: {exc}") from exc
+            ours_section, ours_key = target.split(".")
+            raw_config[ours_section][ours_key] = converted
+        elif (section, key) not in _INI_HANDLED:
+            ignored.append(f"{section}.{key}")
+    width, height = values.get(("model", "image_width")), values.get(("model", "image_height"))
+    if width and height:
+        raw_config["data"]["patch_size"] = [int(height), int(width)]
+    if values.get(("train", "epoch_change_infer")) is False:
+        raw_config["train"]["preview_slices"] = 0
+    images_dir = values.get(("train", "images_dir"))
+    if images_dir:
+        raw_config["data"]["dataset"] = _png_root(str(images_dir), source)
+        raw_config["data"]["layout"] = "png"
+    if raw_config["data"].get("num_classes") and "class_names" not in raw_config["data"]:
+        count = raw_config["data"]["num_classes"]
+        raw_config["data"]["class_names"] = ["background"] + [f"class {i}" for i in range(1, count)]
+    if ignored:
+        logger.warning(
+            "%s: keys with no equivalent, ignored: %s", source, ", ".join(sorted(ignored))
+        )
+    raw_config = {k: v for k, v in raw_config.items() if v}
+    return config_from_dict(raw_config, source)
+
+
+def _png_root(images_dir: str, source) -> str:
+    # The earlier tool names ./dataset/train/images/; our PNG reader takes ./dataset.
+    path = Path(images_dir)
+    if path.name != "images" or path.parent.name not in ("train", "valid", "test"):
+        raise ConfigError(
+            source, f"train.images_dir = {images_dir!r}: expected <dataset>/train/images"
+        )
+    return str(path.parent.parent)
+
+
+def with_values(config: Config, **sections: dict[str, Any]) -> Config:
+    """A copy of ``config`` with some values replaced, e.g. ``train={"epochs": 1}``."""
+    updates = {name: replace(getattr(config, name), **values) for name, values in sections.items()}
+    updated = replace(config, **updates)
+    validate(updated)
+    return updated

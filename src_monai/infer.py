@@ -1,0 +1,403 @@
+"""Inference: a :class:`Predictor` (CLI, napari and tests share it) and ``lasc infer``.
+
+``Predictor.from_checkpoint(path)`` loads a model file; ``predict_volume(volume)`` is a
+generator that yields :class:`~src_monai.progress.Progress` per batch of slices and returns a
+:class:`Prediction`. ``predict_files`` does the whole file path: read, predict, write
+geometry-exact labels, ``summary.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import LascError
+from .fileutil import atomic_destination, write_text
+from .model import DEFAULT_COLOURS, load_model
+from .progress import Job, Progress
+from .scan_io import SCAN_SUFFIXES, read_scan, scan_suffix, write_labels, write_volume
+from .transforms import context_stack, normalise_volume
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LascError(None, "device cuda requested, but no CUDA GPU is available")
+    if name not in ("cpu", "cuda"):
+        raise LascError(None, f"unknown device {name!r} (auto, cpu or cuda)")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Labels in the input volume's shape; class probabilities ``(C, ...)`` when asked for."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None = None
+
+
+class Predictor:
+    """A trained 2D network and everything needed to apply it to a 3D volume."""
+
+    def __init__(
+        self, network: torch.nn.Module, metadata: dict[str, Any], device: torch.device
+    ) -> None:
+        self.network = network.to(device).eval()
+        self.metadata = metadata
+        self.device = device
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> Predictor:
+        torch_device = resolve_device(device)
+        network, metadata = load_model(path, torch_device)
+        return cls(network, metadata, torch_device)
+
+    # What the model was trained with.
+    @property
+    def slice_axis(self) -> int:
+        return int(self.metadata["data"]["slice_axis"])
+
+    @property
+    def context(self) -> int:
+        return int(self.metadata["data"]["context_slices"])
+
+    @property
+    def normalisation(self) -> str:
+        return str(self.metadata["data"]["normalisation"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.metadata["num_classes"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.metadata["data"]["class_names"])
+
+    @property
+    def class_colours(self) -> list[tuple[int, int, int]]:
+        colours = self.metadata.get("class_colours") or DEFAULT_COLOURS
+        return [tuple(c) for c in colours][: self.num_classes]
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        height, width = self.metadata["data"]["patch_size"]
+        return int(height), int(width)
+
+    @property
+    def divisor(self) -> int:
+        return 2 ** (int(self.metadata["model"]["levels"]) - 1)
+
+    def predict_volume(
+        self,
+        volume: np.ndarray,
+        *,
+        batch_size: int = 16,
+        tta: bool = False,
+        probabilities: bool = False,
+        normalised: bool = False,
+        overlap: float = 0.25,
+    ) -> Job[Prediction]:
+        """Segment a 3D volume slice by slice along the model's slice axis.
+
+        ``normalised=True`` skips the per-volume normalisation (the caller did it).
+        Yields progress per batch of slices; returns a :class:`Prediction`.
+        """
+        if volume.ndim != 3:
+            raise LascError(None, f"expected a 3D volume, got shape {volume.shape}")
+        values = (
+            volume.astype(np.float32)
+            if normalised
+            else normalise_volume(volume, self.normalisation)
+        )
+        slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(values, self.slice_axis, 0)))
+        count = slices.shape[0]
+        labels = torch.empty(slices.shape, dtype=torch.uint8)
+        keep_probabilities = probabilities
+        probs = (
+            torch.empty((self.num_classes, *slices.shape), dtype=torch.float32)
+            if keep_probabilities
+            else None
+        )
+        slices = slices.to(self.device)
+        with torch.inference_mode():
+            for start in range(0, count, batch_size):
+                stop = min(start + batch_size, count)
+                batch = context_stack(slices, range(start, stop), self.context)
+                scores = self._scores(
+                    batch, tta=tta, overlap=overlap, softmax=keep_probabilities or tta
+                )
+                # max(1).indices, not argmax: the same result, far cheaper on CPU.
+                labels[start:stop] = scores.max(1).indices.to("cpu", torch.uint8)
+                if probs is not None:
+                    probs[:, start:stop] = scores.float().to("cpu").transpose(0, 1)
+                yield Progress(f"slices {start + 1}-{stop} of {count}", stop, count)
+        labels_np = np.moveaxis(labels.numpy(), 0, self.slice_axis)
+        probs_np = None if probs is None else np.moveaxis(probs.numpy(), 1, self.slice_axis + 1)
+        return Prediction(labels=np.ascontiguousarray(labels_np), probabilities=probs_np)
+
+    def _scores(
+        self, batch: torch.Tensor, *, tta: bool, overlap: float, softmax: bool
+    ) -> torch.Tensor:
+        if not tta:
+            logits = self._logits(batch, overlap)
+            return torch.softmax(logits.float(), dim=1) if softmax else logits
+        total = None
+        for dims in ((), (2,), (3,), (2, 3)):
+            flipped = torch.flip(batch, dims) if dims else batch
+            probs = torch.softmax(self._logits(flipped, overlap).float(), dim=1)
+            probs = torch.flip(probs, dims) if dims else probs
+            total = probs if total is None else total + probs
+        return total / 4
+
+    def _logits(self, batch: torch.Tensor, overlap: float) -> torch.Tensor:
+        from monai.inferers import SlidingWindowInferer
+
+        height, width = batch.shape[-2:]
+        patch_height, patch_width = self.patch_size
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.device.type == "cuda"
+            else torch.autocast("cpu", enabled=False)
+        )
+        with autocast:
+            if height > patch_height or width > patch_width:
+                # Larger than the training patch: Gaussian-blended sliding windows, the
+                # earlier tool's tiled inference done properly.
+                inferer = SlidingWindowInferer(
+                    roi_size=(patch_height, patch_width),
+                    sw_batch_size=batch.shape[0],
+                    overlap=overlap,
+                    mode="gaussian",
+                    padding_mode="constant",
+                )
+                return inferer(batch, self.network)
+            # Pad H and W up to what the network's downsampling divides evenly.
+            pad_height = -height % self.divisor
+            pad_width = -width % self.divisor
+            logits = self.network(torch.nn.functional.pad(batch, (0, pad_width, 0, pad_height)))
+            return logits[..., :height, :width]
+
+
+# --------------------------------------------------------------------------- files
+
+
+def find_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
+    """Expand files and folders into (scan files, PNG files), sorted."""
+    scans, pngs = [], []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            children = sorted(
+                p for p in item.iterdir() if p.is_file() and not p.name.startswith(".")
+            )
+            scans += [p for p in children if scan_suffix(p)]
+            pngs += [p for p in children if p.suffix.lower() == ".png"]
+        elif item.is_file() and item.suffix.lower() == ".png":
+            pngs.append(item)
+        elif item.is_file() and scan_suffix(item):
+            scans.append(item)
+        elif not item.exists():
+            raise LascError(item, "input not found")
+        else:
+            raise LascError(item, f"not a scan ({', '.join(SCAN_SUFFIXES)}) or PNG")
+    if not scans and not pngs:
+        raise LascError(", ".join(map(str, inputs)), "no scans or PNG images found")
+    return scans, pngs
+
+
+def output_name(path: Path) -> str:
+    """NIfTI output name for a scan: same name, NIfTI suffix kept, others become .nii.gz."""
+    suffix = scan_suffix(path) or ""
+    return path.name if suffix in (".nii.gz", ".nii") else path.name[: -len(suffix)] + ".nii.gz"
+
+
+def predict_files(
+    predictor: Predictor,
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    batch_size: int = 16,
+    tta: bool = False,
+    save_probabilities: bool = False,
+    overwrite: bool = False,
+    skip_existing: bool = False,
+    rgb_map: dict | None = None,
+) -> Job[list[dict[str, Any]]]:
+    """Segment scans (and PNG slices) into ``out``; returns the summary rows."""
+    scans, pngs = find_inputs(inputs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    targets = [out / output_name(p) for p in scans] + [out / p.name for p in pngs]
+    existing = [t for t in targets if t.exists()]
+    if existing and not (overwrite or skip_existing):
+        raise LascError(
+            existing[0],
+            f"already exists ({len(existing)} outputs exist; use "
+            "--overwrite to replace them or --skip-existing to keep them)",
+        )
+    rows: list[dict[str, Any]] = []
+    total = len(targets)
+    for done, (source, target) in enumerate(zip(scans + pngs, targets, strict=True), start=1):
+        if skip_existing and target.exists():
+            yield Progress(f"{source.name} (kept)", done, total)
+            continue
+        if source in scans:
+            rows.append(
+                _predict_scan(
+                    predictor, source, target, batch_size, tta, save_probabilities, overwrite
+                )
+            )
+        else:
+            rows.append(
+                _predict_png(predictor, source, target, batch_size, tta, overwrite, rgb_map)
+            )
+        yield Progress(source.name, done, total)
+    if rows:
+        _write_summary(out / "summary.csv", rows)
+    return rows
+
+
+def _predict_scan(predictor, source, target, batch_size, tta, save_probabilities, overwrite):
+    from .progress import run_to_end
+
+    scan = read_scan(source)
+    prediction = run_to_end(
+        predictor.predict_volume(
+            scan.array, batch_size=batch_size, tta=tta, probabilities=save_probabilities
+        )
+    )
+    write_labels(target, prediction.labels, scan.geometry, overwrite=overwrite)
+    if save_probabilities and prediction.probabilities is not None:
+        foreground = prediction.probabilities[1:].sum(axis=0).astype(np.float32)
+        name = target.name.replace(".nii.gz", "").replace(".nii", "")
+        write_volume(
+            target.with_name(f"{name}_probability.nii.gz"),
+            foreground,
+            scan.geometry,
+            overwrite=overwrite,
+        )
+    row: dict[str, Any] = {"input": str(source), "output": str(target)}
+    for index, name in enumerate(predictor.class_names[1:], start=1):
+        voxels = int(np.count_nonzero(prediction.labels == index))
+        row[f"{name} volume (mL)"] = round(voxels * scan.geometry.voxel_volume_ml, 3)
+    return row
+
+
+def _predict_png(predictor, source, target, batch_size, tta, overwrite, rgb_map):
+    from PIL import Image
+
+    from .data import DEFAULT_RGB_MAP, read_png_image
+    from .progress import run_to_end
+
+    image = read_png_image(source).astype(np.float32)
+    volume = np.expand_dims(image, axis=predictor.slice_axis)
+    labels = run_to_end(predictor.predict_volume(volume, batch_size=batch_size, tta=tta)).labels
+    labels = np.take(labels, 0, axis=predictor.slice_axis)
+    colour_of: dict[int, tuple[int, int, int]] = {}
+    for colour, cls in (rgb_map or DEFAULT_RGB_MAP).items():
+        colour_of.setdefault(cls, colour)
+    lut = np.zeros((256, 3), np.uint8)
+    for cls, colour in colour_of.items():
+        lut[cls] = colour
+    with atomic_destination(target, overwrite=overwrite) as temporary:
+        Image.fromarray(lut[labels]).save(temporary, format="PNG")
+    return {
+        "input": str(source),
+        "output": str(target),
+        "foreground pixels": int(np.count_nonzero(labels)),
+    }
+
+
+def _write_summary(path: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    names = list(dict.fromkeys(key for row in rows for key in row))
+    writer = csv.DictWriter(buffer, fieldnames=names)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue(), overwrite=True)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``lasc infer`` options."""
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="INPUT",
+        help="scans (.nii.gz, .nii, .nrrd, .mha, ...), PNG slices, or folders",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--model", type=Path, required=True, help="model file (.safetensors)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--batch-size", type=int, default=16, help="slices per batch")
+    parser.add_argument("--tta", action="store_true", help="average over flips")
+    parser.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also write <name>_probability.nii.gz (foreground probability)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="keep existing outputs and segment only the missing ones",
+    )
+    parser.add_argument(
+        "--rgb-map",
+        default=None,
+        help='PNG inputs: colour of each class, e.g. "{(0,0,0):0, (255,0,255):1}"',
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``lasc infer`` with parsed arguments."""
+    from .cli_support import drive
+    from .data import parse_rgb_map
+
+    if args.batch_size < 1:
+        raise LascError(None, "--batch-size must be >= 1")
+    rgb_map = parse_rgb_map(args.rgb_map) if args.rgb_map else None
+    predictor = Predictor.from_checkpoint(args.model, args.device)
+    rows = drive(
+        predict_files(
+            predictor,
+            args.inputs,
+            args.out,
+            batch_size=args.batch_size,
+            tta=args.tta,
+            save_probabilities=args.probabilities,
+            overwrite=args.overwrite,
+            skip_existing=args.skip_existing,
+            rgb_map=rgb_map,
+        ),
+        description="infer",
+        unit="file",
+    )
+    for row in rows:
+        volumes = ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("input", "output"))
+        print(f"{row['output']}: {volumes}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    from .cli_support import module_main
+
+    raise SystemExit(
+        module_main(add_arguments, run, prog="python -m src_monai.infer", description=__doc__)
+    )

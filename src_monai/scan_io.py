@@ -468,7 +468,7 @@ def write_volume(
             _nifti_image(array, geometry, intent).to_filename(temporary)
         else:
             _write_itk(temporary, array, geometry)
-    logger.info("wrote %s", path)
+    logger.debug("wrote %s", path)
     return path
 
 

@@ -377,8 +377,12 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
 def validate_cases(
     network, cases: list[VolumeCase], config: Config, device: torch.device, metadata: dict[str, Any]
 ) -> dict[str, float]:
-    """Mean foreground 3D Dice per validation case (MONAI DiceMetric, background excluded)."""
-    from monai.metrics import DiceMetric
+    """Mean foreground 3D Dice per validation case (MONAI's Dice, background excluded).
+
+    ``compute_dice`` rather than ``DiceMetric``: the latter all-gathers across ranks when a
+    process group exists, and only rank 0 validates.
+    """
+    from monai.metrics import compute_dice
     from monai.networks.utils import one_hot
 
     from .infer import Predictor
@@ -389,7 +393,6 @@ def validate_cases(
     predictor = Predictor(
         inner, {**metadata, "data": {**metadata["data"], "slice_axis": 0}}, device
     )
-    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=False)
     scores = {}
     for case in cases:
         labels = run_to_end(
@@ -399,9 +402,8 @@ def validate_cases(
         ).labels
         pred = one_hot(torch.from_numpy(labels).long()[None, None], config.data.num_classes)
         true = one_hot(case.labels.long()[None, None], config.data.num_classes)
-        metric.reset()
-        metric(pred, true)
-        scores[case.case_id] = float(metric.aggregate().mean())
+        dice = compute_dice(pred, true, include_background=False, ignore_empty=False)
+        scores[case.case_id] = float(dice.mean())
     network.train()
     return scores
 
@@ -831,6 +833,8 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``lasc train`` with parsed arguments."""
     from .cli_support import drive
 
+    if int(os.environ.get("RANK", "0")) != 0:
+        logging.getLogger("src_monai").setLevel(logging.WARNING)  # rank 0 speaks for all
     if args.resume is not None:
         if args.config or args.overrides or args.seed is not None:
             raise LascError(

@@ -102,3 +102,41 @@ def make_msd_dataset(root: Path, cases: int = 3, with_manifest: bool = True) -> 
 @pytest.fixture
 def msd_dataset(tmp_path: Path) -> Path:
     return make_msd_dataset(tmp_path / "dataset")
+
+
+TINY_TRAINING = {
+    "data": {"patch_size": [32, 32], "context_slices": 3, "val_fraction": 0.25},
+    "model": {"base_filters": 4, "levels": 3, "residual_units": 1},
+    "train": {
+        "epochs": 2,
+        "steps_per_epoch": 3,
+        "batch_size": 4,
+        "preview_slices": 2,
+        "early_stopping_patience": 0,
+    },
+    "augment": {"probability": 0.5},
+}
+
+
+def tiny_config(dataset: Path, runs: Path, **sections):
+    """A seconds-long CPU training config on a synthetic dataset."""
+    from src_monai.config import config_from_dict
+
+    raw = {name: dict(values) for name, values in TINY_TRAINING.items()}
+    raw["data"]["dataset"] = str(dataset)
+    raw["train"]["runs_dir"] = str(runs)
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    return config_from_dict(raw)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A model trained for two short epochs on four synthetic cases (shared by tests)."""
+    from src_monai.progress import run_to_end
+    from src_monai.train import run_training
+
+    root = tmp_path_factory.mktemp("tiny")
+    dataset = make_msd_dataset(root / "dataset", cases=4)
+    result = run_to_end(run_training(tiny_config(dataset, root / "runs")))
+    return dataset, result

@@ -1,0 +1,158 @@
+"""Inference: Predictor API, geometry-exact outputs, PNG input, batching, TTA, windows."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from src_monai.errors import LascError
+from src_monai.infer import Predictor, predict_files
+from src_monai.progress import run_to_end
+from src_monai.scan_io import read_scan
+
+LASC = str(Path(sys.executable).with_name("lasc"))
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_run):
+    _, result = tiny_run
+    return Predictor.from_checkpoint(result.best_model, device="cpu")
+
+
+def test_predict_volume_yields_progress_and_returns_labels(predictor, tiny_run):
+    dataset, _ = tiny_run
+    volume = read_scan(dataset / "imagesTr" / "case_002.nii.gz").array
+    job = predictor.predict_volume(volume, batch_size=4, probabilities=True)
+    progress = []
+    while True:
+        try:
+            progress.append(next(job))
+        except StopIteration as stop:
+            prediction = stop.value
+            break
+    assert [p.done for p in progress] == [4, 8, 9]  # 9 slices along axis 2, batches of 4
+    assert prediction.labels.shape == volume.shape and prediction.labels.dtype == np.uint8
+    assert prediction.probabilities.shape == (2, *volume.shape)
+    assert np.allclose(prediction.probabilities.sum(axis=0), 1.0, atol=1e-5)
+    assert np.array_equal(prediction.probabilities.argmax(axis=0), prediction.labels)
+
+
+def test_batch_size_does_not_change_the_labels(predictor, tiny_run):
+    dataset, _ = tiny_run
+    volume = read_scan(dataset / "imagesTr" / "case_001.nii.gz").array
+    one = run_to_end(predictor.predict_volume(volume, batch_size=1)).labels
+    many = run_to_end(predictor.predict_volume(volume, batch_size=16)).labels
+    assert np.array_equal(one, many)
+
+
+def test_tta_and_sliding_window_give_labels_of_the_input_shape(predictor):
+    volume = np.random.default_rng(0).normal(size=(80, 40, 5)).astype(np.float32)
+    # 80x40 slices are larger than the 32x32 training patch: Gaussian sliding windows.
+    labels = run_to_end(predictor.predict_volume(volume, tta=True)).labels
+    assert labels.shape == volume.shape and set(np.unique(labels)) <= {0, 1}
+
+
+def test_files_are_written_with_the_scans_geometry(predictor, tiny_run, tmp_path):
+    dataset, _ = tiny_run
+    rows = run_to_end(
+        predict_files(predictor, [dataset / "imagesTr"], tmp_path / "out", save_probabilities=True)
+    )
+    assert len(rows) == 4
+    for source in sorted((dataset / "imagesTr").glob("*.nii.gz")):
+        written = nib.load(tmp_path / "out" / source.name)
+        original = nib.load(source)
+        assert np.array_equal(written.affine, original.affine)
+        assert written.shape == original.shape and written.get_data_dtype() == np.uint8
+        assert int(written.header["sform_code"]) == int(original.header["sform_code"])
+        assert (tmp_path / "out" / source.name.replace(".nii.gz", "_probability.nii.gz")).is_file()
+    summary = (tmp_path / "out" / "summary.csv").read_text().splitlines()
+    assert summary[0] == "input,output,left atrium volume (mL)" and len(summary) == 5
+
+
+def test_existing_outputs_are_kept_unless_asked(predictor, tiny_run, tmp_path):
+    dataset, _ = tiny_run
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "case_000.nii.gz").write_bytes(b"earlier result")
+    with pytest.raises(LascError, match="already exists"):
+        run_to_end(predict_files(predictor, [dataset / "imagesTr"], out))
+    assert (out / "case_000.nii.gz").read_bytes() == b"earlier result"
+    rows = run_to_end(predict_files(predictor, [dataset / "imagesTr"], out, skip_existing=True))
+    assert len(rows) == 3 and (out / "case_000.nii.gz").read_bytes() == b"earlier result"
+
+
+def test_png_input_gives_coloured_masks_of_the_input_size(predictor, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 40), dtype=np.uint8)).save(
+        folder / "10001_5.png"
+    )
+    run_to_end(predict_files(predictor, [folder], tmp_path / "out"))
+    mask = np.asarray(Image.open(tmp_path / "out" / "10001_5.png"))
+    assert mask.shape == (48, 40, 3)
+    assert {tuple(c) for c in mask.reshape(-1, 3)} <= {(0, 0, 0), (255, 0, 255)}
+
+
+def test_cli_infer(tiny_run, tmp_path):
+    dataset, result = tiny_run
+    command = [
+        LASC,
+        "infer",
+        str(dataset / "imagesTr" / "case_000.nii.gz"),
+        "--out",
+        str(tmp_path / "o"),
+        "--model",
+        str(result.best_model),
+        "--device",
+        "cpu",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "left atrium volume (mL)" in done.stdout
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and again.stderr.startswith("error: ")
+    assert "already exists" in again.stderr
+
+
+def test_cli_infer_errors(tiny_run, tmp_path):
+    dataset, result = tiny_run
+    missing_model = subprocess.run(
+        [
+            LASC,
+            "infer",
+            str(dataset / "imagesTr"),
+            "--out",
+            str(tmp_path / "o"),
+            "--model",
+            str(tmp_path / "none.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert missing_model.returncode == 2
+    assert (
+        missing_model.stderr.strip() == f"error: {tmp_path / 'none.safetensors'}: model "
+        "file not found"
+    )
+    no_input = subprocess.run(
+        [
+            LASC,
+            "infer",
+            str(tmp_path / "nothing.nii.gz"),
+            "--out",
+            str(tmp_path / "o"),
+            "--model",
+            str(result.best_model),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert no_input.returncode == 2 and "input not found" in no_input.stderr

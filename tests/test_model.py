@@ -1,0 +1,117 @@
+"""Networks by name and model files that never run code."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from src_monai.config import ModelConfig
+from src_monai.model import ModelFileError, build_network, load_model, save_model
+
+
+@pytest.mark.parametrize("name", ["UNet", "BasicUNet", "DynUNet", "AttentionUnet", "SegResNet"])
+def test_networks_by_name_map_2d_slices_to_class_logits(name):
+    network = build_network(ModelConfig(name=name, base_filters=8, levels=3), 3, 4)
+    assert network(torch.zeros(2, 3, 32, 48)).shape == (2, 4, 32, 48)
+
+
+def test_unet_takes_the_earlier_tools_first_kernel_and_dilation():
+    network = build_network(
+        ModelConfig(
+            first_kernel_size=11, dilation=2, base_filters=4, levels=3, dropout=0.1, norm="batch"
+        ),
+        1,
+        2,
+    )
+    stem = network[0].conv
+    assert stem.kernel_size == (11, 11) and stem.dilation == (2, 2)
+    assert network(torch.zeros(2, 1, 32, 32)).shape == (2, 2, 32, 32)
+
+
+def _metadata(model: ModelConfig) -> dict:
+    return {
+        "model": model.__dict__,
+        "in_channels": 1,
+        "num_classes": 2,
+        "data": {
+            "slice_axis": 2,
+            "context_slices": 1,
+            "normalisation": "zscore",
+            "patch_size": [32, 32],
+            "class_names": ["background", "la"],
+        },
+    }
+
+
+def test_model_file_round_trip(tmp_path):
+    model = ModelConfig(base_filters=4, levels=3)
+    network = build_network(model, 1, 2)
+    path = save_model(tmp_path / "m.safetensors", network, _metadata(model))
+    loaded, metadata = load_model(path)
+    assert metadata["package_version"] and metadata["data"]["slice_axis"] == 2
+    for (name, a), (_, b) in zip(
+        network.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_metadata_that_disagrees_with_the_weights_is_refused(tmp_path):
+    model = ModelConfig(base_filters=4, levels=3)
+    wrong = _metadata(ModelConfig(base_filters=8, levels=3))
+    path = save_model(tmp_path / "m.safetensors", build_network(model, 1, 2), wrong)
+    with pytest.raises(ModelFileError, match="weights do not match the architecture"):
+        load_model(path)
+
+
+def test_truncated_model_file_is_refused(tmp_path):
+    model = ModelConfig(base_filters=4, levels=3)
+    path = save_model(tmp_path / "m.safetensors", build_network(model, 1, 2), _metadata(model))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="not a readable safetensors file"):
+        load_model(path)
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_that_runs_code_is_refused_without_running(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "model.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"weight": _Exploit(marker)}, f)
+    torch.save({"weight": _Exploit(marker)}, tmp_path / "model2.pt")
+    (tmp_path / "model.json").write_text(json.dumps({}))
+    (tmp_path / "model2.json").write_text(json.dumps({}))
+    for candidate in (path, tmp_path / "model2.pt"):
+        with pytest.raises(ModelFileError, match="refused"):
+            load_model(candidate)
+    assert not marker.exists()
+
+
+def test_plain_state_dict_with_sidecar_metadata(tmp_path):
+    model = ModelConfig(base_filters=4, levels=3)
+    network = build_network(model, 1, 2)
+    torch.save(network.state_dict(), tmp_path / "weights.pt")
+    metadata = {**_metadata(model), "format": "napari-lasc-model"}
+    (tmp_path / "weights.json").write_text(json.dumps(metadata))
+    loaded, _ = load_model(tmp_path / "weights.pt")
+    assert torch.equal(
+        loaded.state_dict()["model.0.conv.unit0.conv.weight"],
+        network.state_dict()["model.0.conv.unit0.conv.weight"],
+    )
+
+
+def test_missing_model_file(tmp_path):
+    with pytest.raises(ModelFileError, match="model file not found"):
+        load_model(tmp_path / "none.safetensors")

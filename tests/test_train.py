@@ -1,0 +1,267 @@
+"""Training: run folders, checkpoints, resume, STOP, the earlier tool's INI, DDP."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_msd_dataset, tiny_config
+from safetensors.torch import load_file
+
+from src_monai.config import load_config
+from src_monai.model import load_model
+from src_monai.progress import run_to_end
+from src_monai.train import run_training
+
+LASC = str(Path(sys.executable).with_name("lasc"))
+
+
+def test_a_run_leaves_a_complete_run_folder(tiny_run):
+    _, result = tiny_run
+    run = result.run_dir
+    assert result.stopped == "completed" and result.epochs_done == 2
+    for name in (
+        "config.toml",
+        "split.json",
+        "metrics.csv",
+        "validation.csv",
+        "curves.png",
+        "train.log",
+        "checkpoints/best.safetensors",
+        "checkpoints/last.safetensors",
+        "checkpoints/last_state.pt",
+        "previews/epoch_001.png",
+        "previews/epoch_002.png",
+    ):
+        assert (run / name).is_file(), name
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert all(0.0 <= float(r["val_dice"]) <= 1.0 for r in rows)
+    validation = list(csv.DictReader((run / "validation.csv").open()))
+    assert len(validation) == 2  # one validation case, two epochs
+    best = max(float(r["val_dice"]) for r in rows)
+    assert result.best_dice == pytest.approx(best)
+    _, metadata = load_model(result.best_model)
+    assert metadata["training"]["val_dice"] == pytest.approx(best)
+    assert metadata["data"]["context_slices"] == 3 and metadata["in_channels"] == 3
+    assert metadata["config"]["train"]["epochs"] == 2  # resolved config inside the checkpoint
+    assert set(metadata["split"]["val"]).isdisjoint(metadata["split"]["train"])
+    assert load_config(run / "config.toml").train.epochs == 2
+
+
+def test_runs_never_reuse_a_folder(tmp_path, msd_dataset):
+    config = tiny_config(
+        msd_dataset, tmp_path / "runs", train={"epochs": 1, "run_name": "x", "preview_slices": 0}
+    )
+    first = run_to_end(run_training(config)).run_dir
+    marker = first / "notes.txt"
+    marker.write_text("keep")
+    second = run_to_end(run_training(config)).run_dir
+    assert first.name == "x" and second.name == "x-2"
+    assert marker.read_text() == "keep"
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def test_resume_after_a_stop_gives_the_uninterrupted_result(tmp_path, msd_dataset):
+    sections = {
+        "train": {
+            "epochs": 3,
+            "steps_per_epoch": 2,
+            "preview_slices": 0,
+            "scheduler": "cosine",
+            "run_name": "straight",
+        },
+        "model": {"dropout": 0.1},
+    }
+    straight = run_to_end(run_training(tiny_config(msd_dataset, tmp_path / "runs", **sections)))
+    sections["train"]["run_name"] = "stopped"
+    job = run_training(tiny_config(msd_dataset, tmp_path / "runs", **sections))
+    stop_file = tmp_path / "runs" / "stopped" / "STOP"
+    for progress in job:
+        if progress.done == 2:  # end of the first epoch
+            stop_file.touch()
+    interrupted = tmp_path / "runs" / "stopped"
+    assert _epochs(interrupted) == ["1"]
+    resumed = run_to_end(run_training(load_config(interrupted / "config.toml"), resume=interrupted))
+    assert resumed.run_dir == interrupted and resumed.stopped == "completed"
+    assert not stop_file.exists()
+    assert _epochs(interrupted) == ["1", "2", "3"]
+    a = _weights(straight.run_dir / "checkpoints" / "last.safetensors")
+    b = _weights(interrupted / "checkpoints" / "last.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert _losses(straight.run_dir) == _losses(interrupted)
+
+
+def _epochs(run: Path) -> list[str]:
+    return [r["epoch"] for r in csv.DictReader((run / "metrics.csv").open())]
+
+
+def _losses(run: Path) -> list[str]:
+    return [r["train_loss"] for r in csv.DictReader((run / "metrics.csv").open())]
+
+
+def test_resume_of_a_folder_without_checkpoint_is_an_error(tmp_path):
+    result = subprocess.run(
+        [LASC, "train", "--resume", str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip() == f"error: {tmp_path}: no checkpoints/last_state.pt to resume from"
+    )
+
+
+def test_early_stopping(tmp_path, msd_dataset):
+    config = tiny_config(
+        msd_dataset,
+        tmp_path / "runs",
+        train={
+            "epochs": 20,
+            "steps_per_epoch": 1,
+            "early_stopping_patience": 1,
+            "learning_rate": 1e-9,
+            "preview_slices": 0,
+            "scheduler": "none",
+        },
+    )
+    result = run_to_end(run_training(config))
+    assert result.stopped == "early stopping" and result.epochs_done < 20
+
+
+EARLIER_TOOL_INI = """\
+[model]
+model          = "TensorFlowFlexUNet"
+image_width    = 32
+image_height   = 32
+image_channels = 3
+num_classes    = 2
+base_filters   = 4
+base_kernels   = (7,7)
+num_layers     = 3
+dilation       = (1,1)
+dropout_rate   = 0.04
+optimizer      = "Adam"
+learning_rate  = 0.0001
+clipvalue      = 0.5
+loss           = "categorical_crossentropy"
+metrics        = ["dice_coef_multiclass"]
+
+[train]
+epochs        = 1
+batch_size    = 2
+patience      = 10
+model_dir     = "./models/"
+images_dir    = "./dataset/train/images/"
+masks_dir     = "./dataset/train/masks/"
+learning_rate_reducer = True
+reducer_factor     = 0.5
+reducer_patience   = 4
+epoch_change_infer = True
+num_infer_images   = 2
+
+[valid]
+images_dir = "./dataset/valid/images/"
+masks_dir  = "./dataset/valid/masks/"
+
+[mask]
+rgb_map = {(0,0,0):0, (255,0,255):1}
+"""
+
+
+def test_one_epoch_from_the_earlier_tools_config_on_a_prepared_png_dataset(tmp_path):
+    source = make_msd_dataset(tmp_path / "nifti", cases=4)
+    prepared = subprocess.run(
+        [
+            LASC,
+            "prepare",
+            str(source),
+            str(tmp_path / "dataset"),
+            "--format",
+            "png",
+            "--size",
+            "32",
+            "--fractions",
+            "0.5",
+            "0.25",
+            "0.25",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert prepared.returncode == 0, prepared.stderr
+    config = tmp_path / "train_eval_infer.config"
+    config.write_text(EARLIER_TOOL_INI)
+    result = subprocess.run(
+        [LASC, "train", str(config), "--set", "train.steps_per_epoch=3"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "keys with no equivalent, ignored: model.image_channels, model.metrics" in result.stderr
+    (run,) = (tmp_path / "models").iterdir()
+    assert _epochs(run) == ["1"]
+    _, metadata = load_model(run / "checkpoints" / "best.safetensors")
+    assert metadata["data"]["layout"] == "png"
+    assert metadata["model"]["first_kernel_size"] == 7
+    assert len(metadata["split"]["train"]) == 2 and len(metadata["split"]["val"]) == 1
+
+
+@pytest.mark.slow
+def test_one_epoch_on_two_real_cases(lasc13, tmp_path):
+    dataset = tmp_path / "two"
+    for folder in ("imagesTr", "labelsTr"):
+        (dataset / folder).mkdir(parents=True)
+        for case in ("la_003", "la_016"):
+            (dataset / folder / f"{case}.nii.gz").symlink_to(lasc13 / folder / f"{case}.nii.gz")
+    config = tiny_config(
+        dataset,
+        tmp_path / "runs",
+        data={"patch_size": [128, 128], "val_fraction": 0.5},
+        train={"epochs": 1, "steps_per_epoch": 4},
+    )
+    result = run_to_end(run_training(config))
+    rows = list(csv.DictReader((result.run_dir / "validation.csv").open()))
+    assert len(rows) == 1 and rows[0]["case"] in ("la_003", "la_016")
+    assert 0.0 <= float(rows[0]["dice"]) <= 1.0
+    _, metadata = load_model(result.best_model)
+    assert metadata["spacing_mm"] == pytest.approx([1.37, 1.25, 1.25], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_ends_with_identical_weights(tmp_path, msd_dataset):
+    config = tmp_path / "ddp.toml"
+    config.write_text(
+        f'[data]\ndataset = "{msd_dataset}"\npatch_size = [32, 32]\nval_fraction = 0.25\n'
+        "[model]\nbase_filters = 4\nlevels = 3\n"
+        f"[train]\nepochs = 2\nsteps_per_epoch = 3\nbatch_size = 2\npreview_slices = 0\n"
+        f'runs_dir = "{tmp_path / "runs"}"\nrun_name = "ddp"\n'
+    )
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "src_monai.train", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "runs" / "ddp"
+    checksums = {p.name: p.read_text() for p in (run / "ranks").iterdir()}
+    assert set(checksums) == {"rank0.sha256", "rank1.sha256"}
+    assert checksums["rank0.sha256"] == checksums["rank1.sha256"]
+    assert _epochs(run) == ["1", "2"]
+    assert not (tmp_path / "runs" / "ddp-2").exists()  # one run folder, made by rank 0

@@ -76,20 +76,30 @@ def configure_logging(verbose: bool) -> None:
 
 
 def drive(job: Job[T], description: str, unit: str = "step") -> T:
-    """Run a job to its end with a tqdm progress bar on stderr."""
+    """Run a job to its end with a tqdm progress bar on stderr.
+
+    Ctrl-C is handed to the job (``job.throw``), wherever it landed, so a job that stops
+    cleanly on interruption (training saves and returns) gets to do so.
+    """
     from tqdm import tqdm
 
     with tqdm(
         desc=description, unit=unit, file=sys.stderr, dynamic_ncols=True, disable=None
     ) as bar:
+        pending: BaseException | None = None
         while True:
             try:
-                progress = next(job)
+                progress = job.throw(pending) if pending is not None else next(job)
+                pending = None
+                bar.total = progress.total
+                bar.set_postfix_str(progress.message)
+                bar.update(progress.done - bar.n)
             except StopIteration as stop:
                 return stop.value
-            bar.total = progress.total
-            bar.set_postfix_str(progress.message)
-            bar.update(progress.done - bar.n)
+            except KeyboardInterrupt as interrupt:
+                if pending is not None:  # the job did not handle it: give up
+                    raise
+                pending = interrupt
 
 
 def report_errors(verbose: bool, run: Callable[[], int]) -> int:

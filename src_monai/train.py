@@ -831,7 +831,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``lasc train`` with parsed arguments."""
-    from .cli_support import drive
+    from .cli_support import EXIT_INTERRUPTED, drive
 
     if int(os.environ.get("RANK", "0")) != 0:
         logging.getLogger("src_monai").setLevel(logging.WARNING)  # rank 0 speaks for all
@@ -856,7 +856,7 @@ def run(args: argparse.Namespace) -> int:
             f"{result.best_dice:.4f} at epoch {result.best_epoch}"
         )
         print(f"run folder: {result.run_dir}")
-    return 0
+    return EXIT_INTERRUPTED if result.stopped == "interrupted" else 0
 
 
 if __name__ == "__main__":

@@ -265,3 +265,42 @@ def test_two_process_ddp_on_cpu_ends_with_identical_weights(tmp_path, msd_datase
     assert checksums["rank0.sha256"] == checksums["rank1.sha256"]
     assert _epochs(run) == ["1", "2"]
     assert not (tmp_path / "runs" / "ddp-2").exists()  # one run folder, made by rank 0
+
+
+def test_ctrl_c_stops_cleanly_after_saving(tmp_path, msd_dataset):
+    import signal
+    import time
+
+    config = tmp_path / "long.toml"
+    config.write_text(
+        f'[data]\ndataset = "{msd_dataset}"\npatch_size = [32, 32]\n'
+        "[model]\nbase_filters = 4\nlevels = 3\n"
+        f"[train]\nepochs = 1000\nsteps_per_epoch = 2\nbatch_size = 2\npreview_slices = 0\n"
+        f'runs_dir = "{tmp_path / "runs"}"\nrun_name = "long"\n'
+    )
+    process = subprocess.Popen(
+        [LASC, "train", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    metrics = tmp_path / "runs" / "long" / "metrics.csv"
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stdout and "Traceback" not in stderr
+    assert "lasc train --resume" in stderr
+    run = tmp_path / "runs" / "long"
+    assert (run / "checkpoints" / "last_state.pt").is_file()
+    saved = len(_epochs(run))
+    assert saved >= 2
+    resumed = subprocess.run(
+        [LASC, "train", "--resume", str(run), "--set", "x.y=1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        resumed.returncode == 2 and "--resume continues a run with its own config" in resumed.stderr
+    )

@@ -121,6 +121,10 @@ class TrainConfig:
     precision: str = "auto"
     """``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32``, ``bf16`` or ``fp16``."""
     tensorboard: bool = False
+    time_limit_minutes: float = 0.0
+    """Stop (after validating and saving) once an epoch ends past this wall time; 0: none."""
+    augment_on_device: bool = True
+    """On CUDA, keep the cached volumes on the GPU and augment there (no host round trips)."""
     runs_dir: str = "runs"
     run_name: str = ""
     """Run folder name; empty: ``<date>-<time>``. An existing run folder is never reused."""

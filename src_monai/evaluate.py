@@ -194,7 +194,8 @@ def evaluate_pairs(
     predictor=None,
     hd_percentile: float = 95.0,
     batch_size: int = 16,
-    tta: bool = False,
+    tta: bool | None = None,
+    postprocess: bool | None = None,
 ) -> Job[list[dict[str, Any]]]:
     """Per-case metric rows; with a ``predictor``, predictions are made from ``image``."""
     from .progress import run_to_end
@@ -210,7 +211,11 @@ def evaluate_pairs(
             check_pair(scan.geometry, truth.geometry, pair.image, pair.truth)
             result = run_to_end(
                 predictor.predict_volume(
-                    scan.array, batch_size=batch_size, tta=tta, probabilities=True
+                    scan.array,
+                    batch_size=batch_size,
+                    tta=tta,
+                    postprocess=postprocess,
+                    probabilities=True,
                 )
             )
             prediction, probabilities = result.labels, result.probabilities
@@ -286,7 +291,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--truth", type=Path, help="folder of true label volumes")
     parser.add_argument("--num-classes", type=int, default=2)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--tta", action="store_true")
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average over flips (default: what the model recommends)",
+    )
+    parser.add_argument(
+        "--postprocess",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the largest 3D component and fill holes (default: what the model recommends)",
+    )
     parser.add_argument(
         "--overwrite", action="store_true", help="write into a non-empty --out (deletes nothing)"
     )
@@ -324,7 +340,9 @@ def run(args: argparse.Namespace) -> int:
         raise LascError(None, "give --model with --data, or --pred with --truth")
     out = ensure_empty_folder(args.out, overwrite=args.overwrite)
     rows = drive(
-        evaluate_pairs(pairs, num_classes, predictor=predictor, tta=args.tta),
+        evaluate_pairs(
+            pairs, num_classes, predictor=predictor, tta=args.tta, postprocess=args.postprocess
+        ),
         description="evaluate",
         unit="case",
     )

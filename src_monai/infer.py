@@ -105,16 +105,25 @@ class Predictor:
         volume: np.ndarray,
         *,
         batch_size: int = 16,
-        tta: bool = False,
+        tta: bool | None = None,
+        postprocess: bool | None = None,
         probabilities: bool = False,
         normalised: bool = False,
         overlap: float = 0.25,
     ) -> Job[Prediction]:
         """Segment a 3D volume slice by slice along the model's slice axis.
 
-        ``normalised=True`` skips the per-volume normalisation (the caller did it).
-        Yields progress per batch of slices; returns a :class:`Prediction`.
+        ``tta`` averages over flips; ``postprocess`` keeps each class's largest 3D component
+        and fills holes. ``None`` takes what the model's metadata recommends (chosen by
+        cross-validation), else off. ``normalised=True`` skips the per-volume normalisation
+        (the caller did it). Yields progress per batch of slices; returns a
+        :class:`Prediction`.
         """
+        recommended = self.metadata.get("inference", {})
+        tta = bool(recommended.get("tta", False)) if tta is None else tta
+        postprocess = (
+            bool(recommended.get("postprocess", False)) if postprocess is None else postprocess
+        )
         if volume.ndim != 3:
             raise LascError(None, f"expected a 3D volume, got shape {volume.shape}")
         values = (
@@ -145,6 +154,8 @@ class Predictor:
                     probs[:, start:stop] = scores.float().to("cpu").transpose(0, 1)
                 yield Progress(f"slices {start + 1}-{stop} of {count}", stop, count)
         labels_np = np.moveaxis(labels.numpy(), 0, self.slice_axis)
+        if postprocess:
+            labels_np = postprocess_labels(labels_np, self.num_classes)
         probs_np = None if probs is None else np.moveaxis(probs.numpy(), 1, self.slice_axis + 1)
         return Prediction(labels=np.ascontiguousarray(labels_np), probabilities=probs_np)
 
@@ -191,6 +202,21 @@ class Predictor:
             return logits[..., :height, :width]
 
 
+def postprocess_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Keep each foreground class's largest 3D component, then fill its enclosed holes.
+
+    A slice-wise network can leave islands far from the atrium (they dominate HD95) and
+    holes where a slice disagrees with its neighbours.
+    """
+    from monai.transforms import FillHoles, KeepLargestConnectedComponent
+
+    classes = list(range(1, num_classes))
+    channel_first = torch.from_numpy(np.ascontiguousarray(labels))[None]
+    kept = KeepLargestConnectedComponent(applied_labels=classes, independent=True)(channel_first)
+    filled = FillHoles(applied_labels=classes)(kept)
+    return np.asarray(filled[0], dtype=np.uint8)
+
+
 # --------------------------------------------------------------------------- files
 
 
@@ -229,7 +255,8 @@ def predict_files(
     out: str | Path,
     *,
     batch_size: int = 16,
-    tta: bool = False,
+    tta: bool | None = None,
+    postprocess: bool | None = None,
     save_probabilities: bool = False,
     overwrite: bool = False,
     skip_existing: bool = False,
@@ -256,12 +283,21 @@ def predict_files(
         if source in scans:
             rows.append(
                 _predict_scan(
-                    predictor, source, target, batch_size, tta, save_probabilities, overwrite
+                    predictor,
+                    source,
+                    target,
+                    batch_size,
+                    tta,
+                    postprocess,
+                    save_probabilities,
+                    overwrite,
                 )
             )
         else:
             rows.append(
-                _predict_png(predictor, source, target, batch_size, tta, overwrite, rgb_map)
+                _predict_png(
+                    predictor, source, target, batch_size, tta, postprocess, overwrite, rgb_map
+                )
             )
         yield Progress(source.name, done, total)
     if rows:
@@ -269,13 +305,19 @@ def predict_files(
     return rows
 
 
-def _predict_scan(predictor, source, target, batch_size, tta, save_probabilities, overwrite):
+def _predict_scan(
+    predictor, source, target, batch_size, tta, postprocess, save_probabilities, overwrite
+):
     from .progress import run_to_end
 
     scan = read_scan(source)
     prediction = run_to_end(
         predictor.predict_volume(
-            scan.array, batch_size=batch_size, tta=tta, probabilities=save_probabilities
+            scan.array,
+            batch_size=batch_size,
+            tta=tta,
+            postprocess=postprocess,
+            probabilities=save_probabilities,
         )
     )
     write_labels(target, prediction.labels, scan.geometry, overwrite=overwrite)
@@ -295,7 +337,7 @@ def _predict_scan(predictor, source, target, batch_size, tta, save_probabilities
     return row
 
 
-def _predict_png(predictor, source, target, batch_size, tta, overwrite, rgb_map):
+def _predict_png(predictor, source, target, batch_size, tta, postprocess, overwrite, rgb_map):
     from PIL import Image
 
     from .data import DEFAULT_RGB_MAP, read_png_image
@@ -303,7 +345,9 @@ def _predict_png(predictor, source, target, batch_size, tta, overwrite, rgb_map)
 
     image = read_png_image(source).astype(np.float32)
     volume = np.expand_dims(image, axis=predictor.slice_axis)
-    labels = run_to_end(predictor.predict_volume(volume, batch_size=batch_size, tta=tta)).labels
+    labels = run_to_end(
+        predictor.predict_volume(volume, batch_size=batch_size, tta=tta, postprocess=postprocess)
+    ).labels
     labels = np.take(labels, 0, axis=predictor.slice_axis)
     colour_of: dict[int, tuple[int, int, int]] = {}
     for colour, cls in (rgb_map or DEFAULT_RGB_MAP).items():
@@ -345,7 +389,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="model file (.safetensors)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per batch")
-    parser.add_argument("--tta", action="store_true", help="average over flips")
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average over flips (default: what the model recommends)",
+    )
+    parser.add_argument(
+        "--postprocess",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the largest 3D component and fill holes (default: what the model recommends)",
+    )
     parser.add_argument(
         "--probabilities",
         action="store_true",
@@ -380,6 +435,7 @@ def run(args: argparse.Namespace) -> int:
             args.out,
             batch_size=args.batch_size,
             tta=args.tta,
+            postprocess=args.postprocess,
             save_probabilities=args.probabilities,
             overwrite=args.overwrite,
             skip_existing=args.skip_existing,

@@ -128,9 +128,17 @@ def plain_state_dict(network: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_model(
-    path: str | Path, network: nn.Module, metadata: dict[str, Any], *, overwrite: bool = True
+    path: str | Path,
+    network: nn.Module,
+    metadata: dict[str, Any],
+    *,
+    overwrite: bool = True,
+    half: bool = False,
 ) -> Path:
-    """Write weights and metadata as one ``.safetensors`` file, atomically."""
+    """Write weights and metadata as one ``.safetensors`` file, atomically.
+
+    ``half`` stores floating-point weights as fp16 (half the size; loading casts them back).
+    """
     from safetensors.torch import save_file
 
     metadata = {
@@ -139,10 +147,11 @@ def save_model(
         "format_version": MODEL_FORMAT_VERSION,
         "package_version": __version__,
     }
+    state = plain_state_dict(network)
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     with atomic_destination(path, overwrite=overwrite) as temporary:
-        save_file(
-            plain_state_dict(network), str(temporary), metadata={METADATA_KEY: json.dumps(metadata)}
-        )
+        save_file(state, str(temporary), metadata={METADATA_KEY: json.dumps(metadata)})
     return Path(path)
 
 

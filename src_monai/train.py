@@ -91,9 +91,15 @@ def load_training_data(config: Config) -> TrainingData:
         train, val = _msd_cases(config, root)
     else:
         train, val = _png_cases(config, root)
-    if not train or not val:
-        raise DatasetError(
-            root, f"need training and validation cases, got {len(train)} and {len(val)}"
+    if not train:
+        raise DatasetError(root, "no training cases")
+    if not val:
+        if not data.split:
+            raise DatasetError(root, "no validation cases")
+        logger.warning(
+            "%s: no validation cases in the split: training on all cases; the "
+            "last epoch is saved as the model",
+            data.split,
         )
     logger.info(
         "data: %d training and %d validation cases (%s layout)", len(train), len(val), layout
@@ -363,7 +369,7 @@ class TrainResult:
     best_epoch: int
     epochs_done: int
     stopped: str
-    """``completed``, ``early stopping``, ``STOP file`` or ``interrupted``."""
+    """``completed``, ``early stopping``, ``time limit``, ``STOP file`` or ``interrupted``."""
 
     @property
     def best_model(self) -> Path:
@@ -431,6 +437,10 @@ def run_training(config: Config, *, resume: str | Path | None = None) -> Job[Tra
             new_run_dir(Path(config.train.runs_dir), config.train.run_name) if dist.main else None
         )
     data = load_training_data(config)
+    if device.type == "cuda" and config.train.augment_on_device:
+        # Augmentation then runs on the GPU: MONAI's transforms follow their input's device.
+        for case in data.train + data.val:
+            case.slices, case.labels = case.slices.to(device), case.labels.to(device)
     torch.manual_seed(config.train.seed)
     network = build_network(config.model, config.data.context_slices, config.data.num_classes).to(
         device
@@ -481,6 +491,7 @@ def run_training(config: Config, *, resume: str | Path | None = None) -> Job[Tra
     total_steps = config.train.epochs * steps
     stopped = "completed"
     epoch = start_epoch - 1
+    run_started = time.perf_counter()
     network.train()
     try:
         for epoch in range(start_epoch, config.train.epochs):
@@ -534,10 +545,13 @@ def run_training(config: Config, *, resume: str | Path | None = None) -> Job[Tra
                 "val_dice": "",
                 "lr": optimiser.param_groups[0]["lr"],
             }
-            validated = (
+            limit = config.train.time_limit_minutes * 60
+            time_up = dist.share(bool(limit) and time.perf_counter() - run_started >= limit)
+            validated = bool(data.val) and (
                 (epoch + 1) % config.train.val_every == 0
                 or epoch + 1 == config.train.epochs
                 or stopped != "completed"
+                or time_up
             )
             mean_dice = None
             if validated:
@@ -584,6 +598,13 @@ def run_training(config: Config, *, resume: str | Path | None = None) -> Job[Tra
                     history,
                 )
                 _write_metrics(run_dir, history)
+                if not data.val:  # nothing to choose on: the latest epoch is the model
+                    best_epoch = epoch + 1
+                    save_model(
+                        run_dir / "checkpoints" / "best.safetensors",
+                        network,
+                        {**metadata, "training": {"epoch": best_epoch, "val_dice": None}},
+                    )
                 if writer is not None:
                     _log_tensorboard(writer, row)
             logger.info(
@@ -593,6 +614,9 @@ def run_training(config: Config, *, resume: str | Path | None = None) -> Job[Tra
                 f", val Dice {mean_dice:.4f}" if mean_dice is not None else "",
             )
             if stopped != "completed":
+                break
+            if time_up:
+                stopped = "time limit"
                 break
             patience = config.train.early_stopping_patience
             if patience and validated and stale >= patience:
@@ -851,10 +875,12 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config, overrides)
     result = drive(run_training(config, resume=args.resume), description="train")
     if int(os.environ.get("RANK", "0")) == 0:
-        print(
-            f"{result.stopped} after {result.epochs_done} epoch(s); best validation Dice "
-            f"{result.best_dice:.4f} at epoch {result.best_epoch}"
+        quality = (
+            f"best validation Dice {result.best_dice:.4f} at epoch {result.best_epoch}"
+            if result.best_dice >= 0
+            else "no validation cases: the model is the last epoch"
         )
+        print(f"{result.stopped} after {result.epochs_done} epoch(s); {quality}")
         print(f"run folder: {result.run_dir}")
     return EXIT_INTERRUPTED if result.stopped == "interrupted" else 0
 

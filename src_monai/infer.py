@@ -121,6 +121,12 @@ class Predictor:
         """
         recommended = self.metadata.get("inference", {})
         tta = bool(recommended.get("tta", False)) if tta is None else tta
+        if tta and not self.tta_flip_dims:
+            logger.warning(
+                "test-time augmentation skipped: this model was trained without "
+                "flips, and flipped inputs would mislead it"
+            )
+            tta = False
         postprocess = (
             bool(recommended.get("postprocess", False)) if postprocess is None else postprocess
         )
@@ -159,19 +165,28 @@ class Predictor:
         probs_np = None if probs is None else np.moveaxis(probs.numpy(), 1, self.slice_axis + 1)
         return Prediction(labels=np.ascontiguousarray(labels_np), probabilities=probs_np)
 
+    @property
+    def tta_flip_dims(self) -> list[tuple[int, ...]]:
+        """Flips used for test-time augmentation: only those the model was trained with.
+
+        A network never shown a mirrored heart fails on one; averaging in such outputs
+        ruins the prediction instead of smoothing it.
+        """
+        trained_with_flips = self.metadata.get("config", {}).get("augment", {}).get("flip")
+        return [(3,)] if trained_with_flips else []
+
     def _scores(
         self, batch: torch.Tensor, *, tta: bool, overlap: float, softmax: bool
     ) -> torch.Tensor:
-        if not tta:
-            logits = self._logits(batch, overlap)
+        flips = self.tta_flip_dims if tta else []
+        logits = self._logits(batch, overlap)
+        if not flips:
             return torch.softmax(logits.float(), dim=1) if softmax else logits
-        total = None
-        for dims in ((), (2,), (3,), (2, 3)):
-            flipped = torch.flip(batch, dims) if dims else batch
-            probs = torch.softmax(self._logits(flipped, overlap).float(), dim=1)
-            probs = torch.flip(probs, dims) if dims else probs
-            total = probs if total is None else total + probs
-        return total / 4
+        total = torch.softmax(logits.float(), dim=1)
+        for dims in flips:
+            flipped = self._logits(torch.flip(batch, dims), overlap)
+            total += torch.flip(torch.softmax(flipped.float(), dim=1), dims)
+        return total / (1 + len(flips))
 
     def _logits(self, batch: torch.Tensor, overlap: float) -> torch.Tensor:
         from monai.inferers import SlidingWindowInferer

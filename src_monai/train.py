@@ -403,11 +403,11 @@ def validate_cases(
     for case in cases:
         labels = run_to_end(
             predictor.predict_volume(
-                case.slices.numpy(), batch_size=config.infer.batch_size, normalised=True
+                case.slices.cpu().numpy(), batch_size=config.infer.batch_size, normalised=True
             )
         ).labels
         pred = one_hot(torch.from_numpy(labels).long()[None, None], config.data.num_classes)
-        true = one_hot(case.labels.long()[None, None], config.data.num_classes)
+        true = one_hot(case.labels.cpu().long()[None, None], config.data.num_classes)
         dice = compute_dice(pred, true, include_background=False, ignore_empty=False)
         scores[case.case_id] = float(dice.mean())
     network.train()
@@ -769,8 +769,8 @@ def _write_preview(run_dir, epoch, network, cases, picks, config, device) -> Non
             for axis, (image, title) in zip(
                 axes[row],
                 (
-                    (case.slices[z].numpy(), f"{case.case_id} z={z}"),
-                    (case.labels[z].numpy(), "truth"),
+                    (case.slices[z].cpu().numpy(), f"{case.case_id} z={z}"),
+                    (case.labels[z].cpu().numpy(), "truth"),
                     (predicted, "prediction"),
                 ),
                 strict=True,

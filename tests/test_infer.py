@@ -51,11 +51,36 @@ def test_batch_size_does_not_change_the_labels(predictor, tiny_run):
     assert np.array_equal(one, many)
 
 
-def test_tta_and_sliding_window_give_labels_of_the_input_shape(predictor):
+def test_sliding_window_for_slices_larger_than_the_patch(predictor):
     volume = np.random.default_rng(0).normal(size=(80, 40, 5)).astype(np.float32)
     # 80x40 slices are larger than the 32x32 training patch: Gaussian sliding windows.
-    labels = run_to_end(predictor.predict_volume(volume, tta=True)).labels
+    labels = run_to_end(predictor.predict_volume(volume)).labels
     assert labels.shape == volume.shape and set(np.unique(labels)) <= {0, 1}
+
+
+def test_tta_is_skipped_for_a_model_trained_without_flips(predictor, tiny_run, caplog):
+    dataset, _ = tiny_run
+    volume = read_scan(dataset / "imagesTr" / "case_001.nii.gz").array
+    plain = run_to_end(predictor.predict_volume(volume, tta=False)).labels
+    with caplog.at_level("WARNING"):
+        tta = run_to_end(predictor.predict_volume(volume, tta=True)).labels
+    assert np.array_equal(plain, tta)
+    assert "trained without flips" in caplog.text
+
+
+def test_tta_averages_the_flip_the_model_was_trained_with(predictor, tiny_run):
+    dataset, _ = tiny_run
+    volume = read_scan(dataset / "imagesTr" / "case_001.nii.gz").array
+    metadata = {**predictor.metadata, "config": {"augment": {"flip": True}}}
+    flipping = Predictor(predictor.network, metadata, predictor.device)
+    averaged = run_to_end(flipping.predict_volume(volume, tta=True, probabilities=True))
+    plain = run_to_end(predictor.predict_volume(volume, probabilities=True)).probabilities
+    # Slices run along volume axis 2, so a slice's (H, W) are volume axes (0, 1): the
+    # flipped W is volume axis 1.
+    mirrored = run_to_end(
+        predictor.predict_volume(np.ascontiguousarray(volume[:, ::-1]), probabilities=True)
+    ).probabilities[:, :, ::-1]
+    assert np.allclose(averaged.probabilities, (plain + mirrored) / 2, atol=1e-5)
 
 
 def test_files_are_written_with_the_scans_geometry(predictor, tiny_run, tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from . import __version__, evaluate, infer, prepare, train
+from . import __version__, demo, evaluate, infer, prepare, train
 from .cli_support import (
     LascArgumentParser,
     add_common_arguments,
@@ -26,6 +26,7 @@ SUBCOMMANDS = {
     "train": (train, "train a 2D segmentation network from a config file"),
     "evaluate": (evaluate, "per-case 3D metrics of a model or of predicted labels"),
     "infer": (infer, "segment scans or PNG slices with a trained model"),
+    "demo": (demo, "segment the bundled sample scan with the bundled model"),
 }
 
 

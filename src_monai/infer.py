@@ -60,8 +60,12 @@ class Predictor:
         self.device = device
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> Predictor:
+    def from_checkpoint(cls, path: str | Path | None = None, device: str = "auto") -> Predictor:
+        """Load a model file; ``None`` loads the model bundled with the package."""
+        from .model import BUNDLED_MODEL
+
         torch_device = resolve_device(device)
+        path = BUNDLED_MODEL if path is None else path
         network, metadata = load_model(path, torch_device)
         return cls(network, metadata, torch_device)
 
@@ -401,7 +405,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="scans (.nii.gz, .nii, .nrrd, .mha, ...), PNG slices, or folders",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--model", type=Path, required=True, help="model file (.safetensors)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="model file (.safetensors); default: the bundled model",
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per batch")
     parser.add_argument(

@@ -32,6 +32,12 @@ METADATA_KEY = "napari_lasc"
 DEFAULT_COLOURS = [(0, 0, 0), (255, 0, 255), (0, 255, 255), (255, 255, 0), (0, 255, 0)]
 
 
+RESOURCES = Path(__file__).resolve().parent / "resources"
+BUNDLED_MODEL = RESOURCES / "left_atrium_2d5.safetensors"
+SAMPLE_SCAN = RESOURCES / "sample_la_016.nii.gz"
+SAMPLE_LABEL = RESOURCES / "sample_la_016_label.nii.gz"
+
+
 class ModelFileError(LascError):
     """A model file is missing, damaged, unsafe, or disagrees with its metadata."""
 

@@ -1,0 +1,48 @@
+"""The bundled model and sample: a real segmentation, and `lasc demo` from the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from src_monai.evaluate import case_metrics
+from src_monai.infer import Predictor
+from src_monai.model import BUNDLED_MODEL, SAMPLE_LABEL, SAMPLE_SCAN
+from src_monai.progress import run_to_end
+from src_monai.scan_io import read_labels, read_scan
+
+LASC = str(Path(sys.executable).with_name("lasc"))
+
+
+def test_bundled_model_segments_the_bundled_sample(monkeypatch):
+    # No network: the model and sample come from the package itself.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    predictor = Predictor.from_checkpoint(device="cpu")
+    assert predictor.metadata["inference"] == {"tta": False, "postprocess": True}
+    assert predictor.metadata["cross_validation"]["folds"] == 4
+    scan, truth = read_scan(SAMPLE_SCAN), read_labels(SAMPLE_LABEL)
+    labels = run_to_end(predictor.predict_volume(scan.array)).labels
+    metrics = case_metrics(labels, truth.array, scan.geometry.spacing, 2)
+    assert metrics["dice"] >= 0.85, metrics
+    assert BUNDLED_MODEL.stat().st_size < 5_000_000  # fp16, one copy
+
+
+def test_lasc_demo_writes_labels_overlay_and_summary(tmp_path):
+    result = subprocess.run([LASC, "demo", "--device", "cpu"], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "lasc-demo"
+    assert f"wrote {folder}" in result.stdout
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["dice"] >= 0.85 and 50 < summary["la_volume_ml"] < 200
+    written = nib.load(folder / "la_016_prediction.nii.gz")
+    assert np.array_equal(written.affine, nib.load(SAMPLE_SCAN).affine)
+    assert (folder / "overlay.png").stat().st_size > 10_000
+    again = subprocess.run([LASC, "demo", "--device", "cpu"], capture_output=True, text=True,
+                           timeout=300, cwd=tmp_path)
+    assert again.returncode == 0 and (tmp_path / "lasc-demo-2").is_dir()  # never overwrites

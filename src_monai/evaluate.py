@@ -278,6 +278,8 @@ def _boxplot(rows: Sequence[dict[str, Any]]):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``lasc evaluate`` options."""
+    from .infer import add_prediction_arguments
+
     parser.add_argument("--out", type=Path, required=True, help="report folder (new or empty)")
     source = parser.add_argument_group("what to evaluate (a model on data, or label folders)")
     source.add_argument("--model", type=Path, help="model file: predict the cases of --data")
@@ -290,19 +292,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--pred", type=Path, help="folder of predicted label volumes")
     source.add_argument("--truth", type=Path, help="folder of true label volumes")
     parser.add_argument("--num-classes", type=int, default=2)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument(
-        "--tta",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="average over flips (default: what the model recommends)",
-    )
-    parser.add_argument(
-        "--postprocess",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="keep the largest 3D component and fill holes (default: what the model recommends)",
-    )
+    add_prediction_arguments(parser)
     parser.add_argument(
         "--overwrite", action="store_true", help="write into a non-empty --out (deletes nothing)"
     )
@@ -341,7 +331,12 @@ def run(args: argparse.Namespace) -> int:
     out = ensure_empty_folder(args.out, overwrite=args.overwrite)
     rows = drive(
         evaluate_pairs(
-            pairs, num_classes, predictor=predictor, tta=args.tta, postprocess=args.postprocess
+            pairs,
+            num_classes,
+            predictor=predictor,
+            batch_size=args.batch_size,
+            tta=args.tta,
+            postprocess=args.postprocess,
         ),
         description="evaluate",
         unit="case",

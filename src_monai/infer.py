@@ -395,6 +395,25 @@ def _write_summary(path: Path, rows: list[dict[str, Any]]) -> None:
 # --------------------------------------------------------------------------- CLI
 
 
+def add_prediction_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a model is applied: shared by ``lasc infer`` and ``lasc evaluate``."""
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--batch-size", type=int, default=16, help="slices per batch")
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average over the flips the model was trained with (default: what the model "
+        "recommends)",
+    )
+    parser.add_argument(
+        "--postprocess",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the largest 3D component and fill holes (default: what the model recommends)",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``lasc infer`` options."""
     parser.add_argument(
@@ -411,20 +430,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="model file (.safetensors); default: the bundled model",
     )
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--batch-size", type=int, default=16, help="slices per batch")
-    parser.add_argument(
-        "--tta",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="average over flips (default: what the model recommends)",
-    )
-    parser.add_argument(
-        "--postprocess",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="keep the largest 3D component and fill holes (default: what the model recommends)",
-    )
+    add_prediction_arguments(parser)
     parser.add_argument(
         "--probabilities",
         action="store_true",

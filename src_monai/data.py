@@ -299,6 +299,23 @@ def decode_rgb_mask(
     return classes[nearest][inverse].reshape(packed.shape)
 
 
+def colour_mask(labels: np.ndarray, rgb_map: RgbMap = DEFAULT_RGB_MAP) -> np.ndarray:
+    """The inverse of :func:`decode_rgb_mask`: paint class indices with their map colour.
+
+    A class with several colours gets the first one; a class with none is an error.
+    """
+    colour_of: dict[int, tuple[int, int, int]] = {}
+    for colour, cls in rgb_map.items():
+        colour_of.setdefault(cls, colour)
+    missing = sorted(set(np.unique(labels).tolist()) - set(colour_of))
+    if missing:
+        raise DatasetError(None, f"rgb_map has no colour for class(es) {missing}")
+    lut = np.zeros((256, 3), np.uint8)
+    for cls, colour in colour_of.items():
+        lut[cls] = colour
+    return lut[labels]
+
+
 def _distance_to_blends(colours: np.ndarray, palette: np.ndarray) -> np.ndarray:
     """Distance of each colour to the nearest point on a segment between two map colours."""
     best = np.linalg.norm(colours[:, None, :] - palette[None, :, :], axis=2).min(axis=1)
@@ -441,6 +458,7 @@ __all__ = [
     "MsdDataset",
     "PngSlice",
     "SplitPlan",
+    "colour_mask",
     "decode_rgb_mask",
     "discover_msd",
     "discover_png",

@@ -359,7 +359,7 @@ def _predict_scan(
 def _predict_png(predictor, source, target, batch_size, tta, postprocess, overwrite, rgb_map):
     from PIL import Image
 
-    from .data import DEFAULT_RGB_MAP, read_png_image
+    from .data import DEFAULT_RGB_MAP, colour_mask, read_png_image
     from .progress import run_to_end
 
     image = read_png_image(source).astype(np.float32)
@@ -368,14 +368,9 @@ def _predict_png(predictor, source, target, batch_size, tta, postprocess, overwr
         predictor.predict_volume(volume, batch_size=batch_size, tta=tta, postprocess=postprocess)
     ).labels
     labels = np.take(labels, 0, axis=predictor.slice_axis)
-    colour_of: dict[int, tuple[int, int, int]] = {}
-    for colour, cls in (rgb_map or DEFAULT_RGB_MAP).items():
-        colour_of.setdefault(cls, colour)
-    lut = np.zeros((256, 3), np.uint8)
-    for cls, colour in colour_of.items():
-        lut[cls] = colour
+    mask = colour_mask(labels, rgb_map or DEFAULT_RGB_MAP)
     with atomic_destination(target, overwrite=overwrite) as temporary:
-        Image.fromarray(lut[labels]).save(temporary, format="PNG")
+        Image.fromarray(mask).save(temporary, format="PNG")
     return {
         "input": str(source),
         "output": str(target),

@@ -29,6 +29,7 @@ from .data import (
     PNG_SUBSETS,
     MsdDataset,
     RgbMap,
+    colour_mask,
     discover_msd,
     holdout_split,
     kfold_split,
@@ -209,19 +210,10 @@ def slice_to_png_image(image_slice: np.ndarray, size: int, scale_max: float) -> 
 
 def slice_to_png_mask(label_slice: np.ndarray, size: int, rgb_map: RgbMap) -> np.ndarray:
     """Class slice -> RGB mask (resized with nearest neighbour, rotated 90 CCW)."""
-    colour_of: dict[int, tuple[int, int, int]] = {}
-    for colour, cls in rgb_map.items():
-        colour_of.setdefault(cls, colour)
-    missing = sorted(set(np.unique(label_slice).tolist()) - set(colour_of))
-    if missing:
-        raise DatasetError(None, f"rgb_map has no colour for class(es) {missing}")
     resized = Image.fromarray(label_slice.astype(np.uint8)).resize(
         (size, size), Image.Resampling.NEAREST
     )
-    lut = np.zeros((256, 3), np.uint8)
-    for cls, colour in colour_of.items():
-        lut[cls] = colour
-    return np.rot90(lut[np.asarray(resized)])
+    return np.rot90(colour_mask(np.asarray(resized), rgb_map))
 
 
 def export_png_dataset(

@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from src_monai.data import (
     DEFAULT_RGB_MAP,
+    colour_mask,
     decode_rgb_mask,
     discover_msd,
     discover_png,
@@ -235,3 +236,11 @@ def test_unreadable_png_is_named(tmp_path):
     (tmp_path / "masks" / "10001_5.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match="not a readable image"):
         discover_png(tmp_path)
+
+
+def test_colour_mask_is_the_inverse_of_decoding():
+    rgb_map = {(0, 0, 0): 0, (255, 0, 0): 1, (0, 0, 255): 2}
+    labels = np.array([[0, 1], [2, 1]], np.uint8)
+    assert decode_rgb_mask(colour_mask(labels, rgb_map), rgb_map).tolist() == labels.tolist()
+    with pytest.raises(DatasetError, match=r"no colour for class\(es\) \[3\]"):
+        colour_mask(np.array([[3]], np.uint8), rgb_map)

@@ -40,7 +40,8 @@ class DataConfig:
     fold: int = 0
     """Which partition of a k-fold split file to train on."""
     val_fraction: float = 0.25
-    """Share of patients held out for validation when no split file is given."""
+    """Share of patients held out for validation when no split file is given; 0 trains on
+    all of them without validation (the last epoch becomes the model)."""
     split_seed: int = 0
     slice_axis: int = 2
     """Array axis the 2D model slices along (the earlier tool's: the third)."""
@@ -125,6 +126,9 @@ class TrainConfig:
     """Stop (after validating and saving) once an epoch ends past this wall time; 0: none."""
     augment_on_device: bool = True
     """On CUDA, keep the cached volumes on the GPU and augment there (no host round trips)."""
+    init_model: str = ""
+    """Fine-tune: start from this model file's weights (``bundled``: the shipped model).
+    Its architecture must match [model] and [data]; empty: random initial weights."""
     runs_dir: str = "runs"
     run_name: str = ""
     """Run folder name; empty: ``<date>-<time>``. An existing run folder is never reused."""
@@ -176,7 +180,14 @@ CHOICES = {
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "infer.device": ("auto", "cpu", "cuda"),
 }
-PATH_KEYS = ("data.dataset", "data.split", "train.runs_dir", "infer.input", "infer.output")
+PATH_KEYS = (
+    "data.dataset",
+    "data.split",
+    "train.runs_dir",
+    "train.init_model",
+    "infer.input",
+    "infer.output",
+)
 
 
 # --------------------------------------------------------------------------- building
@@ -249,7 +260,10 @@ def validate(config: Config, source: str | Path | None = None) -> None:
             "data.patch_size must be two sizes >= 16",
         ),
         (0.0 <= data.foreground_oversample <= 1.0, "data.foreground_oversample must be in 0..1"),
-        (0.0 < data.val_fraction < 1.0, "data.val_fraction must be between 0 and 1"),
+        (
+            0.0 <= data.val_fraction < 1.0,
+            "data.val_fraction must be at least 0 (0: no validation) and below 1",
+        ),
         (data.num_classes >= 2, "data.num_classes must be >= 2"),
         (
             len(data.class_names) == data.num_classes,
@@ -338,7 +352,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     for key in PATH_KEYS:
         section, name = key.split(".")
         value = raw[section][name]
-        if value and not Path(value).is_absolute():
+        if value and value != "bundled" and not Path(value).is_absolute():
             raw[section][name] = str((base / value).resolve())
     return config_from_dict(raw)
 

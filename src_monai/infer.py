@@ -41,6 +41,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_volume(volume: np.ndarray) -> None:
+    """A 3D volume with some contrast: a blank scan would get a confident-looking guess."""
+    if volume.ndim != 3:
+        raise LascError(None, f"expected a 3D volume, got shape {volume.shape}")
+    if volume.size == 0:
+        raise LascError(None, f"the volume is empty (shape {volume.shape})")
+    low, high = volume.min(), volume.max()
+    if low == high:
+        raise LascError(None, f"the scan is blank (every voxel is {low}): nothing to segment")
+
+
 @dataclass(frozen=True)
 class Prediction:
     """Labels in the input volume's shape; class probabilities ``(C, ...)`` when asked for."""
@@ -134,8 +145,7 @@ class Predictor:
         postprocess = (
             bool(recommended.get("postprocess", False)) if postprocess is None else postprocess
         )
-        if volume.ndim != 3:
-            raise LascError(None, f"expected a 3D volume, got shape {volume.shape}")
+        check_volume(volume)
         values = (
             volume.astype(np.float32)
             if normalised
@@ -151,9 +161,12 @@ class Predictor:
             else None
         )
         slices = slices.to(self.device)
-        with torch.inference_mode():
-            for start in range(0, count, batch_size):
-                stop = min(start + batch_size, count)
+        for start in range(0, count, batch_size):
+            stop = min(start + batch_size, count)
+            # Inference mode per batch, never across the yield: grad mode is thread-local,
+            # and the caller's code (or, after a cancel, whatever the worker thread runs
+            # next) must not inherit it from a suspended generator.
+            with torch.inference_mode():
                 batch = context_stack(slices, range(start, stop), self.context)
                 scores = self._scores(
                     batch, tta=tta, overlap=overlap, softmax=keep_probabilities or tta
@@ -162,12 +175,37 @@ class Predictor:
                 labels[start:stop] = scores.max(1).indices.to("cpu", torch.uint8)
                 if probs is not None:
                     probs[:, start:stop] = scores.float().to("cpu").transpose(0, 1)
-                yield Progress(f"slices {start + 1}-{stop} of {count}", stop, count)
+            yield Progress(f"slices {start + 1}-{stop} of {count}", stop, count)
         labels_np = np.moveaxis(labels.numpy(), 0, self.slice_axis)
         if postprocess:
             labels_np = postprocess_labels(labels_np, self.num_classes)
         probs_np = None if probs is None else np.moveaxis(probs.numpy(), 1, self.slice_axis + 1)
         return Prediction(labels=np.ascontiguousarray(labels_np), probabilities=probs_np)
+
+    def predict_slice(
+        self, volume: np.ndarray, index: int, *, tta: bool | None = None
+    ) -> np.ndarray:
+        """Labels of one slice (along the model's slice axis) of a 3D volume: interactive use.
+
+        The whole volume is normalised as in :meth:`predict_volume`, so the slice gets the
+        same labels as it would there (3D post-processing aside, which needs every slice).
+        """
+        check_volume(volume)
+        count = volume.shape[self.slice_axis]
+        if not 0 <= index < count:
+            raise LascError(None, f"slice {index} is outside 0..{count - 1}")
+        recommended = self.metadata.get("inference", {})
+        tta = bool(recommended.get("tta", False)) if tta is None else tta
+        tta = tta and bool(self.tta_flip_dims)
+        half = self.context // 2
+        # Only the neighbours the context needs, edge slices repeated as in training.
+        wanted = np.clip(np.arange(index - half, index + half + 1), 0, count - 1)
+        values = normalise_volume(volume, self.normalisation)
+        stack = np.take(values, wanted, axis=self.slice_axis)
+        batch = torch.from_numpy(np.ascontiguousarray(np.moveaxis(stack, self.slice_axis, 0)))
+        with torch.inference_mode():
+            scores = self._scores(batch[None].to(self.device), tta=tta, overlap=0.25, softmax=tta)
+            return scores.max(1).indices[0].to("cpu", torch.uint8).numpy()
 
     @property
     def tta_flip_dims(self) -> list[tuple[int, ...]]:
@@ -299,9 +337,9 @@ def predict_files(
         if skip_existing and target.exists():
             yield Progress(f"{source.name} (kept)", done, total)
             continue
-        if source in scans:
-            rows.append(
-                _predict_scan(
+        try:
+            if source in scans:
+                row = _predict_scan(
                     predictor,
                     source,
                     target,
@@ -311,13 +349,15 @@ def predict_files(
                     save_probabilities,
                     overwrite,
                 )
-            )
-        else:
-            rows.append(
-                _predict_png(
+            else:
+                row = _predict_png(
                     predictor, source, target, batch_size, tta, postprocess, overwrite, rgb_map
                 )
-            )
+        except LascError as exc:
+            if exc.source is not None:
+                raise
+            raise LascError(source, exc.problem) from exc  # name the file it is about
+        rows.append(row)
         yield Progress(source.name, done, total)
     if rows:
         _write_summary(out / "summary.csv", rows)

@@ -6,8 +6,8 @@ it with a tqdm bar, napari with a ``thread_worker``, tests by exhausting it. One
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from dataclasses import dataclass
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -15,11 +15,16 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Progress:
-    """``done`` of ``total`` steps finished; ``message`` says what was just done."""
+    """``done`` of ``total`` steps finished; ``message`` says what was just done.
+
+    ``metrics`` carries figures a front end may plot live (e.g. a training epoch's loss and
+    validation Dice).
+    """
 
     message: str
     done: int
     total: int
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 Job = Generator[Progress, None, T]

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -94,12 +95,11 @@ def load_training_data(config: Config) -> TrainingData:
     if not train:
         raise DatasetError(root, "no training cases")
     if not val:
-        if not data.split:
+        if not data.split and data.val_fraction > 0:
             raise DatasetError(root, "no validation cases")
         logger.warning(
-            "%s: no validation cases in the split: training on all cases; the "
-            "last epoch is saved as the model",
-            data.split,
+            "%s: no validation cases: training on all cases; the last epoch is saved as the model",
+            data.split or "data.val_fraction = 0",
         )
     logger.info(
         "data: %d training and %d validation cases (%s layout)", len(train), len(val), layout
@@ -369,7 +369,8 @@ class TrainResult:
     best_epoch: int
     epochs_done: int
     stopped: str
-    """``completed``, ``early stopping``, ``time limit``, ``STOP file`` or ``interrupted``."""
+    """``completed``, ``early stopping``, ``time limit``, ``STOP file``, ``stopped`` (the
+    ``stop`` callback) or ``interrupted``."""
 
     @property
     def best_model(self) -> Path:
@@ -414,8 +415,17 @@ def validate_cases(
     return scores
 
 
-def run_training(config: Config, *, resume: str | Path | None = None) -> Job[TrainResult]:
-    """Train a 2D network as ``config`` says; see the module docstring for the run folder."""
+def run_training(
+    config: Config,
+    *,
+    resume: str | Path | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> Job[TrainResult]:
+    """Train a 2D network as ``config`` says; see the module docstring for the run folder.
+
+    ``stop`` is asked after every step, like the run folder's STOP file: once it answers
+    True the epoch ends early, is validated and saved, and the run returns (napari's *Stop*).
+    """
     from .infer import resolve_device
 
     device = resolve_device(config.train.device)
@@ -458,6 +468,8 @@ def run_training(config: Config, *, resume: str | Path | None = None) -> Job[Tra
         start_epoch, best_dice = int(state["epoch"]) + 1, float(state["best_dice"])
         best_epoch, stale, history = int(state["best_epoch"]), int(state["stale"]), state["history"]
         logger.info("resuming %s after epoch %d", run_dir, start_epoch)
+    elif config.train.init_model:
+        _load_initial_weights(network, config)
     if dist.enabled:
         network = torch.nn.parallel.DistributedDataParallel(
             network, device_ids=[device.index] if device.type == "cuda" else None
@@ -539,6 +551,9 @@ def run_training(config: Config, *, resume: str | Path | None = None) -> Job[Tra
                 if dist.share((run_dir / STOP_FILE).exists() if dist.main else None):
                     stopped = "STOP file"
                     break
+                if stop is not None and stop():
+                    stopped = "stopped"
+                    break
             row = {
                 "epoch": epoch + 1,
                 "train_loss": float(np.mean(losses)),
@@ -613,6 +628,15 @@ def run_training(config: Config, *, resume: str | Path | None = None) -> Job[Tra
                 row["train_loss"],
                 f", val Dice {mean_dice:.4f}" if mean_dice is not None else "",
             )
+            epoch_metrics = {"epoch": epoch + 1, "train_loss": row["train_loss"]}
+            if mean_dice is not None:
+                epoch_metrics["val_dice"] = mean_dice
+            yield Progress(
+                f"epoch {epoch + 1}/{config.train.epochs} done",
+                done,
+                total_steps,
+                metrics=epoch_metrics,
+            )
             if stopped != "completed":
                 break
             if time_up:
@@ -635,6 +659,34 @@ def run_training(config: Config, *, resume: str | Path | None = None) -> Job[Tra
     if dist.enabled:
         _write_rank_checksum(run_dir, network, dist)
     return TrainResult(run_dir, best_dice, best_epoch, epoch + 1, stopped)
+
+
+def _load_initial_weights(network: torch.nn.Module, config: Config) -> None:
+    """Start from a trained model's weights (fine-tuning); its architecture must match."""
+    from .model import BUNDLED_MODEL, load_model
+
+    source = config.train.init_model
+    path = BUNDLED_MODEL if source == "bundled" else Path(source)
+    trained, metadata = load_model(path)
+    if (
+        int(metadata["in_channels"]) != config.data.context_slices
+        or int(metadata["num_classes"]) != config.data.num_classes
+    ):
+        raise ConfigError(
+            path,
+            f"train.init_model has {metadata['in_channels']} input channels and "
+            f"{metadata['num_classes']} classes; the config asks for "
+            f"{config.data.context_slices} and {config.data.num_classes}",
+        )
+    try:
+        network.load_state_dict(trained.state_dict(), strict=True)
+    except RuntimeError as exc:
+        raise ConfigError(
+            path,
+            "train.init_model's architecture differs from [model] in the config "
+            f"({str(exc).splitlines()[0]})",
+        ) from exc
+    logger.info("initial weights from %s", path)
 
 
 def _clip(network, config: Config) -> None:

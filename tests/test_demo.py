@@ -33,8 +33,9 @@ def test_bundled_model_segments_the_bundled_sample(monkeypatch):
 
 
 def test_lasc_demo_writes_labels_overlay_and_summary(tmp_path):
-    result = subprocess.run([LASC, "demo", "--device", "cpu"], capture_output=True, text=True,
-                            timeout=300, cwd=tmp_path)
+    result = subprocess.run(
+        [LASC, "demo", "--device", "cpu"], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     folder = tmp_path / "lasc-demo"
     assert f"wrote {folder}" in result.stdout
@@ -43,6 +44,7 @@ def test_lasc_demo_writes_labels_overlay_and_summary(tmp_path):
     written = nib.load(folder / "la_016_prediction.nii.gz")
     assert np.array_equal(written.affine, nib.load(SAMPLE_SCAN).affine)
     assert (folder / "overlay.png").stat().st_size > 10_000
-    again = subprocess.run([LASC, "demo", "--device", "cpu"], capture_output=True, text=True,
-                           timeout=300, cwd=tmp_path)
+    again = subprocess.run(
+        [LASC, "demo", "--device", "cpu"], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert again.returncode == 0 and (tmp_path / "lasc-demo-2").is_dir()  # never overwrites

@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from src_monai.errors import LascError
@@ -181,3 +182,36 @@ def test_cli_infer_errors(tiny_run, tmp_path):
         timeout=300,
     )
     assert no_input.returncode == 2 and "input not found" in no_input.stderr
+
+
+def test_a_suspended_or_abandoned_prediction_leaves_grad_mode_alone(predictor):
+    """Grad mode is thread-local: a generator paused (or dropped, as on Cancel) between
+    batches must not leave the thread in inference mode for whatever runs next there."""
+    volume = np.random.default_rng(0).normal(size=(32, 32, 6)).astype(np.float32)
+    job = predictor.predict_volume(volume, batch_size=1)
+    next(job)
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    del job
+    weight = torch.ones(2, requires_grad=True)
+    (weight * 2).sum().backward()  # would fail inside inference mode
+    assert weight.grad is not None
+
+
+def test_predict_slice_equals_the_whole_volume_slice(predictor):
+    volume = np.random.default_rng(1).normal(size=(32, 32, 7)).astype(np.float32)
+    whole = run_to_end(predictor.predict_volume(volume, postprocess=False)).labels
+    for index in (0, 3, 6):  # edges repeat their slice as context, as in training
+        np.testing.assert_array_equal(
+            predictor.predict_slice(volume, index), np.take(whole, index, axis=2)
+        )
+    with pytest.raises(LascError, match="outside"):
+        predictor.predict_slice(volume, 7)
+
+
+def test_a_blank_scan_is_refused_naming_the_file(predictor, tmp_path):
+    from conftest import save_nifti
+
+    blank = save_nifti(tmp_path / "blank.nii.gz", np.zeros((16, 16, 5), dtype=np.int16))
+    with pytest.raises(LascError, match="blank.nii.gz: the scan is blank"):
+        run_to_end(predict_files(predictor, [blank], tmp_path / "out"))
+    assert not list((tmp_path / "out").glob("*.nii.gz"))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_msd_dataset, tiny_config
@@ -304,3 +306,69 @@ def test_ctrl_c_stops_cleanly_after_saving(tmp_path, msd_dataset):
     assert (
         resumed.returncode == 2 and "--resume continues a run with its own config" in resumed.stderr
     )
+
+
+def test_fine_tuning_starts_from_the_given_weights_and_refuses_another_architecture(
+    tmp_path, msd_dataset, tiny_run
+):
+    from src_monai.config import ConfigError
+
+    _, base = tiny_run
+    # A vanishing learning rate: the fine-tuned model must stay at its starting point
+    # (random initial weights would differ by ~0.1).
+    config = tiny_config(
+        msd_dataset,
+        tmp_path / "runs",
+        train={"epochs": 1, "learning_rate": 1e-30, "init_model": str(base.best_model)},
+    )
+    result = run_to_end(run_training(config))
+    start, _ = load_model(base.best_model)
+    tuned, _ = load_model(result.run_dir / "checkpoints" / "last.safetensors")
+    for (name, a), (_, b) in zip(
+        start.state_dict().items(), tuned.state_dict().items(), strict=True
+    ):
+        assert torch.allclose(a, b, rtol=0, atol=1e-6), name
+    bigger = tiny_config(
+        msd_dataset,
+        tmp_path / "runs",
+        model={"base_filters": 8},
+        train={"init_model": str(base.best_model)},
+    )
+    with pytest.raises(ConfigError, match="architecture differs"):
+        run_to_end(run_training(bigger))
+
+
+def test_stop_callback_ends_the_epoch_saves_and_reports_metrics(tmp_path, msd_dataset):
+    config = tiny_config(msd_dataset, tmp_path / "runs", train={"epochs": 5, "steps_per_epoch": 4})
+    steps = []
+
+    def stop() -> bool:
+        return len(steps) >= 2
+
+    job = run_training(config, stop=stop)
+    epochs_reported = []
+    while True:
+        try:
+            report = next(job)
+        except StopIteration as end:
+            result = end.value
+            break
+        if report.metrics:
+            epochs_reported.append(dict(report.metrics))
+        else:
+            steps.append(report)
+    assert result.stopped == "stopped" and result.epochs_done == 1
+    assert len(steps) == 2  # the epoch ended at the step the callback asked
+    (row,) = epochs_reported
+    assert row["epoch"] == 1 and np.isfinite(row["train_loss"]) and 0 <= row["val_dice"] <= 1
+    assert result.best_model.is_file()
+
+
+def test_val_fraction_zero_trains_on_every_case_without_validation(tmp_path, msd_dataset):
+    config = tiny_config(
+        msd_dataset, tmp_path / "runs", data={"val_fraction": 0.0}, train={"epochs": 1}
+    )
+    result = run_to_end(run_training(config))
+    split = json.loads((result.run_dir / "split.json").read_text())
+    assert len(split["train"]) == 3 and split["val"] == []
+    assert result.best_model.is_file() and result.best_dice == -1.0

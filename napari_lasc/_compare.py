@@ -1,0 +1,141 @@
+"""The "Compare with ground truth" widget: Dice, HD95, volume difference, and an error layer.
+
+The numbers come from the same ``case_metrics`` that ``lasc evaluate`` writes to its CSV.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import Container, Label, PushButton, create_widget
+
+from src_monai.errors import LascError
+from src_monai.evaluate import case_metrics
+from src_monai.progress import Progress
+
+from ._layers import ERROR_CLASS_NAMES, ERROR_COLOURS, labels_kwargs, layer_geometry
+from ._worker import start_job
+
+if TYPE_CHECKING:
+    import napari
+
+logger = logging.getLogger(__name__)
+
+FALSE_POSITIVE, FALSE_NEGATIVE = 1, 2
+
+
+def check_label_pair(prediction: Any, truth: Any) -> None:
+    """Two 3D Labels layers of one shape and voxel size, else a message naming the layer."""
+    import napari.layers
+
+    for role, layer in (("prediction", prediction), ("ground truth", truth)):
+        if layer is None:
+            raise LascError(None, f"no {role} layer chosen")
+        if not isinstance(layer, napari.layers.Labels):
+            raise LascError(layer.name, f"is a {type(layer).__name__} layer, not labels")
+        if np.ndim(layer.data) != 3:
+            raise LascError(layer.name, f"is {np.ndim(layer.data)}D; 3D labels are needed")
+    if prediction is truth:
+        raise LascError(prediction.name, "is chosen as both prediction and ground truth")
+    if prediction.data.shape != truth.data.shape:
+        raise LascError(
+            prediction.name,
+            f"shape {prediction.data.shape} differs from {truth.name}'s {truth.data.shape}",
+        )
+    if not np.allclose(prediction.scale, truth.scale, rtol=1e-4):
+        raise LascError(
+            prediction.name,
+            f"voxel size {tuple(prediction.scale)} differs from {truth.name}'s "
+            f"{tuple(truth.scale)}",
+        )
+
+
+def error_map(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """1 where only the prediction has foreground, 2 where only the truth has; else 0."""
+    predicted, true = prediction != 0, truth != 0
+    errors = np.zeros(prediction.shape, dtype=np.uint8)
+    errors[predicted & ~true] = FALSE_POSITIVE
+    errors[true & ~predicted] = FALSE_NEGATIVE
+    return errors
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    def number(value: float, digits: int, unit: str = "") -> str:
+        return "n/a" if math.isnan(value) else f"{value:.{digits}f}{unit}"
+
+    difference = metrics["volume_pred_ml"] - metrics["volume_truth_ml"]
+    return (
+        f"Dice {number(metrics['dice'], 3)} · HD95 {number(metrics['hd95_mm'], 1, ' mm')}\n"
+        f"volume {metrics['volume_pred_ml']:.1f} vs {metrics['volume_truth_ml']:.1f} mL: "
+        f"{difference:+.1f} mL ({number(metrics['volume_error_pct'], 1, ' %')})"
+    )
+
+
+class CompareWidget(Container):
+    """Score a predicted Labels layer against a ground-truth Labels layer."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        import napari.layers
+
+        self._viewer = napari_viewer
+        self._prediction = create_widget(annotation=napari.layers.Labels, label="prediction")
+        self._truth = create_widget(annotation=napari.layers.Labels, label="ground truth")
+        self._compare = PushButton(text="Compare")
+        self._result = Label(label="result", value="")
+        super().__init__(widgets=[self._prediction, self._truth, self._compare, self._result])
+        self._compare.changed.connect(self.compare)
+        self.worker: Any = None
+        self.metrics: dict[str, float] | None = None
+
+    def compare(self) -> None:
+        """Compute the metrics in a worker, then show them and add the error layer."""
+        from napari.utils.notifications import show_error
+
+        if self.worker is not None:
+            return
+        prediction, truth = self._prediction.value, self._truth.value
+        try:
+            check_label_pair(prediction, truth)
+        except LascError as exc:
+            show_error(str(exc))
+            return
+        predicted, true = np.asarray(prediction.data), np.asarray(truth.data)
+        spacing = tuple(float(s) for s in truth.scale)
+        num_classes = max(2, int(max(predicted.max(), true.max())) + 1)
+
+        def job():
+            yield Progress("metrics", 0, 1)
+            metrics = case_metrics(predicted, true, spacing, num_classes)
+            return metrics, error_map(predicted, true)
+
+        self._compare.enabled = False
+        self._result.value = "computing…"
+        self.worker = start_job(
+            job,
+            description="Compare with ground truth",
+            on_progress=lambda report: None,
+            on_done=lambda result: self._show(prediction, truth, *result),
+            on_cancelled=lambda: None,
+            on_finished=self._finished,
+        )
+
+    def _finished(self) -> None:
+        self._compare.enabled = True
+        self.worker = None
+
+    def _show(self, prediction: Any, truth: Any, metrics: dict, errors: np.ndarray) -> None:
+        import napari.layers
+
+        self.metrics = metrics
+        self._result.value = format_metrics(metrics)
+        name = f"{prediction.name} vs {truth.name} errors"
+        existing = self._viewer.layers.get(name, None)
+        if isinstance(existing, napari.layers.Labels) and existing.data.shape == errors.shape:
+            existing.data = errors
+        else:
+            kwargs = labels_kwargs(layer_geometry(truth), ERROR_CLASS_NAMES, ERROR_COLOURS)
+            self._viewer.add_labels(errors, name=name, **kwargs)
+        logger.info("%s: %s", name, self._result.value.replace("\n", "; "))

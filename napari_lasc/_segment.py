@@ -1,0 +1,289 @@
+"""The "Segment left atrium" widget: a scan layer in, a left-atrium Labels layer out.
+
+The widget only reads the chosen layer, starts the core's ``Predictor`` in a worker and adds
+(or updates) a Labels layer: the same code path as ``lasc infer``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
+
+from src_monai.errors import LascError
+from src_monai.infer import Predictor, resolve_device
+from src_monai.progress import Progress
+
+from ._layers import (
+    PREDICTION_OF_KEY,
+    check_scan_layer,
+    from_layer_axes,
+    labels_kwargs,
+    layer_geometry,
+    to_layer_axes,
+)
+from ._models import FROM_FILE, MODELS, follow_models
+from ._worker import start_job
+
+if TYPE_CHECKING:
+    import napari
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SegmentationSummary:
+    """What the widget reports after a run (also kept for scripts and tests)."""
+
+    layer_name: str
+    volume_ml: float
+    slice_range: tuple[int, int] | None  # first and last napari slice (axis 0) with LA
+    seconds: float
+    slice_index: int | None = None  # current-slice mode: the slice, and its LA area
+    area_mm2: float | None = None
+
+    def text(self) -> str:
+        timing = f"{self.seconds:.2f} s"
+        if self.slice_index is not None:
+            return f"slice {self.slice_index}: LA area {self.area_mm2:.0f} mm² · {timing}"
+        if self.slice_range is None:
+            return f"no left atrium found · {timing}"
+        first, last = self.slice_range
+        return f"LA volume {self.volume_ml:.1f} mL · slices {first}–{last} · {timing}"
+
+
+def _cached_predictor():
+    cache: dict[tuple[str, float, str], Predictor] = {}
+
+    def get(path: Path | None, device: str) -> Predictor:
+        stamp = path.stat().st_mtime if path is not None and path.exists() else 0.0
+        key = (str(path), stamp, device)
+        if key not in cache:
+            cache.clear()  # one model in memory at a time
+            cache[key] = Predictor.from_checkpoint(path, device=device)
+        return cache[key]
+
+    return get
+
+
+_predictor = _cached_predictor()
+
+
+class SegmentWidget(Container):
+    """Segment the left atrium in a 3D scan layer, in a background worker."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        import napari.layers
+
+        self._viewer = napari_viewer
+        self._image = create_widget(annotation=napari.layers.Image, label="scan")
+        self._model = ComboBox(label="model", choices=self._model_choices)
+        self._model_file = FileEdit(
+            label="model file", mode="r", filter="*.safetensors *.pt *.pth", visible=False
+        )
+        self._device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self._tta = CheckBox(text="test-time augmentation (flips the model trained with)")
+        self._postprocess = CheckBox(
+            text="post-process: keep largest 3D component, fill holes", value=True
+        )
+        self._batch_size = SpinBox(label="batch size", min=1, max=512, value=16)
+        self._current_slice = CheckBox(text="current slice only (interactive)")
+        self._run = PushButton(text="Segment")
+        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._bar = ProgressBar(label="progress", value=0, max=1, visible=False)
+        self._result = Label(label="result", value="")
+        super().__init__(
+            widgets=[
+                self._image,
+                self._model,
+                self._model_file,
+                self._device,
+                self._tta,
+                self._postprocess,
+                self._batch_size,
+                self._current_slice,
+                Container(widgets=[self._run, self._cancel], layout="horizontal", labels=False),
+                self._bar,
+                self._result,
+            ]
+        )
+        self._model.changed.connect(self._model_changed)
+        self._run.changed.connect(self.run)
+        self._cancel.changed.connect(self.cancel)
+        follow_models(self._model, self)
+        self.worker: Any = None
+        self.summary: SegmentationSummary | None = None
+
+    # ------------------------------------------------------------------ choices
+
+    def _model_choices(self, _widget=None) -> list[str]:
+        return [*MODELS.names(), FROM_FILE]
+
+    def _model_changed(self, name: str) -> None:
+        self._model_file.visible = name == FROM_FILE
+
+    def _model_path(self) -> Path | None:
+        if self._model.value == FROM_FILE:
+            path = Path(self._model_file.value)
+            if not path.is_file():
+                raise LascError(path, "model file not found: choose a .safetensors model")
+            return path
+        return MODELS.path(self._model.value)
+
+    # ------------------------------------------------------------------ running
+
+    def run(self) -> None:
+        """Start a segmentation of the chosen layer (whole volume or the current slice)."""
+        from napari.utils.notifications import show_error
+
+        if self.worker is not None:
+            return
+        try:
+            layer = self._image.value
+            check_scan_layer(layer)
+            model_path = self._model_path()
+            device = self._device.value
+            resolve_device(device)  # CUDA asked for but absent: say so before any work
+        except LascError as exc:
+            show_error(str(exc))
+            return
+        volume = from_layer_axes(np.asarray(layer.data))
+        options = {
+            "batch_size": int(self._batch_size.value),
+            "tta": bool(self._tta.value),
+            "postprocess": bool(self._postprocess.value),
+        }
+        point = None
+        if self._current_slice.value:
+            point = np.asarray(layer.world_to_data(self._viewer.dims.point))
+        started = time.perf_counter()
+
+        def job():
+            predictor = _predictor(model_path, device)
+            if point is None:
+                prediction = yield from predictor.predict_volume(volume, **options)
+                return predictor, prediction.labels, None
+            # napari axes are the file axes reversed: the model's slice axis is 2 - axis.
+            napari_axis = 2 - predictor.slice_axis
+            index = int(np.clip(np.round(point[napari_axis]), 0, layer.data.shape[napari_axis] - 1))
+            labels = predictor.predict_slice(volume, index, tta=options["tta"])
+            yield Progress(f"slice {index}", 1, 1)
+            return predictor, labels, index
+
+        self._set_running(True)
+        self.worker = start_job(
+            job,
+            description=f"Segment {layer.name}",
+            on_progress=self._progressed,
+            on_done=lambda result: self._add_result(layer, result, started),
+            on_cancelled=lambda: self._show(f"cancelled: {layer.name} left unchanged"),
+            on_finished=lambda: self._set_running(False),
+        )
+
+    def cancel(self) -> None:
+        """Stop the running segmentation at its next batch; no layer is added or changed."""
+        if self.worker is not None:
+            self.worker.quit()
+
+    def _set_running(self, running: bool) -> None:
+        self._run.enabled = not running
+        self._cancel.enabled = running
+        self._bar.visible = running
+        if running:
+            self._bar.value, self._bar.max = 0, 1
+            self._show("running…")
+        else:
+            self.worker = None
+
+    def _progressed(self, report: Progress) -> None:
+        self._bar.max = max(report.total, 1)
+        self._bar.value = report.done
+
+    def _show(self, text: str) -> None:
+        self._result.value = text
+
+    # ------------------------------------------------------------------ results
+
+    def _add_result(self, image: Any, result: tuple, started: float) -> None:
+        predictor, labels, slice_index = result
+        geometry = layer_geometry(image)
+        name = f"{image.name} left atrium"
+        layer = self._prediction_layer(image, name)
+        if slice_index is None:
+            data = to_layer_axes(labels)
+            if layer is None:
+                layer = self._new_layer(image, name, data, geometry, predictor)
+            else:
+                layer.data = np.ascontiguousarray(data)
+        else:
+            napari_axis = 2 - predictor.slice_axis
+            if layer is None:
+                empty = np.zeros(image.data.shape, dtype=np.uint8)
+                layer = self._new_layer(image, name, empty, geometry, predictor)
+            region = [slice(None)] * 3
+            region[napari_axis] = slice_index
+            # The model's slice (file rows i, columns j) shown with napari's axes reversed.
+            layer.data[tuple(region)] = labels.T
+            layer.refresh()
+        self.summary = summarise(
+            layer,
+            time.perf_counter() - started,
+            None if slice_index is None else (2 - predictor.slice_axis, slice_index),
+        )
+        self._show(self.summary.text())
+        logger.info("%s", self.summary.text())
+
+    def _prediction_layer(self, image: Any, name: str):
+        import napari.layers
+
+        for layer in self._viewer.layers:
+            if (
+                isinstance(layer, napari.layers.Labels)
+                and layer.metadata.get(PREDICTION_OF_KEY) == image.name
+                and layer.data.shape == image.data.shape
+            ):
+                return layer
+        return None
+
+    def _new_layer(self, image, name, data, geometry, predictor: Predictor):
+        colours = {i: c for i, c in enumerate(predictor.class_colours) if i > 0}
+        kwargs = labels_kwargs(geometry, predictor.class_names, colours)
+        kwargs["metadata"][PREDICTION_OF_KEY] = image.name
+        return self._viewer.add_labels(np.ascontiguousarray(data), name=name, **kwargs)
+
+
+def summarise(
+    layer: Any, seconds: float, current: tuple[int, int] | None = None
+) -> SegmentationSummary:
+    """LA volume (mL) and the napari slices holding it, from a Labels layer's voxels and
+    scale; with ``current = (axis, index)`` also that slice's LA area in mm²."""
+    scale = np.asarray(layer.scale, dtype=float)
+    voxel_ml = float(np.prod(scale)) / 1000.0
+    data = np.asarray(layer.data)
+    if current is not None:
+        axis, index = current
+        count = int(np.count_nonzero(np.take(data, index, axis=axis) == 1))
+        pixel_mm2 = float(np.prod(np.delete(scale, axis)))
+        volume_ml = float(np.count_nonzero(data == 1)) * voxel_ml
+        return SegmentationSummary(
+            layer.name, volume_ml, None, seconds, index, area_mm2=count * pixel_mm2
+        )
+    per_slice = np.count_nonzero(data == 1, axis=(1, 2))
+    occupied = np.flatnonzero(per_slice)
+    span = (int(occupied[0]), int(occupied[-1])) if occupied.size else None
+    return SegmentationSummary(layer.name, float(per_slice.sum()) * voxel_ml, span, seconds)

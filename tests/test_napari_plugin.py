@@ -1,0 +1,448 @@
+"""The napari plugin in a real viewer (Xvfb through pytest-xvfb): reader, writer, sample
+data and the three widgets, driven as a user would and waited for like a user would."""
+
+from __future__ import annotations
+
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import OBLIQUE_AFFINE, save_nifti, synthetic_case
+
+from src_monai.evaluate import case_metrics
+from src_monai.infer import Predictor
+from src_monai.model import SAMPLE_LABEL, SAMPLE_SCAN
+from src_monai.progress import run_to_end
+from src_monai.scan_io import read_scan
+
+pytestmark = pytest.mark.gui
+
+PLUGIN = "napari-lasc"
+WORKER_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture
+def errors():
+    """The error notifications shown while a test runs (napari's own record of them)."""
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    before = len(notification_manager.records)
+
+    def shown() -> list[str]:
+        return [
+            str(n.message)
+            for n in notification_manager.records[before:]
+            if n.severity == NotificationSeverity.ERROR
+        ]
+
+    return shown
+
+
+def dock(viewer, name: str):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def wait_for(qtbot, widget) -> None:
+    """Wait until the widget's worker has finished (results are added on the main thread)."""
+    worker = widget.worker
+    if worker is not None:
+        with qtbot.waitSignal(worker.finished, timeout=WORKER_TIMEOUT_MS):
+            pass
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WORKER_TIMEOUT_MS)
+
+
+def open_sample(viewer):
+    layers = viewer.open_sample(PLUGIN, "la_016")
+    return layers[0], layers[1]
+
+
+# --------------------------------------------------------------------------- reader / writer
+
+
+@pytest.mark.slow
+def test_reader_places_a_real_case_and_its_labels_exactly(make_napari_viewer, lasc13):
+    import napari.layers
+
+    viewer = make_napari_viewer()
+    image_path = lasc13 / "imagesTr" / "la_003.nii.gz"
+    label_path = lasc13 / "labelsTr" / "la_003.nii.gz"
+    (image,) = viewer.open(image_path, plugin=PLUGIN)
+    (labels,) = viewer.open(label_path, plugin=PLUGIN)
+    header = nib.load(image_path)
+    assert isinstance(image, napari.layers.Image)
+    assert isinstance(labels, napari.layers.Labels)
+    assert image.data.shape == header.shape[::-1]
+    np.testing.assert_allclose(image.scale, header.header.get_zooms()[::-1], rtol=1e-6)
+    np.testing.assert_allclose(image.translate, header.affine[:3, 3][::-1], atol=1e-5)
+    # Same world placement for every voxel corner: the labels overlay the scan exactly.
+    for corner in [(0, 0, 0), tuple(n - 1 for n in image.data.shape), (10, 100, 50)]:
+        np.testing.assert_allclose(
+            image.data_to_world(corner), labels.data_to_world(corner), atol=1e-6
+        )
+    truth = np.asanyarray(nib.load(label_path).dataobj)
+    np.testing.assert_array_equal(labels.data, truth.transpose(2, 1, 0))
+    assert labels.name == "la_003 labels"
+    # Distances in napari are millimetres: the world extent is shape x spacing.
+    extent = image.extent.world[1] - image.extent.world[0]
+    np.testing.assert_allclose(
+        extent,
+        (np.array(image.data.shape) - 1) * np.array(header.header.get_zooms()[::-1]),
+        rtol=1e-5,
+    )
+
+
+def test_reader_declines_other_files_and_reports_bad_scans(make_napari_viewer, tmp_path, errors):
+    from napari_lasc._reader import get_reader
+
+    assert get_reader(str(tmp_path / "slice.png")) is None
+    assert get_reader(str(tmp_path)) is None
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(np.random.default_rng(0).bytes(4000))
+    untouched = bad.read_bytes()
+    viewer = make_napari_viewer()
+    viewer.open(bad, plugin=PLUGIN)
+    assert len(viewer.layers) == 0
+    (message,) = errors()
+    assert "broken.nii.gz" in message and "\n" not in message
+    assert bad.read_bytes() == untouched
+    # The viewer still opens a good scan afterwards.
+    good = save_nifti(tmp_path / "good.nii.gz", synthetic_case()[0])
+    viewer.open(good, plugin=PLUGIN)
+    assert [layer.name for layer in viewer.layers] == ["good"]
+
+
+def test_writer_restores_the_scan_geometry_oblique_included(make_napari_viewer, tmp_path):
+    scan, labels, _ = synthetic_case()
+    scan_path = save_nifti(tmp_path / "case.nii.gz", scan)
+    (tmp_path / "labelsTr").mkdir()
+    label_path = save_nifti(tmp_path / "labelsTr" / "case.nii.gz", labels)
+    viewer = make_napari_viewer()
+    viewer.open(scan_path, plugin=PLUGIN)
+    (label_layer,) = viewer.open(label_path, plugin=PLUGIN)
+    label_layer.data[0, 0, 0] = 1  # an edit, as with napari's brush
+    out = tmp_path / "saved" / "case_labels.nii.gz"
+    out.parent.mkdir()
+    written = label_layer.save(str(out), plugin=PLUGIN)
+    assert written == [str(out)]
+    saved, source = nib.load(out), nib.load(scan_path)
+    np.testing.assert_allclose(saved.affine, OBLIQUE_AFFINE, atol=1e-6)
+    np.testing.assert_allclose(saved.affine, source.affine, atol=1e-6)
+    assert saved.header["qform_code"] == source.header["qform_code"]
+    assert saved.header["sform_code"] == source.header["sform_code"]
+    expected = labels.astype(np.uint8).copy()
+    expected[0, 0, 0] = 1
+    np.testing.assert_array_equal(np.asanyarray(saved.dataobj), expected)
+
+
+def test_writer_uses_scale_and_translate_for_layers_from_elsewhere(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    data = np.zeros((5, 6, 7), dtype=np.uint8)
+    data[2, 3, 4] = 1
+    layer = viewer.add_labels(data, scale=(3.0, 0.5, 0.25), translate=(10.0, -4.0, 2.0))
+    out = tmp_path / "plain.nii.gz"
+    layer.save(str(out), plugin=PLUGIN)
+    saved = nib.load(out)
+    np.testing.assert_allclose(saved.affine[:3, :3], np.diag([0.25, 0.5, 3.0]))
+    np.testing.assert_allclose(saved.affine[:3, 3], [2.0, -4.0, 10.0])
+    # Reopened through the reader it lands where it was.
+    (again,) = viewer.open(out, plugin=PLUGIN)
+    np.testing.assert_allclose(again.scale, layer.scale)
+    np.testing.assert_allclose(again.translate, layer.translate)
+    np.testing.assert_array_equal(again.data, data)
+
+
+def test_sample_data_is_a_real_scan_with_its_labels(make_napari_viewer):
+    import napari.layers
+
+    viewer = make_napari_viewer()
+    image, labels = open_sample(viewer)
+    assert isinstance(image, napari.layers.Image) and isinstance(labels, napari.layers.Labels)
+    assert image.data.shape == labels.data.shape
+    np.testing.assert_allclose(image.scale, labels.scale)
+    np.testing.assert_allclose(image.translate, labels.translate)
+    assert 20 < np.count_nonzero(labels.data) * np.prod(labels.scale) / 1000 < 300  # mL
+    assert labels.features["class"].tolist() == ["background", "left atrium"]
+
+
+# --------------------------------------------------------------------------- segment
+
+
+def test_segment_widget_whole_volume_then_update_in_place(make_napari_viewer, qtbot, errors):
+    viewer = make_napari_viewer()
+    image, truth = open_sample(viewer)
+    widget = dock(viewer, "Segment left atrium")
+    widget._image.value = image
+    widget.run()
+    wait_for(qtbot, widget)
+    assert errors() == []
+    layer = viewer.layers["la_016 left atrium"]
+    assert layer.data.shape == image.data.shape
+    np.testing.assert_allclose(layer.scale, image.scale)
+    np.testing.assert_allclose(layer.translate, image.translate)
+    assert layer.features["class"].tolist() == ["background", "left atrium"]
+    # A real check of the shipped model on real data, not a stored number.
+    dice = case_metrics(layer.data, truth.data, truth.scale, 2)["dice"]
+    assert dice >= 0.85
+    summary = widget.summary
+    expected_ml = np.count_nonzero(layer.data == 1) * np.prod(image.scale) / 1000
+    assert summary.volume_ml == pytest.approx(expected_ml)
+    first, last = summary.slice_range
+    occupied = np.flatnonzero(np.any(layer.data == 1, axis=(1, 2)))
+    assert (first, last) == (occupied[0], occupied[-1])
+    assert f"{summary.volume_ml:.1f} mL" in widget._result.value
+    # Re-run without post-processing: the same layer is updated, not a second one added.
+    count = len(viewer.layers)
+    widget._postprocess.value = False
+    widget.run()
+    wait_for(qtbot, widget)
+    assert len(viewer.layers) == count
+    assert viewer.layers["la_016 left atrium"] is layer
+
+
+def test_segment_cancel_leaves_no_layer_and_the_viewer_usable(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    image, _ = open_sample(viewer)
+    widget = dock(viewer, "Segment left atrium")
+    widget._image.value = image
+    widget._batch_size.value = 1  # many small steps: a cancel lands mid-run
+    widget.run()
+    worker = widget.worker
+    with qtbot.waitSignal(worker.yielded, timeout=WORKER_TIMEOUT_MS):
+        pass
+    with qtbot.waitSignal(worker.aborted, timeout=WORKER_TIMEOUT_MS):
+        widget._cancel.native.click()
+    wait_for(qtbot, widget)
+    assert [layer.name for layer in viewer.layers] == ["la_016", "la_016 ground truth"]
+    assert "cancelled" in widget._result.value
+    assert widget._run.enabled and not widget._cancel.enabled
+    # Usable: the viewer responds and the next run completes.
+    viewer.dims.set_current_step(0, 40)
+    widget._current_slice.value = True
+    widget.run()
+    wait_for(qtbot, widget)
+    assert "la_016 left atrium" in viewer.layers
+
+
+def test_segment_current_slice_matches_the_whole_volume(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    image, _ = open_sample(viewer)
+    widget = dock(viewer, "Segment left atrium")
+    widget._image.value = image
+    widget._current_slice.value = True
+    index = 45
+    viewer.dims.set_current_step(0, index)
+    widget.run()
+    wait_for(qtbot, widget)
+    layer = viewer.layers["la_016 left atrium"]
+    predictor = Predictor.from_checkpoint(device="cpu")
+    whole = run_to_end(
+        predictor.predict_volume(read_scan(SAMPLE_SCAN).array, postprocess=False)
+    ).labels
+    np.testing.assert_array_equal(layer.data[index], whole[:, :, index].T)
+    assert not np.any(np.delete(layer.data, index, axis=0))
+    assert widget.summary.slice_index == index
+    assert widget.summary.area_mm2 == pytest.approx(
+        np.count_nonzero(whole[:, :, index] == 1) * np.prod(image.scale[1:])
+    )
+    assert widget.summary.seconds < 30  # sanity only; the timing is measured in benchmarks
+
+
+def test_segment_errors_are_notifications_and_the_widget_stays_usable(
+    make_napari_viewer, qtbot, tmp_path, errors
+):
+    from napari_lasc._models import FROM_FILE
+
+    viewer = make_napari_viewer()
+    widget = dock(viewer, "Segment left atrium")
+    widget.run()  # no layer at all
+    viewer.add_image(np.zeros((32, 32), dtype=np.float32), name="flat")
+    widget._image.value = viewer.layers["flat"]
+    widget.run()
+    viewer.add_image(np.zeros((4, 32, 32, 3), dtype=np.uint8), name="colour", rgb=True)
+    widget._image.value = viewer.layers["colour"]
+    widget.run()
+    viewer.add_image(np.zeros((8, 32, 32), dtype=np.float32), name="empty")
+    widget._image.value = viewer.layers["empty"]
+    widget.run()
+    image, _ = open_sample(viewer)
+    widget._image.value = image
+    widget._model.value = FROM_FILE
+    widget._model_file.value = tmp_path / "missing.safetensors"
+    widget.run()
+    messages = errors()
+    assert len(messages) == 5, messages
+    assert "no image layer" in messages[0]
+    assert "flat" in messages[1] and "2D" in messages[1]
+    assert "colour" in messages[2] and "RGB" in messages[2]
+    assert "empty" in messages[3] and "blank" in messages[3]
+    assert "missing.safetensors" in messages[4] and "not found" in messages[4]
+    if not torch.cuda.is_available():
+        widget._model.value = widget._model.choices[0]
+        widget._device.value = "cuda"
+        widget.run()
+        assert "CUDA" in errors()[-1]
+        widget._device.value = "cpu"
+    assert widget.worker is None and widget._run.enabled
+    # A damaged model file fails inside the worker: one line, nothing added.
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(b"not a model")
+    widget._model.value = FROM_FILE
+    widget._model_file.value = damaged
+    widget.run()
+    wait_for(qtbot, widget)
+    assert "damaged.safetensors" in errors()[-1]
+    assert "la_016 left atrium" not in viewer.layers
+    widget._model.value = widget._model.choices[0]
+    widget._current_slice.value = True
+    widget.run()
+    wait_for(qtbot, widget)
+    assert "la_016 left atrium" in viewer.layers
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def test_compare_widget_equals_lasc_evaluate(make_napari_viewer, qtbot, tmp_path):
+    from src_monai.cli import main as lasc
+
+    viewer = make_napari_viewer()
+    _image, truth = open_sample(viewer)
+    predicted = truth.data.copy()
+    predicted[:, :, :10] = 0  # a plausible miss ...
+    predicted[40, 5:15, 200:210] = 1  # ... and a false island
+    prediction = viewer.add_labels(
+        predicted,
+        name="edited",
+        scale=truth.scale,
+        translate=truth.translate,
+        units=truth.units,
+        metadata=dict(truth.metadata),
+    )
+    widget = dock(viewer, "Compare with ground truth")
+    widget._prediction.value = prediction
+    widget._truth.value = truth
+    widget.compare()
+    wait_for(qtbot, widget)
+    errors_layer = viewer.layers["edited vs la_016 ground truth errors"]
+    fp = (predicted == 1) & (truth.data == 0)
+    fn = (truth.data == 1) & (predicted == 0)
+    np.testing.assert_array_equal(errors_layer.data == 1, fp)
+    np.testing.assert_array_equal(errors_layer.data == 2, fn)
+    # The same pair through files and the CLI gives the same numbers.
+    (tmp_path / "pred").mkdir()
+    prediction.save(str(tmp_path / "pred" / "la_016.nii.gz"), plugin=PLUGIN)
+    (tmp_path / "truth").mkdir()
+    (tmp_path / "truth" / "la_016.nii.gz").write_bytes(SAMPLE_LABEL.read_bytes())
+    report = tmp_path / "report"
+    command = ["evaluate", "--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "truth")]
+    assert lasc([*command, "--out", str(report)]) == 0
+    import csv
+
+    with open(tmp_path / "report" / "per_case.csv", newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    metrics = widget.metrics
+    assert metrics["dice"] == pytest.approx(float(row["dice"]), abs=1e-4)
+    assert metrics["hd95_mm"] == pytest.approx(float(row["hd95_mm"]), abs=1e-3)
+    assert metrics["volume_pred_ml"] == pytest.approx(float(row["volume_pred_ml"]), abs=1e-3)
+    assert f"Dice {metrics['dice']:.3f}" in widget._result.value
+
+
+def test_compare_refuses_mismatched_layers(make_napari_viewer, errors):
+    viewer = make_napari_viewer()
+    a = viewer.add_labels(np.zeros((4, 5, 6), dtype=np.uint8), name="a")
+    b = viewer.add_labels(np.zeros((4, 5, 7), dtype=np.uint8), name="b")
+    widget = dock(viewer, "Compare with ground truth")
+    widget._prediction.value, widget._truth.value = a, b
+    widget.compare()
+    widget._truth.value = a
+    widget.compare()
+    first, second = errors()
+    assert "shape" in first and "a" in first
+    assert "both" in second
+    assert widget.worker is None and len(viewer.layers) == 2
+
+
+# --------------------------------------------------------------------------- train
+
+
+def test_train_widget_fine_tunes_and_the_model_is_offered_for_segmentation(
+    make_napari_viewer, qtbot, tmp_path
+):
+    from napari_lasc._models import MODELS
+
+    viewer = make_napari_viewer()
+    image, truth = open_sample(viewer)
+    train = dock(viewer, "Train model")
+    segment = dock(viewer, "Segment left atrium")
+    train._image.value, train._labels_layer.value = image, truth
+    train.add_pair()
+    train._epochs.value, train._steps.value, train._batch_size.value = 2, 2, 2
+    train._device.value = "cpu"
+    train._runs_dir.value = tmp_path / "runs"
+    train.start()
+    wait_for(qtbot, train)
+    result = train.result
+    assert result is not None and result.epochs_done == 2 and result.stopped == "completed"
+    assert result.best_model.is_file()
+    assert [row["epoch"] for row in train.history] == [1, 2]
+    assert all(np.isfinite(row["train_loss"]) for row in train.history)
+    # The layers were saved as a dataset with the scan's geometry.
+    saved = next((tmp_path / "runs").glob("layers-dataset*/data/imagesTr/la_016.nii.gz"))
+    np.testing.assert_allclose(nib.load(saved).affine, nib.load(SAMPLE_SCAN).affine, atol=1e-6)
+    # The new model is listed in the Segment widget and segments with it.
+    assert train.model_name in segment._model.choices
+    assert MODELS.path(train.model_name) == result.best_model
+    segment._image.value = image
+    segment._model.value = train.model_name
+    segment._current_slice.value = True
+    segment.run()
+    wait_for(qtbot, segment)
+    assert "la_016 left atrium" in viewer.layers
+
+
+def test_train_widget_stop_saves_the_run(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    image, truth = open_sample(viewer)
+    train = dock(viewer, "Train model")
+    train._image.value, train._labels_layer.value = image, truth
+    train.add_pair()
+    train._base.value = train._base.choices[-1]  # random initial weights
+    train._epochs.value, train._steps.value, train._batch_size.value = 100, 4, 2
+    train._device.value = "cpu"
+    train._runs_dir.value = tmp_path / "runs"
+    started = time.perf_counter()
+    train.start()
+    with qtbot.waitSignal(train.worker.yielded, timeout=WORKER_TIMEOUT_MS):
+        pass
+    train._stop.native.click()
+    wait_for(qtbot, train)
+    assert train.result.stopped == "stopped"
+    assert train.result.epochs_done == 1
+    assert (train.result.run_dir / "checkpoints" / "last.safetensors").is_file()
+    assert train.result.best_model.is_file()
+    assert time.perf_counter() - started < WORKER_TIMEOUT_MS / 1000
+
+
+# --------------------------------------------------------------------------- screenshot
+
+
+def test_screenshot_shows_the_atrium_over_the_scan(make_napari_viewer):
+    viewer = make_napari_viewer(show=True)
+    _image, truth = open_sample(viewer)
+    truth.visible = True
+    truth.opacity = 1.0
+    slice_with_most = int(np.argmax(np.count_nonzero(truth.data, axis=(1, 2))))
+    viewer.dims.set_current_step(0, slice_with_most)
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    rgb = shot[..., :3].astype(int)
+    magenta = (rgb[..., 0] > 200) & (rgb[..., 1] < 60) & (rgb[..., 2] > 200)
+    grey = (np.abs(rgb[..., 0] - rgb[..., 1]) < 8) & (rgb[..., 0] > 40)
+    assert magenta.sum() > 200  # the labels are drawn ...
+    assert grey.sum() > 10 * magenta.sum()  # ... over a visible scan
+    truth.visible = False
+    hidden = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    hidden_magenta = (hidden[..., 0] > 200) & (hidden[..., 1] < 60) & (hidden[..., 2] > 200)
+    assert hidden_magenta.sum() == 0

@@ -62,15 +62,17 @@ def error_map(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return errors
 
 
-def format_metrics(metrics: dict[str, float]) -> str:
+def format_metrics(metrics: dict[str, float]) -> tuple[str, str]:
+    """Two short lines: overlap and distance, then the volumes and their difference."""
+
     def number(value: float, digits: int, unit: str = "") -> str:
         return "n/a" if math.isnan(value) else f"{value:.{digits}f}{unit}"
 
     difference = metrics["volume_pred_ml"] - metrics["volume_truth_ml"]
     return (
-        f"Dice {number(metrics['dice'], 3)} · HD95 {number(metrics['hd95_mm'], 1, ' mm')}\n"
-        f"volume {metrics['volume_pred_ml']:.1f} vs {metrics['volume_truth_ml']:.1f} mL: "
-        f"{difference:+.1f} mL ({number(metrics['volume_error_pct'], 1, ' %')})"
+        f"Dice {number(metrics['dice'], 3)} · HD95 {number(metrics['hd95_mm'], 1, ' mm')}",
+        f"{metrics['volume_pred_ml']:.1f} vs {metrics['volume_truth_ml']:.1f} mL: "
+        f"{difference:+.1f} mL ({number(metrics['volume_error_pct'], 1, ' %')})",
     )
 
 
@@ -85,7 +87,10 @@ class CompareWidget(Container):
         self._truth = create_widget(annotation=napari.layers.Labels, label="ground truth")
         self._compare = PushButton(text="Compare")
         self._result = Label(label="result", value="")
-        super().__init__(widgets=[self._prediction, self._truth, self._compare, self._result])
+        self._volumes = Label(label="volume", value="")
+        super().__init__(
+            widgets=[self._prediction, self._truth, self._compare, self._result, self._volumes]
+        )
         self._compare.changed.connect(self.compare)
         self.worker: Any = None
         self.metrics: dict[str, float] | None = None
@@ -130,12 +135,13 @@ class CompareWidget(Container):
         import napari.layers
 
         self.metrics = metrics
-        self._result.value = format_metrics(metrics)
+        self._result.value, self._volumes.value = format_metrics(metrics)
         name = f"{prediction.name} vs {truth.name} errors"
-        existing = self._viewer.layers.get(name, None)
+        # LayerList has no .get(): look the name up.
+        existing = self._viewer.layers[name] if name in self._viewer.layers else None  # noqa: SIM401
         if isinstance(existing, napari.layers.Labels) and existing.data.shape == errors.shape:
             existing.data = errors
         else:
             kwargs = labels_kwargs(layer_geometry(truth), ERROR_CLASS_NAMES, ERROR_COLOURS)
             self._viewer.add_labels(errors, name=name, **kwargs)
-        logger.info("%s: %s", name, self._result.value.replace("\n", "; "))
+        logger.info("%s: %s; %s", name, self._result.value, self._volumes.value)

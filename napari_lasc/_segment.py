@@ -28,6 +28,7 @@ from magicgui.widgets import (
 from src_monai.errors import LascError
 from src_monai.infer import Predictor, resolve_device
 from src_monai.progress import Progress
+from src_monai.transforms import normalise_volume
 
 from ._layers import (
     PREDICTION_OF_KEY,
@@ -128,6 +129,7 @@ class SegmentWidget(Container):
         follow_models(self._model, self)
         self.worker: Any = None
         self.summary: SegmentationSummary | None = None
+        self._normalised_cache: tuple[tuple, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ choices
 
@@ -181,7 +183,12 @@ class SegmentWidget(Container):
             # napari axes are the file axes reversed: the model's slice axis is 2 - axis.
             napari_axis = 2 - predictor.slice_axis
             index = int(np.clip(np.round(point[napari_axis]), 0, layer.data.shape[napari_axis] - 1))
-            labels = predictor.predict_slice(volume, index, tta=options["tta"])
+            labels = predictor.predict_slice(
+                self._normalised(layer, volume, predictor),
+                index,
+                tta=options["tta"],
+                normalised=True,
+            )
             yield Progress(f"slice {index}", 1, 1)
             return predictor, labels, index
 
@@ -194,6 +201,15 @@ class SegmentWidget(Container):
             on_cancelled=lambda: self._show(f"cancelled: {layer.name} left unchanged"),
             on_finished=lambda: self._set_running(False),
         )
+
+    def _normalised(self, layer: Any, volume: np.ndarray, predictor: Predictor) -> np.ndarray:
+        """The layer's volume normalised for the model, reused while the layer's data and
+        the normalisation stay the same: slice after slice answers in a fraction of a
+        second instead of re-normalising the whole scan each time."""
+        key = (id(layer), id(layer.data), volume.shape, predictor.normalisation)
+        if self._normalised_cache is None or self._normalised_cache[0] != key:
+            self._normalised_cache = (key, normalise_volume(volume, predictor.normalisation))
+        return self._normalised_cache[1]
 
     def cancel(self) -> None:
         """Stop the running segmentation at its next batch; no layer is added or changed."""

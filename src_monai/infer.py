@@ -183,12 +183,13 @@ class Predictor:
         return Prediction(labels=np.ascontiguousarray(labels_np), probabilities=probs_np)
 
     def predict_slice(
-        self, volume: np.ndarray, index: int, *, tta: bool | None = None
+        self, volume: np.ndarray, index: int, *, tta: bool | None = None, normalised: bool = False
     ) -> np.ndarray:
         """Labels of one slice (along the model's slice axis) of a 3D volume: interactive use.
 
         The whole volume is normalised as in :meth:`predict_volume`, so the slice gets the
         same labels as it would there (3D post-processing aside, which needs every slice).
+        ``normalised=True``: the caller did that already (and can reuse it slice after slice).
         """
         check_volume(volume)
         count = volume.shape[self.slice_axis]
@@ -200,8 +201,8 @@ class Predictor:
         half = self.context // 2
         # Only the neighbours the context needs, edge slices repeated as in training.
         wanted = np.clip(np.arange(index - half, index + half + 1), 0, count - 1)
-        values = normalise_volume(volume, self.normalisation)
-        stack = np.take(values, wanted, axis=self.slice_axis)
+        values = volume if normalised else normalise_volume(volume, self.normalisation)
+        stack = np.take(values, wanted, axis=self.slice_axis).astype(np.float32, copy=False)
         batch = torch.from_numpy(np.ascontiguousarray(np.moveaxis(stack, self.slice_axis, 0)))
         with torch.inference_mode():
             scores = self._scores(batch[None].to(self.device), tta=tta, overlap=0.25, softmax=tta)

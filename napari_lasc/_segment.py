@@ -89,6 +89,11 @@ class SegmentWidget(Container):
     """Segment the left atrium in a 3D scan layer, in a background worker."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        # MONAI's inferers and transforms are imported now, while the widget is docked:
+        # imported inside the first run's worker they hold the GIL for about a second and
+        # napari's event loop stalls.
+        import monai.inferers
+        import monai.transforms  # noqa: F401
         import napari.layers
 
         self._viewer = napari_viewer

@@ -25,13 +25,70 @@ def atomic_destination(path: str | os.PathLike[str], *, overwrite: bool = False)
         raise OutputExistsError(path, "already exists (use --overwrite to replace it)")
     if not path.parent.is_dir():
         raise LascError(path.parent, "output folder does not exist")
-    temporary = path.with_name(f".partial-{os.getpid()}-{path.name}")
+    temporary = path.with_name(f"{PARTIAL_PREFIX}{os.getpid()}-{path.name}")
     try:
         yield temporary
         os.replace(temporary, path)
+    except OSError as exc:
+        # Disk full, file too large, folder gone: the environment, not a bug. One line.
+        temporary.unlink(missing_ok=True)
+        reason = exc.strerror or type(exc).__name__
+        raise LascError(path, f"could not be written ({reason}); nothing was left") from exc
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+PARTIAL_PREFIX = ".partial-"
+
+
+def remove_stale_partials(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that killed runs (SIGKILL, power loss) left in ``folder``.
+
+    Only ``.partial-<pid>-*`` files whose process is gone are removed: they are our own
+    unfinished writes, never a result.
+    """
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for candidate in folder.glob(f"{PARTIAL_PREFIX}*"):
+        pid_text = candidate.name[len(PARTIAL_PREFIX) :].split("-", 1)[0]
+        if not pid_text.isdigit() or _process_alive(int(pid_text)):
+            continue
+        candidate.unlink(missing_ok=True)
+        removed.append(candidate)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
+
+
+def writable_folder(folder: str | os.PathLike[str]) -> Path:
+    """Create ``folder`` if needed and prove it takes files (before any long work starts).
+
+    A probe file is written and removed: permission bits alone say nothing for root, nor for
+    read-only or full file systems.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputExistsError(folder, "exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f"{PARTIAL_PREFIX}{os.getpid()}-probe"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise LascError(folder, f"output folder is not writable ({reason})") from exc
+    return folder
 
 
 def write_json(path: str | os.PathLike[str], payload: Any, *, overwrite: bool = False) -> Path:
@@ -60,10 +117,4 @@ def ensure_empty_folder(folder: str | os.PathLike[str], *, overwrite: bool) -> P
         raise OutputExistsError(
             folder, "folder is not empty (use --overwrite to write into it; nothing is deleted)"
         )
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise LascError(folder, f"cannot create output folder ({exc.strerror})") from exc
-    if not os.access(folder, os.W_OK):
-        raise LascError(folder, "output folder is not writable")
-    return folder
+    return writable_folder(folder)

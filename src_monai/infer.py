@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .errors import LascError
-from .fileutil import atomic_destination, write_text
+from .fileutil import atomic_destination, remove_stale_partials, writable_folder, write_text
 from .model import DEFAULT_COLOURS, load_model
 from .progress import Job, Progress
 from .scan_io import SCAN_SUFFIXES, read_scan, scan_suffix, write_labels, write_volume
@@ -69,6 +69,8 @@ class Predictor:
         self.network = network.to(device).eval()
         self.metadata = metadata
         self.device = device
+        self._warned_out_of_memory = False
+        self._batch_limit = 0  # slices per forward pass that fit in memory; 0: no limit seen
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device: str = "auto") -> Predictor:
@@ -160,7 +162,12 @@ class Predictor:
             if keep_probabilities
             else None
         )
-        slices = slices.to(self.device)
+        try:
+            slices = slices.to(self.device)
+        except torch.OutOfMemoryError:
+            logger.warning(
+                "the volume does not fit on %s: batches are moved one by one", self.device
+            )
         for start in range(0, count, batch_size):
             stop = min(start + batch_size, count)
             # Inference mode per batch, never across the yield: grad mode is thread-local,
@@ -168,7 +175,7 @@ class Predictor:
             # next) must not inherit it from a suspended generator.
             with torch.inference_mode():
                 batch = context_stack(slices, range(start, stop), self.context)
-                scores = self._scores(
+                scores = self._scores_fitting(
                     batch, tta=tta, overlap=overlap, softmax=keep_probabilities or tta
                 )
                 # max(1).indices, not argmax: the same result, far cheaper on CPU.
@@ -205,7 +212,7 @@ class Predictor:
         stack = np.take(values, wanted, axis=self.slice_axis).astype(np.float32, copy=False)
         batch = torch.from_numpy(np.ascontiguousarray(np.moveaxis(stack, self.slice_axis, 0)))
         with torch.inference_mode():
-            scores = self._scores(batch[None].to(self.device), tta=tta, overlap=0.25, softmax=tta)
+            scores = self._scores_fitting(batch[None], tta=tta, overlap=0.25, softmax=tta)
             return scores.max(1).indices[0].to("cpu", torch.uint8).numpy()
 
     @property
@@ -217,6 +224,43 @@ class Predictor:
         """
         trained_with_flips = self.metadata.get("config", {}).get("augment", {}).get("flip")
         return [(3,)] if trained_with_flips else []
+
+    def _scores_fitting(self, batch: torch.Tensor, **options: Any) -> torch.Tensor:
+        """:meth:`_scores`, halving the batch when the GPU runs out of memory, and moving to
+        the CPU (with a warning) when even one slice does not fit."""
+        limit = self._batch_limit
+        if limit and batch.shape[0] > limit:  # a size that ran out of memory before
+            return torch.cat([self._scores_fitting(part, **options) for part in batch.split(limit)])
+        batch = batch.to(self.device)
+        try:
+            return self._scores(batch, **options)
+        except torch.OutOfMemoryError:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if batch.shape[0] > 1:
+                if not self._warned_out_of_memory:
+                    logger.warning(
+                        "out of memory on %s with %d slices at once: smaller batches",
+                        self.device,
+                        batch.shape[0],
+                    )
+                    self._warned_out_of_memory = True
+                half = batch.shape[0] // 2
+                self._batch_limit = half
+                return torch.cat(
+                    [
+                        self._scores_fitting(batch[:half], **options),
+                        self._scores_fitting(batch[half:], **options),
+                    ]
+                )
+            if self.device.type == "cpu":
+                raise
+            logger.warning(
+                "out of memory on %s even for one slice: continuing on the CPU", self.device
+            )
+            self.network.to("cpu")
+            self.device = torch.device("cpu")
+            return self._scores(batch.to("cpu"), **options)
 
     def _scores(
         self, batch: torch.Tensor, *, tta: bool, overlap: float, softmax: bool
@@ -322,8 +366,9 @@ def predict_files(
 ) -> Job[list[dict[str, Any]]]:
     """Segment scans (and PNG slices) into ``out``; returns the summary rows."""
     scans, pngs = find_inputs(inputs)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(out)
+    for stale in remove_stale_partials(out):
+        logger.info("removed %s, left by an interrupted run", stale.name)
     targets = [out / output_name(p) for p in scans] + [out / p.name for p in pngs]
     existing = [t for t in targets if t.exists()]
     if existing and not (overwrite or skip_existing):
@@ -493,6 +538,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise LascError(None, "--batch-size must be >= 1")
     rgb_map = parse_rgb_map(args.rgb_map) if args.rgb_map else None
+    writable_folder(args.out)  # before the model loads: fail before any work
     predictor = Predictor.from_checkpoint(args.model, args.device)
     rows = drive(
         predict_files(

@@ -33,7 +33,7 @@ import torch
 
 from .config import Config, ConfigError, config_from_dict, load_config, save_config
 from .errors import DatasetError, LascError
-from .fileutil import atomic_destination, write_json, write_text
+from .fileutil import atomic_destination, writable_folder, write_json, write_text
 from .model import DEFAULT_COLOURS, build_network, count_parameters, plain_state_dict, save_model
 from .progress import Job, Progress
 from .transforms import context_stack, normalise_volume, training_transforms
@@ -285,7 +285,7 @@ def build_scheduler(config: Config, optimiser):
 
 def new_run_dir(runs_dir: Path, name: str) -> Path:
     """A new folder under ``runs_dir``; a taken name gets ``-2``, ``-3``, ...: never reused."""
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    writable_folder(runs_dir)
     base = name or datetime.now().strftime("%Y%m%d-%H%M%S")
     for attempt in range(1, 1000):
         candidate = runs_dir / (base if attempt == 1 else f"{base}-{attempt}")
@@ -442,11 +442,14 @@ def run_training(
         if dist.main and stop_file.exists():
             stop_file.unlink()
             logger.info("removed %s left by the interrupted run", stop_file)
-    else:
+    elif dist.main:
+        writable_folder(Path(config.train.runs_dir))  # fail before reading any data
+    # The data is read and checked before a run folder exists: a bad dataset leaves nothing.
+    data = load_training_data(config)
+    if resume is None:
         run_dir = dist.share(
             new_run_dir(Path(config.train.runs_dir), config.train.run_name) if dist.main else None
         )
-    data = load_training_data(config)
     if device.type == "cuda" and config.train.augment_on_device:
         # Augmentation then runs on the GPU: MONAI's transforms follow their input's device.
         for case in data.train + data.val:

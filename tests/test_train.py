@@ -281,7 +281,13 @@ def test_ctrl_c_stops_cleanly_after_saving(tmp_path, msd_dataset):
         f'runs_dir = "{tmp_path / "runs"}"\nrun_name = "long"\n'
     )
     process = subprocess.Popen(
-        [LASC, "train", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [LASC, "train", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A test run started in the background (`.ci/run &`) inherits SIGINT ignored, and
+        # Python then installs no Ctrl-C handler: give the child the default disposition.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     metrics = tmp_path / "runs" / "long" / "metrics.csv"
     deadline = time.monotonic() + 240

@@ -215,8 +215,15 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # weights_only refuses pickles that would run code
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise ModelFileError(path, f"refused: not a plain weights file ({first[:160]})") from exc
+        if "Weights only load failed" in str(exc):
+            problem = (
+                "refused: it holds pickled Python objects, not only tensors, and loading "
+                "it could run code"
+            )
+        else:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            problem = f"refused: not a plain weights file ({first[:160]})"
+        raise ModelFileError(path, problem) from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelFileError(path, "not a state dict of tensors")
     try:

@@ -1,0 +1,138 @@
+"""Run every bad input of the test corpus through the CLI and tabulate what happened.
+
+    .venv/bin/python scripts/bad_input_report.py [--out docs/bad_inputs.md]
+
+Each bad scan goes through ``lasc infer``, each bad config through ``lasc train``, each bad
+model file through ``lasc infer --model``; the table shows the exit code, the one ``error:``
+line the user sees, and whether any file changed. The same cases are asserted by
+``tests/test_reliability.py``; this script shows their observed behaviour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def _state(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _run(argv: list[str], folder: Path) -> tuple[int, str, bool]:
+    from src_monai.cli import main as lasc
+
+    before = _state(folder)
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        code = lasc(argv)
+    lines = [line for line in stderr.getvalue().splitlines() if line.startswith("error:")]
+    message = lines[0] if len(lines) == 1 else f"({len(lines)} error lines)"
+    message = message.replace(str(folder) + "/", "")
+    return code, message, _state(folder) == before
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "bad_inputs.md")
+    args = parser.parse_args()
+
+    from conftest import make_msd_dataset, save_nifti, synthetic_case, tiny_config
+    from test_reliability import CONFIG_PROBLEMS, _bad_models
+    from test_scan_io import BAD_SCANS
+
+    from src_monai.progress import run_to_end
+    from src_monai.train import run_training
+
+    rows = []
+    with tempfile.TemporaryDirectory() as temporary:
+        root = Path(temporary)
+        dataset = make_msd_dataset(root / "tiny_data", cases=4)
+        model = run_to_end(run_training(tiny_config(dataset, root / "tiny_runs"))).best_model
+        for kind, (make, _, _) in BAD_SCANS.items():
+            folder = root / kind.replace(" ", "_").replace(",", "")
+            folder.mkdir()
+            path = make(folder)
+            argv = ["infer", str(path), "--out", str(folder / "out"), "--model", str(model)]
+            rows.append((kind, "lasc infer", *_run(argv, folder)))
+        blank = root / "blank"
+        blank.mkdir()
+        import numpy as np
+
+        path = save_nifti(blank / "blank.nii.gz", np.zeros((16, 16, 5), np.int16))
+        argv = ["infer", str(path), "--out", str(blank / "out"), "--model", str(model)]
+        rows.append(("all-zero scan", "lasc infer", *_run(argv, blank)))
+        for problem, (text, _) in CONFIG_PROBLEMS.items():
+            folder = root / problem.replace(" ", "_")
+            folder.mkdir()
+            (folder / "bad.toml").write_text(text)
+            argv = ["train", str(folder / "bad.toml"), "--set", f"train.runs_dir={folder}/runs"]
+            if problem == "unknown key":
+                argv = argv[:2]
+            rows.append((f"config: {problem}", "lasc train", *_run(argv, folder)))
+        folder = root / "ini"
+        folder.mkdir()
+        marker = folder / "pwned"
+        (folder / "train_eval_infer.config").write_text(
+            f"[model]\nbase_filters = __import__('os').system('touch {marker}')\n"
+        )
+        code, message, unchanged = _run(["train", str(folder / "train_eval_infer.config")], folder)
+        message += " · code not run" if not marker.exists() else " · CODE RAN"
+        rows.append(
+            ("config: code in the earlier tool's INI", "lasc train", code, message, unchanged)
+        )
+        folder = root / "models"
+        folder.mkdir()
+        scan, _, affine = synthetic_case()
+        scan_path = save_nifti(folder / "scan.nii.gz", scan, affine)
+        for problem, bad_model in _bad_models(folder).items():
+            argv = [
+                "infer",
+                str(scan_path),
+                "--out",
+                str(folder / "out"),
+                "--model",
+                str(bad_model),
+            ]
+            code, message, unchanged = _run(argv, folder)
+            if problem.startswith("pickle"):
+                message += " · code not run" if not (folder / "pwned").exists() else " · RAN"
+            rows.append((f"model: {problem}", "lasc infer", code, message, unchanged))
+        blocker = root / "a_file"
+        blocker.write_text("x")
+        argv = ["infer", str(scan_path), "--out", str(blocker / "out"), "--model", str(model)]
+        rows.append(("output folder not writable", "lasc infer", *_run(argv, root)))
+
+    lines = [
+        "# Bad inputs and what happens",
+        "",
+        "Generated by `.venv/bin/python scripts/bad_input_report.py`; asserted by "
+        "`tests/test_reliability.py` (also through napari's reader and widgets).",
+        "",
+        "| input | command | exit | message (paths shortened) | files unchanged |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, command, code, message, unchanged in rows:
+        lines.append(
+            f"| {kind} | `{command}` | {code} | {message.replace('|', '/')} | "
+            f"{'yes' if unchanged else 'NO'} |"
+        )
+    text = "\n".join(lines) + "\n"
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

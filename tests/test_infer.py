@@ -215,3 +215,41 @@ def test_a_blank_scan_is_refused_naming_the_file(predictor, tmp_path):
     with pytest.raises(LascError, match="blank.nii.gz: the scan is blank"):
         run_to_end(predict_files(predictor, [blank], tmp_path / "out"))
     assert not list((tmp_path / "out").glob("*.nii.gz"))
+
+
+def _monai_postprocess(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    from monai.transforms import FillHoles, KeepLargestConnectedComponent
+
+    classes = list(range(1, num_classes))
+    channel_first = torch.from_numpy(np.ascontiguousarray(labels))[None]
+    kept = KeepLargestConnectedComponent(applied_labels=classes, independent=True)(channel_first)
+    return np.asarray(FillHoles(applied_labels=classes)(kept)[0], dtype=np.uint8)
+
+
+def test_postprocessing_equals_monais_transforms():
+    from src_monai.infer import postprocess_labels
+
+    rng = np.random.default_rng(3)
+    labels = np.zeros((40, 40, 20), dtype=np.uint8)
+    labels[5:30, 5:30, 3:15] = 1
+    labels[12:18, 12:18, 6:10] = 0  # an enclosed hole
+    labels[20, 20, 3] = 0  # a dent open to the outside of the blob
+    labels[35:38, 35:38, 16:18] = 1  # an island
+    labels[0:3, 0:3, 0:2] = 1  # an island touching the border
+    labels[rng.random(labels.shape) < 0.01] = 1  # speckle
+    np.testing.assert_array_equal(postprocess_labels(labels, 2), _monai_postprocess(labels, 2))
+    three = labels.copy()
+    three[30:34, 2:6, 2:6] = 2
+    three[31:33, 3:5, 3:5] = 0  # a class-2 hole
+    np.testing.assert_array_equal(postprocess_labels(three, 3), _monai_postprocess(three, 3))
+
+
+@pytest.mark.slow
+def test_postprocessing_equals_monais_on_real_predictions(lasc13):
+    from src_monai.infer import postprocess_labels
+
+    predictor = Predictor.from_checkpoint(device="cpu")
+    for case in ("la_004", "la_011"):
+        volume = read_scan(lasc13 / "imagesTr" / f"{case}.nii.gz").array
+        raw = run_to_end(predictor.predict_volume(volume, postprocess=False)).labels
+        np.testing.assert_array_equal(postprocess_labels(raw, 2), _monai_postprocess(raw, 2))

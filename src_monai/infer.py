@@ -22,6 +22,7 @@ import torch
 
 from .errors import LascError
 from .fileutil import atomic_destination, remove_stale_partials, writable_folder, write_text
+from .measure import measure_atrium
 from .model import DEFAULT_COLOURS, load_model
 from .progress import Job, Progress
 from .scan_io import SCAN_SUFFIXES, read_scan, scan_suffix, write_labels, write_volume
@@ -440,20 +441,42 @@ def _predict_scan(
             probabilities=save_probabilities,
         )
     )
-    write_labels(target, prediction.labels, scan.geometry, overwrite=overwrite)
+    measurements = measure_atrium(
+        prediction.labels, scan.geometry.spacing, slice_axis=predictor.slice_axis
+    )
+    # The area curve and probabilities are derived from the labels and written first: the
+    # labels file, written last, marks the case complete (a killed run's stale extras are
+    # simply replaced; --skip-existing keys on the labels).
+    name = target.name.replace(".nii.gz", "").replace(".nii", "")
+    write_text(
+        target.with_name(f"{name}_area_curve.csv"),
+        "slice,position_mm,area_mm2\n"
+        + "".join(
+            f"{i},{position:.3f},{area:.2f}\n"
+            for i, (position, area) in enumerate(
+                zip(measurements.slice_positions_mm, measurements.slice_areas_mm2, strict=True)
+            )
+        ),
+        overwrite=True,
+    )
     if save_probabilities and prediction.probabilities is not None:
         foreground = prediction.probabilities[1:].sum(axis=0).astype(np.float32)
-        name = target.name.replace(".nii.gz", "").replace(".nii", "")
         write_volume(
             target.with_name(f"{name}_probability.nii.gz"),
             foreground,
             scan.geometry,
-            overwrite=overwrite,
+            overwrite=True,
         )
+    write_labels(target, prediction.labels, scan.geometry, overwrite=overwrite)
     row: dict[str, Any] = {"input": str(source), "output": str(target)}
     for index, name in enumerate(predictor.class_names[1:], start=1):
         voxels = int(np.count_nonzero(prediction.labels == index))
         row[f"{name} volume (mL)"] = round(voxels * scan.geometry.voxel_volume_ml, 3)
+    shape = measurements.row()
+    row["surface (mm²)"] = shape["surface_mm2"]
+    row["sphericity"] = shape["sphericity"]
+    row["largest in-plane diameter (mm)"] = shape["max_diameter_mm"]
+    row["width across it (mm)"] = shape["width_across_mm"]
     return row
 
 

@@ -97,8 +97,21 @@ def test_files_are_written_with_the_scans_geometry(predictor, tiny_run, tmp_path
         assert written.shape == original.shape and written.get_data_dtype() == np.uint8
         assert int(written.header["sform_code"]) == int(original.header["sform_code"])
         assert (tmp_path / "out" / source.name.replace(".nii.gz", "_probability.nii.gz")).is_file()
+        curve = (tmp_path / "out" / source.name.replace(".nii.gz", "_area_curve.csv")).read_text()
+        lines = curve.splitlines()
+        assert lines[0] == "slice,position_mm,area_mm2" and len(lines) == original.shape[2] + 1
+        labels = np.asanyarray(written.dataobj)
+        pixel_mm2 = float(np.prod(original.header.get_zooms()[:2]))
+        areas = [float(line.split(",")[2]) for line in lines[1:]]
+        np.testing.assert_allclose(
+            areas, np.count_nonzero(labels == 1, axis=(0, 1)) * pixel_mm2, atol=0.01
+        )
     summary = (tmp_path / "out" / "summary.csv").read_text().splitlines()
-    assert summary[0] == "input,output,left atrium volume (mL)" and len(summary) == 5
+    assert summary[0] == (
+        "input,output,left atrium volume (mL),surface (mm²),sphericity,"
+        "largest in-plane diameter (mm),width across it (mm)"
+    )
+    assert len(summary) == 5
 
 
 def test_existing_outputs_are_kept_unless_asked(predictor, tiny_run, tmp_path):

@@ -1,0 +1,127 @@
+"""Left-atrium measurements from a label volume and its voxel spacing.
+
+Volume (mL), surface area and sphericity of the 3D shape, the per-slice area curve (mm²
+against slice position in mm) along the acquisition axis, and the largest in-plane diameter
+with the width across it, as reported in LA remodelling studies. Everything is computed in
+millimetres from the voxel spacing, so anisotropic voxels are handled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class AtriumMeasurements:
+    """Measurements of one label class; distances in mm, areas in mm², volume in mL."""
+
+    volume_ml: float
+    surface_mm2: float
+    sphericity: float
+    max_diameter_mm: float
+    """Largest in-plane diameter (maximum Feret diameter) over all slices."""
+    width_across_mm: float
+    """Extent of that slice's region perpendicular to the largest diameter."""
+    diameter_slice: int
+    """Slice (along ``slice_axis``) where the largest diameter lies; -1 if empty."""
+    slice_positions_mm: list[float] = field(repr=False)
+    slice_areas_mm2: list[float] = field(repr=False)
+
+    def row(self) -> dict[str, float]:
+        """The scalar measurements, for a summary CSV."""
+        return {
+            "volume_ml": round(self.volume_ml, 3),
+            "surface_mm2": round(self.surface_mm2, 1),
+            "sphericity": round(self.sphericity, 4),
+            "max_diameter_mm": round(self.max_diameter_mm, 2),
+            "width_across_mm": round(self.width_across_mm, 2),
+        }
+
+
+def measure_atrium(
+    labels: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    label: int = 1,
+    slice_axis: int = 2,
+) -> AtriumMeasurements:
+    """Measure the voxels equal to ``label`` in a 3D volume with voxel size ``spacing``."""
+    if labels.ndim != 3 or len(spacing) != 3:
+        raise ValueError(f"need a 3D volume and three spacings, got {labels.shape}, {spacing}")
+    spacing = tuple(float(s) for s in spacing)
+    mask = np.asarray(labels) == label
+    in_plane = [s for axis, s in enumerate(spacing) if axis != slice_axis]
+    pixel_mm2 = in_plane[0] * in_plane[1]
+    per_slice = np.count_nonzero(mask, axis=tuple(a for a in range(3) if a != slice_axis))
+    positions = [i * spacing[slice_axis] for i in range(mask.shape[slice_axis])]
+    areas = [float(n) * pixel_mm2 for n in per_slice]
+    voxels = int(per_slice.sum())
+    volume_mm3 = voxels * float(np.prod(spacing))
+    if voxels == 0:
+        return AtriumMeasurements(0.0, 0.0, math.nan, 0.0, 0.0, -1, positions, areas)
+    surface = _surface_area(mask, spacing)
+    sphericity = math.pi ** (1 / 3) * (6 * volume_mm3) ** (2 / 3) / surface if surface else math.nan
+    best = (0.0, 0.0, -1)
+    for index in np.flatnonzero(per_slice):
+        plane = np.take(mask, index, axis=slice_axis)
+        diameter, width = _diameters(plane, in_plane)
+        if diameter > best[0]:
+            best = (diameter, width, int(index))
+    return AtriumMeasurements(
+        volume_ml=volume_mm3 / 1000.0,
+        surface_mm2=surface,
+        sphericity=sphericity,
+        max_diameter_mm=best[0],
+        width_across_mm=best[1],
+        diameter_slice=best[2],
+        slice_positions_mm=positions,
+        slice_areas_mm2=areas,
+    )
+
+
+def _surface_area(mask: np.ndarray, spacing: tuple[float, float, float]) -> float:
+    """Area of the mask's boundary surface, in mm².
+
+    Marching cubes on the raw voxels follows their staircase and overestimates a ball's
+    area by about 10 %; smoothing first with a Gaussian of one finest-voxel width (in mm,
+    the same on every axis) brings it within 1 % (tests/test_measure.py).
+    """
+    from scipy import ndimage
+    from skimage.measure import marching_cubes, mesh_surface_area
+
+    padded = np.pad(mask.astype(np.float32), 3)  # close the surface at the volume's edge
+    finest = min(spacing)
+    smooth = ndimage.gaussian_filter(padded, sigma=[finest / s for s in spacing])
+    if smooth.max() <= 0.5:  # a few voxels vanish when smoothed: measure them as they are
+        smooth = padded
+    vertices, faces, _, _ = marching_cubes(smooth, level=0.5, spacing=spacing)
+    return float(mesh_surface_area(vertices, faces))
+
+
+def _diameters(plane: np.ndarray, spacing: Sequence[float]) -> tuple[float, float]:
+    """Maximum Feret diameter of a 2D region and its extent perpendicular to it, in mm.
+
+    Pixel corners (not centres) are used, so a single pixel measures its diagonal.
+    """
+    rows, cols = np.nonzero(plane)
+    corners = np.concatenate(
+        [np.stack([rows + dr, cols + dc], axis=1) for dr in (0, 1) for dc in (0, 1)]
+    ).astype(float) * np.asarray(spacing, dtype=float)
+    points = np.unique(corners, axis=0)
+    if len(points) > 3:
+        from scipy.spatial import ConvexHull, QhullError
+
+        with contextlib.suppress(QhullError):  # all corners on a line: keep them all
+            points = points[ConvexHull(points).vertices]
+    differences = points[:, None, :] - points[None, :, :]
+    distances = np.hypot(differences[..., 0], differences[..., 1])
+    first, second = np.unravel_index(np.argmax(distances), distances.shape)
+    diameter = float(distances[first, second])
+    direction = (points[second] - points[first]) / diameter
+    across = points @ np.array([-direction[1], direction[0]])
+    return diameter, float(across.max() - across.min())

@@ -1,0 +1,53 @@
+"""LA measurements against shapes whose answers are known in closed form."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from src_monai.measure import measure_atrium
+
+
+def ball(radius_mm: float, spacing: tuple[float, float, float], size: int = 64) -> np.ndarray:
+    axes = [(np.arange(size) - size / 2 + 0.5) * s for s in spacing]
+    x, y, z = np.meshgrid(*axes, indexing="ij")
+    return (x**2 + y**2 + z**2 <= radius_mm**2).astype(np.uint8)
+
+
+def test_a_ball_measures_as_a_ball_with_anisotropic_voxels():
+    spacing = (0.8, 0.8, 1.6)
+    radius = 20.0
+    result = measure_atrium(ball(radius, spacing), spacing)
+    assert result.volume_ml == pytest.approx(4 / 3 * math.pi * radius**3 / 1000, rel=0.02)
+    assert result.surface_mm2 == pytest.approx(4 * math.pi * radius**2, rel=0.02)
+    assert result.sphericity == pytest.approx(1.0, abs=0.03)
+    # The equator slice: the diameter (pixel corners) is 2r plus at most a pixel diagonal.
+    assert 2 * radius <= result.max_diameter_mm <= 2 * radius + 0.8 * math.sqrt(2) + 1e-6
+    assert result.width_across_mm == pytest.approx(result.max_diameter_mm, rel=0.05)
+    areas = np.array(result.slice_areas_mm2)
+    assert areas.sum() * spacing[2] / 1000 == pytest.approx(result.volume_ml)
+    assert np.argmax(areas) in (31, 32)  # the middle slices
+    assert result.slice_positions_mm[1] - result.slice_positions_mm[0] == pytest.approx(1.6)
+
+
+def test_a_box_has_exact_volume_diameter_and_width():
+    labels = np.zeros((40, 30, 10), dtype=np.uint8)
+    labels[5:25, 10:16, 2:7] = 1  # 20 x 6 voxels in plane, 5 slices
+    spacing = (1.0, 2.0, 3.0)
+    result = measure_atrium(labels, spacing)
+    assert result.volume_ml == pytest.approx(20 * 6 * 5 * 6 / 1000)
+    # In mm the slice's region is 20 x 12: diagonal 23.32, width across it 2*20*12/23.32.
+    assert result.max_diameter_mm == pytest.approx(math.hypot(20, 12))
+    assert result.width_across_mm == pytest.approx(2 * 20 * 12 / math.hypot(20, 12))
+    assert result.sphericity < 0.9  # a flat box is far from a sphere
+
+
+def test_empty_labels_and_other_classes():
+    labels = np.zeros((8, 8, 8), dtype=np.uint8)
+    empty = measure_atrium(labels, (1, 1, 1))
+    assert empty.volume_ml == 0 and math.isnan(empty.sphericity) and empty.diameter_slice == -1
+    labels[2:4, 2:4, 2:4] = 2
+    assert measure_atrium(labels, (1, 1, 1)).volume_ml == 0
+    assert measure_atrium(labels, (1, 1, 1), label=2).volume_ml == pytest.approx(0.008)

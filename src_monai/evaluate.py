@@ -24,6 +24,7 @@ import torch
 
 from .errors import LascError, PairMismatchError
 from .fileutil import atomic_destination, ensure_empty_folder, write_json, write_text
+from .measure import measure_atrium
 from .progress import Job, Progress
 from .scan_io import case_id_from_path, check_pair, read_labels, scan_suffix
 
@@ -231,6 +232,12 @@ def evaluate_pairs(
             )
         )
         row.update(earlier_tool_metrics(prediction, truth.array, num_classes, probabilities))
+        # LA shape next to overlap: a segmentation can score well and still misjudge the
+        # diameter or sphericity that remodelling studies report.
+        for role, labels in (("pred", prediction), ("truth", truth.array)):
+            shape = measure_atrium(labels, truth.geometry.spacing).row()
+            row[f"sphericity_{role}"] = shape["sphericity"]
+            row[f"max_diameter_mm_{role}"] = shape["max_diameter_mm"]
         rows.append(row)
         yield Progress(pair.case_id, done, len(pairs))
     return rows

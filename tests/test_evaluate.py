@@ -84,6 +84,15 @@ def test_cli_evaluate_from_label_folders(tmp_path, msd_dataset):
     rows = list(csv.DictReader((out / "per_case.csv").open()))
     assert [r["case"] for r in rows] == ["case_000", "case_001", "case_002"]
     assert all(0.5 < float(r["dice"]) < 1.0 for r in rows)
+    # A shifted copy has the same shape: its measurements equal the truth's.
+    for row in rows:
+        assert float(row["max_diameter_mm_pred"]) == pytest.approx(
+            float(row["max_diameter_mm_truth"])
+        )
+        assert float(row["sphericity_pred"]) == pytest.approx(
+            float(row["sphericity_truth"]), abs=1e-3
+        )
+        assert 0 < float(row["sphericity_truth"]) <= 1.05
     summary = json.loads((out / "summary.json").read_text())
     assert summary["cases"] == 3
     assert summary["metrics"]["dice"]["mean"] == pytest.approx(

@@ -27,9 +27,11 @@ from magicgui.widgets import (
 
 from src_monai.errors import LascError
 from src_monai.infer import Predictor, resolve_device
+from src_monai.measure import AtriumMeasurements, measure_atrium
 from src_monai.progress import Progress
 from src_monai.transforms import normalise_volume
 
+from ._area_plot import AreaCurve
 from ._layers import (
     PREDICTION_OF_KEY,
     check_scan_layer,
@@ -128,6 +130,8 @@ class SegmentWidget(Container):
                 self._result,
             ]
         )
+        self.area_curve = AreaCurve(self.go_to_slice)
+        self.native.layout().addWidget(self.area_curve.canvas)
         self._model.changed.connect(self._model_changed)
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
@@ -135,6 +139,9 @@ class SegmentWidget(Container):
         self.worker: Any = None
         self.summary: SegmentationSummary | None = None
         self._normalised_cache: tuple[tuple, np.ndarray] | None = None
+        self.measurements: AtriumMeasurements | None = None
+        self._curve_axis = 0
+        self._curve_layer: Any = None
 
     # ------------------------------------------------------------------ choices
 
@@ -178,13 +185,18 @@ class SegmentWidget(Container):
         point = None
         if self._current_slice.value:
             point = np.asarray(layer.world_to_data(self._viewer.dims.point))
+        spacing = layer_geometry(layer).spacing
         started = time.perf_counter()
 
         def job():
             predictor = _predictor(model_path, device)
             if point is None:
                 prediction = yield from predictor.predict_volume(volume, **options)
-                return predictor, prediction.labels, None
+                # Measured here, not in napari's thread: the surface mesh takes a moment.
+                measured = measure_atrium(
+                    prediction.labels, spacing, slice_axis=predictor.slice_axis
+                )
+                return predictor, prediction.labels, None, measured
             # napari axes are the file axes reversed: the model's slice axis is 2 - axis.
             napari_axis = 2 - predictor.slice_axis
             index = int(np.clip(np.round(point[napari_axis]), 0, layer.data.shape[napari_axis] - 1))
@@ -195,7 +207,7 @@ class SegmentWidget(Container):
                 normalised=True,
             )
             yield Progress(f"slice {index}", 1, 1)
-            return predictor, labels, index
+            return predictor, labels, index, None
 
         self._set_running(True)
         self.worker = start_job(
@@ -241,7 +253,7 @@ class SegmentWidget(Container):
     # ------------------------------------------------------------------ results
 
     def _add_result(self, image: Any, result: tuple, started: float) -> None:
-        predictor, labels, slice_index = result
+        predictor, labels, slice_index, measured = result
         geometry = layer_geometry(image)
         name = f"{image.name} left atrium"
         layer = self._prediction_layer(image, name)
@@ -268,6 +280,33 @@ class SegmentWidget(Container):
         )
         self._show(self.summary.text())
         logger.info("%s", self.summary.text())
+        if measured is not None:
+            self._curve_layer = layer
+            self._plot_measurements(measured, 2 - predictor.slice_axis)
+
+    def _plot_measurements(self, measured: AtriumMeasurements, napari_axis: int) -> None:
+        """Area per slice (a click goes there), sphericity and largest in-plane diameter."""
+        self.measurements = measured
+        self._curve_axis = napari_axis
+        title = (
+            f"sphericity {measured.sphericity:.2f} · largest diameter "
+            f"{measured.max_diameter_mm:.0f} mm (slice {measured.diameter_slice})"
+            if measured.volume_ml
+            else "no left atrium"
+        )
+        self.area_curve.show(measured.slice_areas_mm2, title)
+
+    def go_to_slice(self, index: int) -> None:
+        """Move napari's slider along the model's slice axis to ``index`` (a curve click).
+
+        Set as a world coordinate through the layer, so it lands on that slice whatever the
+        other layers' extents."""
+        if self._curve_layer is None:
+            return
+        position = [0.0, 0.0, 0.0]
+        position[self._curve_axis] = float(index)
+        world = self._curve_layer.data_to_world(position)
+        self._viewer.dims.set_point(self._curve_axis, world[self._curve_axis])
 
     def _prediction_layer(self, image: Any, name: str):
         import napari.layers

@@ -199,6 +199,19 @@ def test_segment_widget_whole_volume_then_update_in_place(make_napari_viewer, qt
     occupied = np.flatnonzero(np.any(layer.data == 1, axis=(1, 2)))
     assert (first, last) == (occupied[0], occupied[-1])
     assert f"{summary.volume_ml:.1f} mL" in widget._result.value
+    # The area curve: one point per napari slice; a click on it moves napari there.
+    areas = np.count_nonzero(layer.data == 1, axis=(1, 2)) * np.prod(image.scale[1:])
+    np.testing.assert_allclose(widget.measurements.slice_areas_mm2, areas)
+    assert 0.3 < widget.measurements.sphericity < 1.0
+    from matplotlib.backend_bases import MouseEvent
+
+    curve = widget.area_curve
+    curve.canvas.draw()
+    x, y = curve.axes.transData.transform((30, float(areas[30])))
+    curve.canvas.callbacks.process(
+        "button_press_event", MouseEvent("button_press_event", curve.canvas, x, y, button=1)
+    )
+    assert round(layer.world_to_data(viewer.dims.point)[0]) == 30
     # Re-run without post-processing: the same layer is updated, not a second one added.
     count = len(viewer.layers)
     widget._postprocess.value = False

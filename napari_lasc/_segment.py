@@ -27,7 +27,7 @@ from magicgui.widgets import (
 
 from src_monai.errors import LascError
 from src_monai.infer import Predictor, resolve_device
-from src_monai.measure import AtriumMeasurements, measure_atrium
+from src_monai.measure import AtriumMeasurements, measure_atrium, quality_flags
 from src_monai.progress import Progress
 from src_monai.transforms import normalise_volume
 
@@ -140,6 +140,7 @@ class SegmentWidget(Container):
         self.summary: SegmentationSummary | None = None
         self._normalised_cache: tuple[tuple, np.ndarray] | None = None
         self.measurements: AtriumMeasurements | None = None
+        self.quality_flags: list[str] = []
         self._curve_axis = 0
         self._curve_layer: Any = None
 
@@ -195,6 +196,12 @@ class SegmentWidget(Container):
                 # Measured here, not in napari's thread: the surface mesh takes a moment.
                 measured = measure_atrium(
                     prediction.labels, spacing, slice_axis=predictor.slice_axis
+                )
+                self.quality_flags = quality_flags(
+                    prediction.labels,
+                    spacing,
+                    training_spacing=predictor.training_spacing,
+                    volume_ml=measured.volume_ml,
                 )
                 return predictor, prediction.labels, None, measured
             # napari axes are the file axes reversed: the model's slice axis is 2 - axis.
@@ -278,8 +285,11 @@ class SegmentWidget(Container):
             time.perf_counter() - started,
             None if slice_index is None else (2 - predictor.slice_axis, slice_index),
         )
-        self._show(self.summary.text())
-        logger.info("%s", self.summary.text())
+        text = self.summary.text()
+        if measured is not None:
+            text += "\nQC: " + ("; ".join(self.quality_flags) or "ok")
+        self._show(text)
+        logger.info("%s", text.replace("\n", " · "))
         if measured is not None:
             self._curve_layer = layer
             self._plot_measurements(measured, 2 - predictor.slice_axis)

@@ -22,7 +22,7 @@ import torch
 
 from .errors import LascError
 from .fileutil import atomic_destination, remove_stale_partials, writable_folder, write_text
-from .measure import measure_atrium
+from .measure import measure_atrium, quality_flags
 from .model import DEFAULT_COLOURS, load_model
 from .progress import Job, Progress
 from .scan_io import SCAN_SUFFIXES, read_scan, scan_suffix, write_labels, write_volume
@@ -108,6 +108,16 @@ class Predictor:
     def class_colours(self) -> list[tuple[int, int, int]]:
         colours = self.metadata.get("class_colours") or DEFAULT_COLOURS
         return [tuple(c) for c in colours][: self.num_classes]
+
+    @property
+    def training_spacing(self) -> tuple[float, float, float] | None:
+        """Median voxel size (mm) of the training scans in file axis order, if recorded."""
+        recorded = self.metadata.get("spacing_mm")  # slice axis first, as the trainer sees it
+        if not recorded or len(recorded) != 3:
+            return None
+        in_plane = [float(s) for s in recorded[1:]]
+        in_plane.insert(self.slice_axis, float(recorded[0]))
+        return tuple(in_plane)  # type: ignore[return-value]
 
     @property
     def patch_size(self) -> tuple[int, int]:
@@ -477,6 +487,15 @@ def _predict_scan(
     row["sphericity"] = shape["sphericity"]
     row["largest in-plane diameter (mm)"] = shape["max_diameter_mm"]
     row["width across it (mm)"] = shape["width_across_mm"]
+    flags = quality_flags(
+        prediction.labels,
+        scan.geometry.spacing,
+        training_spacing=predictor.training_spacing,
+        volume_ml=measurements.volume_ml,
+    )
+    row["QC flags"] = "; ".join(flags) or "ok"
+    for flag in flags:
+        logger.warning("%s: check by eye: %s", source.name, flag)
     return row
 
 

@@ -125,3 +125,57 @@ def _diameters(plane: np.ndarray, spacing: Sequence[float]) -> tuple[float, floa
     direction = (points[second] - points[first]) / diameter
     across = points @ np.array([-direction[1], direction[0]])
     return diameter, float(across.max() - across.min())
+
+
+# A left atrium with its pulmonary-vein trunks, as LASC'13 labels it: the 16 training cases
+# hold 72-146 mL. Normal adult LA volumes without veins are about 30-75 mL (ASE/EACVI
+# chamber quantification 2015: indexed volume 16-34 mL/m²), enlarged atria exceed 100 mL.
+# Outside 30-250 mL a result is more likely a segmentation failure than anatomy.
+PLAUSIBLE_VOLUME_ML = (30.0, 250.0)
+# A scan whose voxel size differs from the training data's by more than this factor on any
+# axis is outside what the model has seen.
+SPACING_FACTOR = 1.5
+
+
+def quality_flags(
+    labels: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    label: int = 1,
+    training_spacing: Sequence[float] | None = None,
+    volume_ml: float | None = None,
+) -> list[str]:
+    """Reasons to check a segmentation by eye; an empty list when none applies.
+
+    ``training_spacing`` is the model's median training voxel size, in the same axis order
+    as ``spacing``.
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(labels) == label
+    flags = []
+    if training_spacing is not None:
+        ratios = [float(s) / float(t) for s, t in zip(spacing, training_spacing, strict=True)]
+        if any(r > SPACING_FACTOR or r < 1 / SPACING_FACTOR for r in ratios):
+            shown = "x".join(f"{float(s):.2f}" for s in spacing)
+            trained = "x".join(f"{float(t):.2f}" for t in training_spacing)
+            flags.append(f"voxel size {shown} mm far from the training data's {trained} mm")
+    if not mask.any():
+        return [*flags, "empty prediction"]
+    full = ndimage.generate_binary_structure(3, 3)
+    components = ndimage.label(mask, structure=full)[1]
+    if components > 1:
+        flags.append(f"{components} separate 3D components")
+    if volume_ml is None:
+        volume_ml = float(np.count_nonzero(mask)) * float(np.prod(spacing)) / 1000.0
+    low, high = PLAUSIBLE_VOLUME_ML
+    if not low <= volume_ml <= high:
+        flags.append(f"volume {volume_ml:.0f} mL outside the plausible {low:.0f}-{high:.0f} mL")
+    edges = [
+        np.take(mask, index, axis=axis).any()
+        for axis in range(3)
+        for index in (0, mask.shape[axis] - 1)
+    ]
+    if any(edges):
+        flags.append("touches the edge of the field of view")
+    return flags

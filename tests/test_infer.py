@@ -109,7 +109,7 @@ def test_files_are_written_with_the_scans_geometry(predictor, tiny_run, tmp_path
     summary = (tmp_path / "out" / "summary.csv").read_text().splitlines()
     assert summary[0] == (
         "input,output,left atrium volume (mL),surface (mm²),sphericity,"
-        "largest in-plane diameter (mm),width across it (mm)"
+        "largest in-plane diameter (mm),width across it (mm),QC flags"
     )
     assert len(summary) == 5
 

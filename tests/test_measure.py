@@ -51,3 +51,21 @@ def test_empty_labels_and_other_classes():
     labels[2:4, 2:4, 2:4] = 2
     assert measure_atrium(labels, (1, 1, 1)).volume_ml == 0
     assert measure_atrium(labels, (1, 1, 1), label=2).volume_ml == pytest.approx(0.008)
+
+
+def test_quality_flags_name_each_problem():
+    from src_monai.measure import quality_flags
+
+    spacing = (1.25, 1.25, 1.37)
+    good = ball(22.0, spacing)  # ~45 mL, one component, away from the edges
+    assert quality_flags(good, spacing, training_spacing=spacing) == []
+    assert quality_flags(np.zeros_like(good), spacing) == ["empty prediction"]
+    two = good.copy()
+    two[0:3, 0:3, 30:33] = 1  # an island that also touches the edge
+    flags = quality_flags(two, spacing)
+    assert "2 separate 3D components" in flags
+    assert "touches the edge of the field of view" in flags
+    small = ball(8.0, spacing)
+    assert any("outside the plausible 30-250 mL" in f for f in quality_flags(small, spacing))
+    far = quality_flags(good, spacing, training_spacing=(0.6, 0.6, 1.37))
+    assert any("far from the training data" in f for f in far)

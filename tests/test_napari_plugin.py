@@ -199,6 +199,8 @@ def test_segment_widget_whole_volume_then_update_in_place(make_napari_viewer, qt
     occupied = np.flatnonzero(np.any(layer.data == 1, axis=(1, 2)))
     assert (first, last) == (occupied[0], occupied[-1])
     assert f"{summary.volume_ml:.1f} mL" in widget._result.value
+    assert widget.quality_flags == []  # one atrium of plausible size, away from the edges
+    assert "QC: ok" in widget._result.value
     # The area curve: one point per napari slice; a click on it moves napari there.
     areas = np.count_nonzero(layer.data == 1, axis=(1, 2)) * np.prod(image.scale[1:])
     np.testing.assert_allclose(widget.measurements.slice_areas_mm2, areas)

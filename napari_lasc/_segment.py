@@ -197,13 +197,13 @@ class SegmentWidget(Container):
                 measured = measure_atrium(
                     prediction.labels, spacing, slice_axis=predictor.slice_axis
                 )
-                self.quality_flags = quality_flags(
+                flags = quality_flags(
                     prediction.labels,
                     spacing,
                     training_spacing=predictor.training_spacing,
                     volume_ml=measured.volume_ml,
                 )
-                return predictor, prediction.labels, None, measured
+                return predictor, prediction.labels, None, (measured, flags)
             # napari axes are the file axes reversed: the model's slice axis is 2 - axis.
             napari_axis = 2 - predictor.slice_axis
             index = int(np.clip(np.round(point[napari_axis]), 0, layer.data.shape[napari_axis] - 1))
@@ -260,7 +260,7 @@ class SegmentWidget(Container):
     # ------------------------------------------------------------------ results
 
     def _add_result(self, image: Any, result: tuple, started: float) -> None:
-        predictor, labels, slice_index, measured = result
+        predictor, labels, slice_index, checked = result
         geometry = layer_geometry(image)
         name = f"{image.name} left atrium"
         layer = self._prediction_layer(image, name)
@@ -286,13 +286,13 @@ class SegmentWidget(Container):
             None if slice_index is None else (2 - predictor.slice_axis, slice_index),
         )
         text = self.summary.text()
-        if measured is not None:
+        if checked is not None:  # a whole volume: measurements and QC flags came with it
+            measured, self.quality_flags = checked
             text += "\nQC: " + ("; ".join(self.quality_flags) or "ok")
-        self._show(text)
-        logger.info("%s", text.replace("\n", " · "))
-        if measured is not None:
             self._curve_layer = layer
             self._plot_measurements(measured, 2 - predictor.slice_axis)
+        self._show(text)
+        logger.info("%s", text.replace("\n", " · "))
 
     def _plot_measurements(self, measured: AtriumMeasurements, napari_axis: int) -> None:
         """Area per slice (a click goes there), sphericity and largest in-plane diameter."""

@@ -458,8 +458,9 @@ def _predict_scan(
     # labels file, written last, marks the case complete (a killed run's stale extras are
     # simply replaced; --skip-existing keys on the labels).
     name = target.name.replace(".nii.gz", "").replace(".nii", "")
+    extras = [target.with_name(f"{name}_area_curve.csv")]
     write_text(
-        target.with_name(f"{name}_area_curve.csv"),
+        extras[0],
         "slice,position_mm,area_mm2\n"
         + "".join(
             f"{i},{position:.3f},{area:.2f}\n"
@@ -471,13 +472,14 @@ def _predict_scan(
     )
     if save_probabilities and prediction.probabilities is not None:
         foreground = prediction.probabilities[1:].sum(axis=0).astype(np.float32)
-        write_volume(
-            target.with_name(f"{name}_probability.nii.gz"),
-            foreground,
-            scan.geometry,
-            overwrite=True,
-        )
-    write_labels(target, prediction.labels, scan.geometry, overwrite=overwrite)
+        extras.append(target.with_name(f"{name}_probability.nii.gz"))
+        write_volume(extras[-1], foreground, scan.geometry, overwrite=True)
+    try:
+        write_labels(target, prediction.labels, scan.geometry, overwrite=overwrite)
+    except LascError:
+        for extra in extras:  # derived from labels that could not be saved: not a result
+            extra.unlink(missing_ok=True)
+        raise
     row: dict[str, Any] = {"input": str(source), "output": str(target)}
     for index, name in enumerate(predictor.class_names[1:], start=1):
         voxels = int(np.count_nonzero(prediction.labels == index))

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from src_monai.errors import LascError
+from src_monai.infer import check_volume
 from src_monai.scan_io import ScanGeometry
 
 GEOMETRY_KEY = "lasc_geometry"
@@ -85,12 +86,10 @@ def check_scan_layer(layer: Any) -> None:
     if len(shape) != 3:
         kind = "2D" if len(shape) == 2 else f"{len(shape)}D"
         raise LascError(layer.name, f"is a {kind} image {shape}; a 3D scan is needed")
-    if min(shape) == 0:
-        raise LascError(layer.name, f"is empty (shape {shape})")
-    data = np.asarray(layer.data)
-    low, high = data.min(), data.max()
-    if low == high:
-        raise LascError(layer.name, f"is blank (every voxel is {low}): nothing to segment")
+    try:
+        check_volume(np.asarray(layer.data))  # the predictor's own check: empty or blank
+    except LascError as exc:
+        raise LascError(layer.name, exc.problem) from exc
 
 
 def labels_colormap(colours: Mapping[int, Sequence[int]]):

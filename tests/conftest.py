@@ -140,3 +140,49 @@ def tiny_run(tmp_path_factory):
     dataset = make_msd_dataset(root / "dataset", cases=4)
     result = run_to_end(run_training(tiny_config(dataset, root / "runs")))
     return dataset, result
+
+
+def model_metadata(model) -> dict:
+    """Metadata of a small 2D model file with ``model``'s architecture (a ModelConfig)."""
+    return {
+        "format": "napari-lasc-model",
+        "model": {**model.__dict__},
+        "in_channels": 1,
+        "num_classes": 2,
+        "data": {
+            "slice_axis": 2,
+            "context_slices": 1,
+            "normalisation": "zscore",
+            "patch_size": [32, 32],
+            "class_names": ["background", "la"],
+        },
+    }
+
+
+class CodeRunningPickle:
+    """Unpickling this runs ``touch marker``: a model file that must never be loaded."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def errors():
+    """The error notifications napari showed since the test began (napari's own record)."""
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    before = len(notification_manager.records)
+
+    def shown() -> list[str]:
+        return [
+            str(n.message)
+            for n in notification_manager.records[before:]
+            if n.severity == NotificationSeverity.ERROR
+        ]
+
+    return shown

@@ -7,6 +7,7 @@ import pickle
 
 import pytest
 import torch
+from conftest import CodeRunningPickle, model_metadata
 
 from src_monai.config import ModelConfig
 from src_monai.model import ModelFileError, build_network, load_model, save_model
@@ -31,25 +32,10 @@ def test_unet_takes_the_earlier_tools_first_kernel_and_dilation():
     assert network(torch.zeros(2, 1, 32, 32)).shape == (2, 2, 32, 32)
 
 
-def _metadata(model: ModelConfig) -> dict:
-    return {
-        "model": model.__dict__,
-        "in_channels": 1,
-        "num_classes": 2,
-        "data": {
-            "slice_axis": 2,
-            "context_slices": 1,
-            "normalisation": "zscore",
-            "patch_size": [32, 32],
-            "class_names": ["background", "la"],
-        },
-    }
-
-
 def test_model_file_round_trip(tmp_path):
     model = ModelConfig(base_filters=4, levels=3)
     network = build_network(model, 1, 2)
-    path = save_model(tmp_path / "m.safetensors", network, _metadata(model))
+    path = save_model(tmp_path / "m.safetensors", network, model_metadata(model))
     loaded, metadata = load_model(path)
     assert metadata["package_version"] and metadata["data"]["slice_axis"] == 2
     for (name, a), (_, b) in zip(
@@ -60,7 +46,7 @@ def test_model_file_round_trip(tmp_path):
 
 def test_metadata_that_disagrees_with_the_weights_is_refused(tmp_path):
     model = ModelConfig(base_filters=4, levels=3)
-    wrong = _metadata(ModelConfig(base_filters=8, levels=3))
+    wrong = model_metadata(ModelConfig(base_filters=8, levels=3))
     path = save_model(tmp_path / "m.safetensors", build_network(model, 1, 2), wrong)
     with pytest.raises(ModelFileError, match="weights do not match the architecture"):
         load_model(path)
@@ -68,29 +54,19 @@ def test_metadata_that_disagrees_with_the_weights_is_refused(tmp_path):
 
 def test_truncated_model_file_is_refused(tmp_path):
     model = ModelConfig(base_filters=4, levels=3)
-    path = save_model(tmp_path / "m.safetensors", build_network(model, 1, 2), _metadata(model))
+    path = save_model(tmp_path / "m.safetensors", build_network(model, 1, 2), model_metadata(model))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelFileError, match="not a readable safetensors file"):
         load_model(path)
 
 
-class _Exploit:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        import os
-
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_pickle_that_runs_code_is_refused_without_running(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "model.pt"
     with open(path, "wb") as f:
-        pickle.dump({"weight": _Exploit(marker)}, f)
-    torch.save({"weight": _Exploit(marker)}, tmp_path / "model2.pt")
+        pickle.dump({"weight": CodeRunningPickle(marker)}, f)
+    torch.save({"weight": CodeRunningPickle(marker)}, tmp_path / "model2.pt")
     (tmp_path / "model.json").write_text(json.dumps({}))
     (tmp_path / "model2.json").write_text(json.dumps({}))
     for candidate in (path, tmp_path / "model2.pt"):
@@ -99,11 +75,11 @@ def test_pickle_that_runs_code_is_refused_without_running(tmp_path):
     assert not marker.exists()
 
 
-def test_plain_state_dict_with_sidecar_metadata(tmp_path):
+def test_plain_state_dict_with_sidecarmodel_metadata(tmp_path):
     model = ModelConfig(base_filters=4, levels=3)
     network = build_network(model, 1, 2)
     torch.save(network.state_dict(), tmp_path / "weights.pt")
-    metadata = {**_metadata(model), "format": "napari-lasc-model"}
+    metadata = model_metadata(model)
     (tmp_path / "weights.json").write_text(json.dumps(metadata))
     loaded, _ = load_model(tmp_path / "weights.pt")
     assert torch.equal(

@@ -23,23 +23,6 @@ PLUGIN = "napari-lasc"
 WORKER_TIMEOUT_MS = 120_000
 
 
-@pytest.fixture
-def errors():
-    """The error notifications shown while a test runs (napari's own record of them)."""
-    from napari.utils.notifications import NotificationSeverity, notification_manager
-
-    before = len(notification_manager.records)
-
-    def shown() -> list[str]:
-        return [
-            str(n.message)
-            for n in notification_manager.records[before:]
-            if n.severity == NotificationSeverity.ERROR
-        ]
-
-    return shown
-
-
 def dock(viewer, name: str):
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
     return widget

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import random
 import resource
@@ -26,7 +25,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import make_msd_dataset, save_nifti, synthetic_case, tiny_config
+from conftest import (
+    CodeRunningPickle,
+    make_msd_dataset,
+    model_metadata,
+    save_nifti,
+    synthetic_case,
+    tiny_config,
+)
 from safetensors.torch import load_file
 from test_scan_io import BAD_SCANS
 
@@ -274,47 +280,23 @@ def test_missing_config_file_and_code_in_the_earlier_tools_ini(tmp_path, capsys)
 # --------------------------------------------------------------------------- model files
 
 
-def _model_metadata(model: ModelConfig) -> dict:
-    return {
-        "format": "napari-lasc-model",
-        "model": {**model.__dict__},
-        "in_channels": 1,
-        "num_classes": 2,
-        "data": {
-            "slice_axis": 2,
-            "context_slices": 1,
-            "normalisation": "zscore",
-            "patch_size": [32, 32],
-            "class_names": ["background", "la"],
-        },
-    }
-
-
-class _Exploit:
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def _bad_models(folder: Path) -> dict[str, Path]:
     small, other = ModelConfig(base_filters=4, levels=3), ModelConfig(base_filters=8, levels=3)
     models = {}
     path = save_model(
-        folder / "truncated.safetensors", build_network(small, 1, 2), _model_metadata(small)
+        folder / "truncated.safetensors", build_network(small, 1, 2), model_metadata(small)
     )
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     models["truncated weights"] = path
     models["metadata disagrees with the weights"] = save_model(
-        folder / "disagrees.safetensors", build_network(small, 1, 2), _model_metadata(other)
+        folder / "disagrees.safetensors", build_network(small, 1, 2), model_metadata(other)
     )
     torch.save(build_network(other, 1, 2).state_dict(), folder / "other_arch.pt")
-    (folder / "other_arch.json").write_text(json.dumps(_model_metadata(small)))
+    (folder / "other_arch.json").write_text(json.dumps(model_metadata(small)))
     models["weights of another architecture"] = folder / "other_arch.pt"
     with open(folder / "exploit.pt", "wb") as handle:
-        pickle.dump({"weight": _Exploit(folder / "pwned")}, handle)
-    (folder / "exploit.json").write_text(json.dumps(_model_metadata(small)))
+        pickle.dump({"weight": CodeRunningPickle(folder / "pwned")}, handle)
+    (folder / "exploit.json").write_text(json.dumps(model_metadata(small)))
     models["pickle that runs code"] = folder / "exploit.pt"
     models["missing model file"] = folder / "absent.safetensors"
     return models
@@ -541,14 +523,22 @@ class _OutOfMemoryAbove(torch.nn.Module):
         return self._inner[0](batch)
 
 
-def test_out_of_memory_splits_batches(tiny_run, caplog):
+def _unconstrained_prediction(tiny_run):
+    """The tiny model as a CPU predictor, a volume, and its labels with memory to spare."""
     from src_monai.infer import Predictor
     from src_monai.progress import run_to_end
 
     _, run = tiny_run
     reference = Predictor.from_checkpoint(run.best_model, device="cpu")
     volume = np.random.default_rng(0).normal(size=(32, 32, 12)).astype(np.float32)
-    expected = run_to_end(reference.predict_volume(volume, postprocess=False)).labels
+    return reference, volume, run_to_end(reference.predict_volume(volume, postprocess=False)).labels
+
+
+def test_out_of_memory_splits_batches(tiny_run, caplog):
+    from src_monai.infer import Predictor
+    from src_monai.progress import run_to_end
+
+    reference, volume, expected = _unconstrained_prediction(tiny_run)
     limited = _OutOfMemoryAbove(reference.network, limit=3)
     predictor = Predictor(limited, reference.metadata, torch.device("cpu"))
     labels = run_to_end(predictor.predict_volume(volume, batch_size=8, postprocess=False)).labels
@@ -563,10 +553,7 @@ def test_out_of_memory_for_one_slice_on_the_gpu_continues_on_the_cpu(tiny_run, c
     from src_monai.infer import Predictor
     from src_monai.progress import run_to_end
 
-    _, run = tiny_run
-    reference = Predictor.from_checkpoint(run.best_model, device="cpu")
-    volume = np.random.default_rng(0).normal(size=(32, 32, 12)).astype(np.float32)
-    expected = run_to_end(reference.predict_volume(volume, postprocess=False)).labels
+    reference, volume, expected = _unconstrained_prediction(tiny_run)
     no_room = _OutOfMemoryAbove(reference.network, limit=0)
     predictor = Predictor(no_room, reference.metadata, torch.device("cuda"))
     labels = run_to_end(predictor.predict_volume(volume, batch_size=4, postprocess=False)).labels
@@ -578,21 +565,11 @@ def test_out_of_memory_for_one_slice_on_the_gpu_continues_on_the_cpu(tiny_run, c
 # --------------------------------------------------------------------------- napari
 
 
-def _error_notifications(before: int) -> list[str]:
-    from napari.utils.notifications import NotificationSeverity, notification_manager
-
-    return [
-        str(n.message)
-        for n in notification_manager.records[before:]
-        if n.severity == NotificationSeverity.ERROR
-    ]
-
-
 @pytest.mark.gui
 @pytest.mark.parametrize("kind", list(BAD_SCANS))
-def test_napari_reader_reports_each_bad_scan_and_opens_nothing(kind, make_napari_viewer, tmp_path):
-    from napari.utils.notifications import notification_manager
-
+def test_napari_reader_reports_each_bad_scan_and_opens_nothing(
+    kind, make_napari_viewer, tmp_path, errors
+):
     from napari_lasc._reader import get_reader, read_layers
 
     path = bad_scan(kind, tmp_path / "inputs")
@@ -601,21 +578,18 @@ def test_napari_reader_reports_each_bad_scan_and_opens_nothing(kind, make_napari
         assert get_reader(str(path)) is None  # declined: napari may try another reader
         return
     viewer = make_napari_viewer()
-    count = len(notification_manager.records)
     if kind == "missing file":  # napari checks existence itself; the reader must cope too
         assert read_layers(str(path)) == [(None,)]
     else:
         viewer.open(path, plugin="napari-lasc")
     assert len(viewer.layers) == 0
-    (message,) = _error_notifications(count)
+    (message,) = errors()
     assert path.name in message and "\n" not in message
     assert tree_state(tmp_path) == before
 
 
 @pytest.mark.gui
-def test_segment_widget_reports_each_bad_model_file(make_napari_viewer, qtbot, tmp_path):
-    from napari.utils.notifications import notification_manager
-
+def test_segment_widget_reports_each_bad_model_file(make_napari_viewer, qtbot, tmp_path, errors):
     from napari_lasc._models import FROM_FILE
 
     (tmp_path / "models").mkdir()
@@ -627,11 +601,11 @@ def test_segment_widget_reports_each_bad_model_file(make_napari_viewer, qtbot, t
     widget._model.value = FROM_FILE
     widget._current_slice.value = True
     for problem, model in models.items():
-        count = len(notification_manager.records)
+        shown = len(errors())
         widget._model_file.value = model
         widget.run()
         qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
-        (message,) = _error_notifications(count)
+        (message,) = errors()[shown:]
         assert model.name in message and "\n" not in message, problem
         assert widget._run.enabled
     assert not (tmp_path / "models" / "pwned").exists()
@@ -639,20 +613,17 @@ def test_segment_widget_reports_each_bad_model_file(make_napari_viewer, qtbot, t
 
 
 @pytest.mark.gui
-def test_train_widget_refuses_unusable_pairs(make_napari_viewer, tmp_path):
-    from napari.utils.notifications import notification_manager
-
+def test_train_widget_refuses_unusable_pairs(make_napari_viewer, tmp_path, errors):
     viewer = make_napari_viewer()
     image, truth = viewer.open_sample("napari-lasc", "la_016")
     _, widget = viewer.window.add_plugin_dock_widget("napari-lasc", "Train model")
     empty = viewer.add_labels(np.zeros(image.data.shape, dtype=np.uint8), name="unpainted")
     small = viewer.add_labels(np.zeros((4, 5, 6), dtype=np.uint8), name="small")
-    count = len(notification_manager.records)
     for labels in (empty, small):
         widget._image.value, widget._labels_layer.value = image, labels
         widget.add_pair()
     widget.start()  # nothing added: refuses to start
-    messages = _error_notifications(count)
+    messages = errors()
     assert "unpainted" in messages[0] and "empty" in messages[0]
     assert "small" in messages[1] and "shape" in messages[1]
     assert "no training pairs" in messages[2]
@@ -660,4 +631,4 @@ def test_train_widget_refuses_unusable_pairs(make_napari_viewer, tmp_path):
     widget._image.value, widget._labels_layer.value = image, truth
     widget.add_pair()
     widget.add_pair()
-    assert "already" in _error_notifications(count)[-1]
+    assert "already" in errors()[-1]

@@ -45,6 +45,10 @@ class DataConfig:
     split_seed: int = 0
     slice_axis: int = 2
     """Array axis the 2D model slices along (the earlier tool's: the third)."""
+    tri_planar: bool = False
+    """Train one model on slices along all three array axes (3D scans only); inference then
+    predicts along each axis and averages the three probability maps, so neighbouring slices
+    agree. ``slice_axis`` stays the axis used for single-slice (interactive) prediction."""
     context_slices: int = 1
     """Neighbouring slices given as channels (odd; 1 is plain 2D, 3 or 5 is 2.5D)."""
     patch_size: list[int] = field(default_factory=lambda: [256, 256])

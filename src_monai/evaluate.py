@@ -197,6 +197,7 @@ def evaluate_pairs(
     batch_size: int = 16,
     tta: bool | None = None,
     postprocess: bool | None = None,
+    tri_planar: bool | None = None,
 ) -> Job[list[dict[str, Any]]]:
     """Per-case metric rows; with a ``predictor``, predictions are made from ``image``."""
     from .progress import run_to_end
@@ -216,6 +217,7 @@ def evaluate_pairs(
                     batch_size=batch_size,
                     tta=tta,
                     postprocess=postprocess,
+                    tri_planar=tri_planar,
                     probabilities=True,
                 )
             )
@@ -318,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
         pairs = pairs_from_folders(args.pred, args.truth)
         num_classes = args.num_classes
     elif args.model and args.data:
-        predictor = Predictor.from_checkpoint(args.model, args.device)
+        predictor = Predictor.from_checkpoint(args.model, args.device, tri_planar=args.tri_planar)
         num_classes = predictor.num_classes
         dataset = discover_msd(args.data)
         cases = dataset.training
@@ -344,6 +346,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             tta=args.tta,
             postprocess=args.postprocess,
+            tri_planar=args.tri_planar,
         ),
         description="evaluate",
         unit="case",

@@ -55,10 +55,34 @@ def check_volume(volume: np.ndarray) -> None:
 
 @dataclass(frozen=True)
 class Prediction:
-    """Labels in the input volume's shape; class probabilities ``(C, ...)`` when asked for."""
+    """Labels in the input volume's shape; class probabilities ``(C, ...)`` when asked for;
+    the uncertainty map (entropy of the mean over augmented views, 0..1) when asked for."""
 
     labels: np.ndarray
     probabilities: np.ndarray | None = None
+    uncertainty: np.ndarray | None = None
+
+
+# Test-time views for the uncertainty map: transforms inside the range the models are trained
+# with (rotations up to 15 degrees, gamma 0.7-1.5), so each view is a fair input; where the views
+# disagree the prediction is unstable. The unchanged input is a view too.
+UNCERTAINTY_VIEWS: tuple[tuple[str, float], ...] = (
+    ("rotate", 10.0),
+    ("rotate", -10.0),
+    ("gamma", 0.8),
+    ("gamma", 1.25),
+)
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    """A MONAI MetaTensor as a plain tensor (its metadata is not needed here)."""
+    return tensor.as_tensor() if hasattr(tensor, "as_tensor") else tensor
+
+
+def normalised_entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    """Entropy over the class axis (first) divided by its maximum, log(classes): 0..1."""
+    p = probabilities.clamp_min(1e-8)
+    return -(p * p.log()).sum(0) / float(np.log(probabilities.shape[0]))
 
 
 class Predictor:
@@ -74,14 +98,23 @@ class Predictor:
         self._batch_limit = 0  # slices per forward pass that fit in memory; 0: no limit seen
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path | None = None, device: str = "auto") -> Predictor:
-        """Load a model file; ``None`` loads the model bundled with the package."""
+    def from_checkpoint(
+        cls, path: str | Path | None = None, device: str = "auto", *, tri_planar: bool | None = None
+    ) -> Predictor:
+        """Load a model file; ``None`` loads the model bundled with the package.
+
+        ``tri_planar=True`` refuses (naming the file) a model trained on one axis only."""
         from .model import BUNDLED_MODEL
 
         torch_device = resolve_device(device)
         path = BUNDLED_MODEL if path is None else path
         network, metadata = load_model(path, torch_device)
-        return cls(network, metadata, torch_device)
+        predictor = cls(network, metadata, torch_device)
+        try:
+            predictor.planes(tri_planar)
+        except LascError as exc:
+            raise LascError(path, exc.problem) from None
+        return predictor
 
     # What the model was trained with.
     @property
@@ -128,6 +161,23 @@ class Predictor:
     def divisor(self) -> int:
         return 2 ** (int(self.metadata["model"]["levels"]) - 1)
 
+    @property
+    def tri_planar(self) -> bool:
+        """Trained on slices along all three axes: predicts along each and fuses them."""
+        return bool(self.metadata["data"].get("tri_planar", False))
+
+    def planes(self, tri_planar: bool | None = None) -> tuple[int, ...]:
+        """The axes to predict along: the slice axis, and the other two for tri-planar."""
+        tri_planar = self.tri_planar if tri_planar is None else tri_planar
+        if tri_planar and not self.tri_planar:
+            raise LascError(
+                None,
+                "tri-planar prediction needs a model trained on all three axes "
+                "(data.tri_planar = true); this one saw slices along one axis",
+            )
+        axis = self.slice_axis
+        return (axis, *[a for a in range(3) if a != axis]) if tri_planar else (axis,)
+
     def predict_volume(
         self,
         volume: np.ndarray,
@@ -138,12 +188,17 @@ class Predictor:
         probabilities: bool = False,
         normalised: bool = False,
         overlap: float = 0.25,
+        uncertainty: bool = False,
+        tri_planar: bool | None = None,
     ) -> Job[Prediction]:
         """Segment a 3D volume slice by slice along the model's slice axis.
 
         ``tta`` averages over flips; ``postprocess`` keeps each class's largest 3D component
         and fills holes. ``None`` takes what the model's metadata recommends (chosen by
-        cross-validation), else off. ``normalised=True`` skips the per-volume normalisation
+        cross-validation), else off. ``tri_planar`` (default: when the model was trained for
+        it) also predicts along the other two axes and averages the three probability maps.
+        ``uncertainty`` adds the entropy map over :data:`UNCERTAINTY_VIEWS` (the labels stay
+        those of the plain prediction). ``normalised=True`` skips the per-volume normalisation
         (the caller did it). Yields progress per batch of slices; returns a
         :class:`Prediction`.
         """
@@ -158,47 +213,105 @@ class Predictor:
         postprocess = (
             bool(recommended.get("postprocess", False)) if postprocess is None else postprocess
         )
+        axes = self.planes(tri_planar)
         check_volume(volume)
         values = (
             volume.astype(np.float32)
             if normalised
             else normalise_volume(volume, self.normalisation)
         )
-        slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(values, self.slice_axis, 0)))
-        count = slices.shape[0]
-        labels = torch.empty(slices.shape, dtype=torch.uint8)
-        keep_probabilities = probabilities
+        # Labels come straight from the logits unless probabilities are needed: to return,
+        # to fuse planes, or to compare with the augmented views.
+        need_probabilities = probabilities or uncertainty or len(axes) > 1
+        labels = torch.empty(values.shape, dtype=torch.uint8)
         probs = (
-            torch.empty((self.num_classes, *slices.shape), dtype=torch.float32)
-            if keep_probabilities
+            torch.zeros((self.num_classes, *values.shape), dtype=torch.float32)
+            if need_probabilities
             else None
         )
-        try:
-            slices = slices.to(self.device)
-        except torch.OutOfMemoryError:
-            logger.warning(
-                "the volume does not fit on %s: batches are moved one by one", self.device
-            )
-        for start in range(0, count, batch_size):
-            stop = min(start + batch_size, count)
-            # Inference mode per batch, never across the yield: grad mode is thread-local,
-            # and the caller's code (or, after a cancel, whatever the worker thread runs
-            # next) must not inherit it from a suspended generator.
-            with torch.inference_mode():
-                batch = context_stack(slices, range(start, stop), self.context)
-                scores = self._scores_fitting(
-                    batch, tta=tta, overlap=overlap, softmax=keep_probabilities or tta
+        views = torch.zeros_like(probs) if uncertainty and probs is not None else None
+        total = sum(values.shape[axis] for axis in axes)
+        done = 0
+        for axis in axes:
+            slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(values, axis, 0)))
+            try:
+                slices = slices.to(self.device)
+            except torch.OutOfMemoryError:
+                logger.warning(
+                    "the volume does not fit on %s: batches are moved one by one", self.device
                 )
-                # max(1).indices, not argmax: the same result, far cheaper on CPU.
-                labels[start:stop] = scores.max(1).indices.to("cpu", torch.uint8)
-                if probs is not None:
-                    probs[:, start:stop] = scores.float().to("cpu").transpose(0, 1)
-            yield Progress(f"slices {start + 1}-{stop} of {count}", stop, count)
-        labels_np = np.moveaxis(labels.numpy(), 0, self.slice_axis)
+            count = slices.shape[0]
+            # Views of the outputs with this pass's slice axis first (writes land in place).
+            labels_along = labels.movedim(axis, 0)
+            probs_along = None if probs is None else probs.movedim(axis + 1, 1)
+            views_along = None if views is None else views.movedim(axis + 1, 1)
+            for start in range(0, count, batch_size):
+                stop = min(start + batch_size, count)
+                # Inference mode per batch, never across the yield: grad mode is thread-local,
+                # and the caller's code (or, after a cancel, whatever the worker thread runs
+                # next) must not inherit it from a suspended generator.
+                with torch.inference_mode():
+                    batch = context_stack(slices, range(start, stop), self.context)
+                    scores = self._scores_fitting(
+                        batch, tta=tta, overlap=overlap, softmax=need_probabilities or tta
+                    )
+                    if probs_along is None:
+                        # max(1).indices, not argmax: the same result, far cheaper on CPU.
+                        labels_along[start:stop] = scores.max(1).indices.to("cpu", torch.uint8)
+                    else:
+                        scores = scores.float()
+                        probs_along[:, start:stop] += scores.to("cpu").transpose(0, 1)
+                    if views_along is not None:
+                        scores = scores + self._view_scores(batch, overlap)
+                        views_along[:, start:stop] += scores.to("cpu").transpose(0, 1)
+                done += stop - start
+                plane = f"axis {axis}: " if len(axes) > 1 else ""
+                yield Progress(f"{plane}slices {start + 1}-{stop} of {count}", done, total)
+        uncertainty_map = None
+        if probs is not None:
+            probs /= len(axes)
+            labels = probs.max(0).indices.to(torch.uint8)
+        if views is not None:
+            views /= len(axes) * (1 + len(UNCERTAINTY_VIEWS))
+            uncertainty_map = normalised_entropy(views).numpy()
+        labels_np = labels.numpy()
         if postprocess:
             labels_np = postprocess_labels(labels_np, self.num_classes)
-        probs_np = None if probs is None else np.moveaxis(probs.numpy(), 1, self.slice_axis + 1)
-        return Prediction(labels=np.ascontiguousarray(labels_np), probabilities=probs_np)
+        return Prediction(
+            labels=np.ascontiguousarray(labels_np),
+            probabilities=probs.numpy() if probabilities and probs is not None else None,
+            uncertainty=uncertainty_map,
+        )
+
+    def _view_scores(self, batch: torch.Tensor, overlap: float) -> torch.Tensor:
+        """Summed class probabilities of :data:`UNCERTAINTY_VIEWS` of a batch, each mapped
+        back onto the original slice grid."""
+        from monai.transforms import AdjustContrast, Rotate
+
+        total = torch.zeros(0)
+        for kind, amount in UNCERTAINTY_VIEWS:
+            if kind == "rotate":
+                angle = float(np.deg2rad(amount))
+                turn = Rotate(angle, keep_size=True, mode="bilinear", padding_mode="zeros")
+                # Back-rotation samples outside the slice at the corners: repeat the border.
+                back = Rotate(-angle, keep_size=True, mode="bilinear", padding_mode="border")
+                scores = self._scores_fitting(
+                    torch.stack([_plain(turn(x)) for x in batch]),
+                    tta=False,
+                    overlap=overlap,
+                    softmax=True,
+                ).float()
+                scores = torch.stack([_plain(back(x)) for x in scores])
+            else:
+                gamma = AdjustContrast(amount)
+                scores = self._scores_fitting(
+                    torch.stack([_plain(gamma(x)) for x in batch]),
+                    tta=False,
+                    overlap=overlap,
+                    softmax=True,
+                ).float()
+            total = scores if total.numel() == 0 else total + scores
+        return total
 
     def predict_slice(
         self, volume: np.ndarray, index: int, *, tta: bool | None = None, normalised: bool = False
@@ -308,11 +421,14 @@ class Predictor:
                     padding_mode="constant",
                 )
                 return inferer(batch, self.network)
-            # Pad H and W up to what the network's downsampling divides evenly.
-            pad_height = -height % self.divisor
-            pad_width = -width % self.divisor
-            logits = self.network(torch.nn.functional.pad(batch, (0, pad_width, 0, pad_height)))
-            return logits[..., :height, :width]
+            # Smaller slices are zero-padded to the training patch, centred, as training did
+            # (MONAI's SpatialPadd): instance normalisation sees the same context. A tri-planar
+            # model's sagittal and coronal slices are such slices.
+            pad_height = max(patch_height - height, 0) + -max(patch_height, height) % self.divisor
+            pad_width = max(patch_width - width, 0) + -max(patch_width, width) % self.divisor
+            top, left = pad_height // 2, pad_width // 2
+            padded = torch.nn.functional.pad(batch, (left, pad_width - left, top, pad_height - top))
+            return self.network(padded)[..., top : top + height, left : left + width]
 
 
 def postprocess_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -386,11 +502,16 @@ def predict_files(
     tta: bool | None = None,
     postprocess: bool | None = None,
     save_probabilities: bool = False,
+    save_uncertainty: bool = False,
+    tri_planar: bool | None = None,
     overwrite: bool = False,
     skip_existing: bool = False,
     rgb_map: dict | None = None,
 ) -> Job[list[dict[str, Any]]]:
-    """Segment scans (and PNG slices) into ``out``; returns the summary rows."""
+    """Segment scans (and PNG slices) into ``out``; returns the summary rows.
+
+    ``save_uncertainty`` writes ``<name>_uncertainty.nii.gz`` per scan and adds the uncertain
+    volume (% of the LA) and the most uncertain slice to the summary."""
     scans, pngs = find_inputs(inputs)
     out = writable_folder(out)
     for stale in remove_stale_partials(out):
@@ -415,11 +536,13 @@ def predict_files(
                     predictor,
                     source,
                     target,
-                    batch_size,
-                    tta,
-                    postprocess,
-                    save_probabilities,
-                    overwrite,
+                    batch_size=batch_size,
+                    tta=tta,
+                    postprocess=postprocess,
+                    save_probabilities=save_probabilities,
+                    save_uncertainty=save_uncertainty,
+                    tri_planar=tri_planar,
+                    overwrite=overwrite,
                 )
             else:
                 row = _predict_png(
@@ -437,8 +560,19 @@ def predict_files(
 
 
 def _predict_scan(
-    predictor, source, target, batch_size, tta, postprocess, save_probabilities, overwrite
-):
+    predictor: Predictor,
+    source: Path,
+    target: Path,
+    *,
+    batch_size: int,
+    tta: bool | None,
+    postprocess: bool | None,
+    save_probabilities: bool,
+    save_uncertainty: bool,
+    tri_planar: bool | None,
+    overwrite: bool,
+) -> dict[str, Any]:
+    from .measure import uncertainty_scores
     from .progress import run_to_end
 
     scan = read_scan(source)
@@ -449,6 +583,8 @@ def _predict_scan(
             tta=tta,
             postprocess=postprocess,
             probabilities=save_probabilities,
+            uncertainty=save_uncertainty,
+            tri_planar=tri_planar,
         )
     )
     measurements = measure_atrium(
@@ -474,6 +610,9 @@ def _predict_scan(
         foreground = prediction.probabilities[1:].sum(axis=0).astype(np.float32)
         extras.append(target.with_name(f"{name}_probability.nii.gz"))
         write_volume(extras[-1], foreground, scan.geometry, overwrite=True)
+    if prediction.uncertainty is not None:
+        extras.append(target.with_name(f"{name}_uncertainty.nii.gz"))
+        write_volume(extras[-1], prediction.uncertainty, scan.geometry, overwrite=True)
     try:
         write_labels(target, prediction.labels, scan.geometry, overwrite=overwrite)
     except LascError:
@@ -495,6 +634,15 @@ def _predict_scan(
         training_spacing=predictor.training_spacing,
         volume_ml=measurements.volume_ml,
     )
+    if prediction.uncertainty is not None:
+        scores = uncertainty_scores(
+            prediction.uncertainty,
+            prediction.labels,
+            scan.geometry.spacing,
+            predictor.slice_axis,
+        )
+        row["uncertain volume (% of LA)"] = round(scores.uncertain_volume_pct, 2)
+        row["most uncertain slice"] = scores.most_uncertain_slice
     row["QC flags"] = "; ".join(flags) or "ok"
     for flag in flags:
         logger.warning("%s: check by eye: %s", source.name, flag)
@@ -552,6 +700,13 @@ def add_prediction_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="keep the largest 3D component and fill holes (default: what the model recommends)",
     )
+    parser.add_argument(
+        "--tri-planar",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="predict along all three axes and average (default: when the model was trained "
+        "for it)",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -576,6 +731,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write <name>_probability.nii.gz (foreground probability)",
     )
+    parser.add_argument(
+        "--uncertainty",
+        action="store_true",
+        help="also write <name>_uncertainty.nii.gz (0..1: how much augmented views of the scan "
+        "disagree; 5x the compute) and add its scores to summary.csv",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument(
         "--skip-existing",
@@ -598,7 +759,7 @@ def run(args: argparse.Namespace) -> int:
         raise LascError(None, "--batch-size must be >= 1")
     rgb_map = parse_rgb_map(args.rgb_map) if args.rgb_map else None
     writable_folder(args.out)  # before the model loads: fail before any work
-    predictor = Predictor.from_checkpoint(args.model, args.device)
+    predictor = Predictor.from_checkpoint(args.model, args.device, tri_planar=args.tri_planar)
     rows = drive(
         predict_files(
             predictor,
@@ -608,6 +769,8 @@ def run(args: argparse.Namespace) -> int:
             tta=args.tta,
             postprocess=args.postprocess,
             save_probabilities=args.probabilities,
+            save_uncertainty=args.uncertainty,
+            tri_planar=args.tri_planar,
             overwrite=args.overwrite,
             skip_existing=args.skip_existing,
             rgb_map=rgb_map,

@@ -180,3 +180,44 @@ def quality_flags(
     if edges:
         flags.append("touches the edge of the field of view")
     return flags
+
+
+@dataclass(frozen=True)
+class UncertaintyScores:
+    """Summaries of an uncertainty map (normalised entropy, 0..1 per voxel)."""
+
+    uncertain_volume_pct: float
+    """Sum of the map over the volume (an "uncertain volume") as a percentage of the predicted
+    LA volume: the share of the atrium the views disagree on. Higher: less trustworthy."""
+    slice_uncertain_area_mm2: np.ndarray = field(repr=False)
+    """Per slice along ``slice_axis``: the map summed over the slice times the pixel area."""
+    most_uncertain_slice: int
+    """The slice with the largest uncertain area: where to look first."""
+
+
+def uncertainty_scores(
+    uncertainty: np.ndarray,
+    labels: np.ndarray,
+    spacing: Sequence[float],
+    slice_axis: int = 2,
+    *,
+    label: int = 1,
+) -> UncertaintyScores:
+    """Per-case and per-slice scores of an uncertainty map over a prediction's labels."""
+    if uncertainty.shape != labels.shape or uncertainty.ndim != 3:
+        raise ValueError(f"uncertainty {uncertainty.shape} and labels {labels.shape} differ")
+    others = tuple(a for a in range(3) if a != slice_axis)
+    pixel_mm2 = float(np.prod([spacing[a] for a in others]))
+    per_slice = uncertainty.sum(axis=others, dtype=np.float64) * pixel_mm2
+    predicted = int(np.count_nonzero(labels == label))
+    uncertain_voxels = float(uncertainty.sum(dtype=np.float64))
+    # An empty prediction with any doubt at all is as uncertain as it gets.
+    if predicted:
+        percentage = 100.0 * uncertain_voxels / predicted
+    else:
+        percentage = math.inf if uncertain_voxels > 0 else 0.0
+    return UncertaintyScores(
+        uncertain_volume_pct=percentage,
+        slice_uncertain_area_mm2=per_slice,
+        most_uncertain_slice=int(np.argmax(per_slice)),
+    )

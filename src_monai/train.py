@@ -55,6 +55,8 @@ class VolumeCase:
     slices: torch.Tensor
     labels: torch.Tensor
     spacing: tuple[float, float, float]
+    extra_plane: bool = False
+    """A tri-planar model's second or third view of a scan (not a case of its own)."""
     foreground_slices: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -102,7 +104,11 @@ def load_training_data(config: Config) -> TrainingData:
             data.split or "data.val_fraction = 0",
         )
     logger.info(
-        "data: %d training and %d validation cases (%s layout)", len(train), len(val), layout
+        "data: %d training and %d validation cases (%s layout%s)",
+        sum(not c.extra_plane for c in train),
+        len(val),
+        layout,
+        ", each training scan along 3 axes" if config.data.tri_planar else "",
     )
     return TrainingData(train=train, val=val, source=str(root), layout=layout)
 
@@ -141,25 +147,37 @@ def _msd_cases(config: Config, root: Path) -> tuple[list[VolumeCase], list[Volum
     train_ids, val_ids = _partition(config, dataset.case_ids(), root)
     by_id = {case.case_id: case for case in dataset.training}
     axis = config.data.slice_axis
+    # Tri-planar: each training scan is seen along all three axes (one VolumeCase per axis);
+    # validation scans once, along the slice axis (their Dice comes from the fused prediction).
+    train_axes = (axis, *[a for a in range(3) if a != axis]) if config.data.tri_planar else (axis,)
 
-    def load(case_id: str) -> VolumeCase:
+    def load(case_id: str, axes: tuple[int, ...]) -> list[VolumeCase]:
         case = by_id[case_id]
         scan, labels = read_scan(case.image), read_labels(case.label, dataset.num_classes)
         check_pair(scan.geometry, labels.geometry, case.image, case.label)
         values = normalise_volume(scan.array, config.data.normalisation)
         spacing = scan.geometry.spacing
-        return VolumeCase(
-            case_id,
-            torch.from_numpy(np.ascontiguousarray(np.moveaxis(values, axis, 0))),
-            torch.from_numpy(np.ascontiguousarray(np.moveaxis(labels.array, axis, 0))),
-            (spacing[axis], *[s for i, s in enumerate(spacing) if i != axis]),
-        )
+        return [
+            VolumeCase(
+                case_id if along == axis else f"{case_id} axis {along}",
+                torch.from_numpy(np.ascontiguousarray(np.moveaxis(values, along, 0))),
+                torch.from_numpy(np.ascontiguousarray(np.moveaxis(labels.array, along, 0))),
+                (spacing[along], *[s for i, s in enumerate(spacing) if i != along]),
+                extra_plane=along != axis,
+            )
+            for along in axes
+        ]
 
-    return [load(c) for c in train_ids], [load(c) for c in val_ids]
+    train = [v for c in train_ids for v in load(c, train_axes)]
+    return train, [v for c in val_ids for v in load(c, (axis,))]
 
 
 def _png_cases(config: Config, root: Path) -> tuple[list[VolumeCase], list[VolumeCase]]:
     """PNG slices grouped into one pseudo-volume per patient and subset."""
+    if config.data.tri_planar:
+        raise ConfigError(
+            None, f"data.tri_planar needs 3D scans; {root} holds 2D PNG slices (set it false)"
+        )
     from .data import discover_png, parse_rgb_map, read_png_image, read_png_mask
 
     rgb_map = parse_rgb_map(config.data.rgb_map)
@@ -298,11 +316,13 @@ def new_run_dir(runs_dir: Path, name: str) -> Path:
 
 
 def model_metadata(config: Config, data: TrainingData, **training: Any) -> dict[str, Any]:
-    spacings = np.array([c.spacing for c in data.train])
+    scans = [c for c in data.train if not c.extra_plane]
+    spacings = np.array([c.spacing for c in scans])
     return {
         "model": config.to_dict()["model"],
         "data": {
             "slice_axis": config.data.slice_axis,
+            "tri_planar": config.data.tri_planar,
             "context_slices": config.data.context_slices,
             "normalisation": config.data.normalisation,
             "patch_size": config.data.patch_size,
@@ -314,7 +334,7 @@ def model_metadata(config: Config, data: TrainingData, **training: Any) -> dict[
         "num_classes": config.data.num_classes,
         "class_colours": DEFAULT_COLOURS[: config.data.num_classes],
         "spacing_mm": np.median(spacings, axis=0).tolist() if len(spacings) else None,
-        "split": {"train": [c.case_id for c in data.train], "val": [c.case_id for c in data.val]},
+        "split": {"train": [c.case_id for c in scans], "val": [c.case_id for c in data.val]},
         "config": config.to_dict(),
         "training": training,
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from . import __version__, demo, evaluate, infer, prepare, train
+from . import __version__, bundle, demo, evaluate, infer, prepare, train
 from .cli_support import (
     LascArgumentParser,
     add_common_arguments,
@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     "evaluate": (evaluate, "per-case 3D metrics of a model or of predicted labels"),
     "infer": (infer, "segment scans or PNG slices with a trained model"),
     "demo": (demo, "segment the bundled sample scan with the bundled model"),
+    "export-bundle": (bundle, "write a model as a MONAI bundle that runs without napari-lasc"),
 }
 
 

@@ -27,7 +27,14 @@ from magicgui.widgets import (
 
 from src_monai.errors import LascError
 from src_monai.infer import Predictor, resolve_device
-from src_monai.measure import AtriumMeasurements, measure_atrium, quality_flags
+from src_monai.measure import (
+    AtriumMeasurements,
+    UncertaintyScores,
+    measure_atrium,
+    quality_flags,
+    uncertainty_scores,
+)
+from src_monai.prepare import add_msd_case
 from src_monai.progress import Progress
 from src_monai.transforms import normalise_volume
 
@@ -36,6 +43,7 @@ from ._layers import (
     PREDICTION_OF_KEY,
     check_scan_layer,
     from_layer_axes,
+    geometry_kwargs,
     labels_kwargs,
     layer_geometry,
     to_layer_axes,
@@ -47,6 +55,8 @@ if TYPE_CHECKING:
     import napari
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_TRAINING_SET = Path.home() / "napari-lasc-training-set"
 
 
 @dataclass(frozen=True)
@@ -111,10 +121,16 @@ class SegmentWidget(Container):
         )
         self._batch_size = SpinBox(label="batch size", min=1, max=512, value=16)
         self._current_slice = CheckBox(text="current slice only (interactive)")
+        self._uncertainty = CheckBox(text="uncertainty map (5 augmented views: 5x the time)")
         self._run = PushButton(text="Segment")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._bar = ProgressBar(label="progress", value=0, max=1, visible=False)
         self._result = Label(label="result", value="")
+        self._go_uncertain = PushButton(text="Go to most uncertain slice", enabled=False)
+        # Correction loop: fix the prediction with napari's brush, keep it, fine-tune on it.
+        self._training_set = FileEdit(label="training set", mode="d", value=DEFAULT_TRAINING_SET)
+        self._add_case = PushButton(text="Add to training set")
+        self._fine_tune = PushButton(text="Fine-tune")
         super().__init__(
             widgets=[
                 self._image,
@@ -125,9 +141,15 @@ class SegmentWidget(Container):
                 self._postprocess,
                 self._batch_size,
                 self._current_slice,
+                self._uncertainty,
                 Container(widgets=[self._run, self._cancel], layout="horizontal", labels=False),
                 self._bar,
                 self._result,
+                self._go_uncertain,
+                self._training_set,
+                Container(
+                    widgets=[self._add_case, self._fine_tune], layout="horizontal", labels=False
+                ),
             ]
         )
         self.area_curve = AreaCurve(self.go_to_slice)
@@ -135,6 +157,9 @@ class SegmentWidget(Container):
         self._model.changed.connect(self._model_changed)
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
+        self._go_uncertain.changed.connect(self.go_to_most_uncertain_slice)
+        self._add_case.changed.connect(self.add_to_training_set)
+        self._fine_tune.changed.connect(self.fine_tune)
         follow_models(self._model, self)
         self.worker: Any = None
         self.summary: SegmentationSummary | None = None
@@ -143,6 +168,9 @@ class SegmentWidget(Container):
         self.quality_flags: list[str] = []
         self._curve_axis = 0
         self._curve_layer: Any = None
+        self.uncertainty: UncertaintyScores | None = None
+        self.added_case: str | None = None
+        self.train_widget: Any = None
 
     # ------------------------------------------------------------------ choices
 
@@ -183,6 +211,7 @@ class SegmentWidget(Container):
             "tta": bool(self._tta.value),
             "postprocess": bool(self._postprocess.value),
         }
+        with_uncertainty = bool(self._uncertainty.value)
         point = None
         if self._current_slice.value:
             point = np.asarray(layer.world_to_data(self._viewer.dims.point))
@@ -192,7 +221,9 @@ class SegmentWidget(Container):
         def job():
             predictor = _predictor(model_path, device)
             if point is None:
-                prediction = yield from predictor.predict_volume(volume, **options)
+                prediction = yield from predictor.predict_volume(
+                    volume, uncertainty=with_uncertainty, **options
+                )
                 # Measured here, not in napari's thread: the surface mesh takes a moment.
                 measured = measure_atrium(
                     prediction.labels, spacing, slice_axis=predictor.slice_axis
@@ -203,7 +234,13 @@ class SegmentWidget(Container):
                     training_spacing=predictor.training_spacing,
                     volume_ml=measured.volume_ml,
                 )
-                return predictor, prediction.labels, None, (measured, flags)
+                scores = None
+                if prediction.uncertainty is not None:
+                    scores = uncertainty_scores(
+                        prediction.uncertainty, prediction.labels, spacing, predictor.slice_axis
+                    )
+                checked = (measured, flags, prediction.uncertainty, scores)
+                return predictor, prediction.labels, None, checked
             # napari axes are the file axes reversed: the model's slice axis is 2 - axis.
             napari_axis = 2 - predictor.slice_axis
             index = int(np.clip(np.round(point[napari_axis]), 0, layer.data.shape[napari_axis] - 1))
@@ -287,10 +324,17 @@ class SegmentWidget(Container):
         )
         text = self.summary.text()
         if checked is not None:  # a whole volume: measurements and QC flags came with it
-            measured, self.quality_flags = checked
+            measured, self.quality_flags, uncertainty_map, self.uncertainty = checked
             text += "\nQC: " + ("; ".join(self.quality_flags) or "ok")
             self._curve_layer = layer
             self._plot_measurements(measured, 2 - predictor.slice_axis)
+            self._go_uncertain.enabled = uncertainty_map is not None
+            if uncertainty_map is not None:
+                self._show_uncertainty(image, uncertainty_map, geometry)
+                text += (
+                    f"\nuncertain volume {self.uncertainty.uncertain_volume_pct:.1f} % of the "
+                    f"LA · most uncertain slice {self.uncertainty.most_uncertain_slice}"
+                )
         self._show(text)
         logger.info("%s", text.replace("\n", " · "))
 
@@ -317,6 +361,93 @@ class SegmentWidget(Container):
         position[self._curve_axis] = float(index)
         world = self._curve_layer.data_to_world(position)
         self._viewer.dims.set_point(self._curve_axis, world[self._curve_axis])
+
+    def _show_uncertainty(self, image: Any, uncertainty: np.ndarray, geometry: Any) -> None:
+        """Add (or update) ``<scan> uncertainty``: 0..1, bright where the views disagree."""
+        name = f"{image.name} uncertainty"
+        data = np.ascontiguousarray(to_layer_axes(uncertainty))
+        if name in self._viewer.layers and self._viewer.layers[name].data.shape == data.shape:
+            self._viewer.layers[name].data = data
+            return
+        self._viewer.add_image(
+            data,
+            name=name,
+            colormap="inferno",
+            blending="additive",
+            contrast_limits=(0.0, 1.0),
+            opacity=0.7,
+            **geometry_kwargs(geometry),
+        )
+
+    def go_to_most_uncertain_slice(self) -> None:
+        """Move napari to the slice where the views disagree most (the last run's)."""
+        if self.uncertainty is not None:
+            self.go_to_slice(self.uncertainty.most_uncertain_slice)
+
+    # ------------------------------------------------------------------ correction loop
+
+    def add_to_training_set(self) -> None:
+        """Save the scan and its (corrected) left-atrium layer into the training set folder
+        as one more MSD case, in a worker; geometry kept, nothing replaced."""
+        from napari.utils.notifications import show_error, show_info
+
+        if self.worker is not None:
+            return
+        try:
+            image = self._image.value
+            check_scan_layer(image)
+            labels_layer = self._prediction_layer(image, "")
+            if labels_layer is None:
+                raise LascError(image.name, "has no left-atrium layer yet: Segment first")
+            if not np.any(np.asarray(labels_layer.data)):
+                raise LascError(labels_layer.name, "is empty: paint the left atrium first")
+        except LascError as exc:
+            show_error(str(exc))
+            return
+        folder = Path(self._training_set.value)
+        # Copies taken now, in napari's thread: painting may go on while the files are written.
+        scan = np.array(from_layer_axes(np.asarray(image.data)))
+        labels = np.array(from_layer_axes(np.asarray(labels_layer.data)))
+        geometry = layer_geometry(image)
+
+        def job():
+            yield Progress(f"saving {image.name}", 0, 1)
+            return add_msd_case(folder, image.name, scan, labels, geometry)
+
+        def added(case_id: str) -> None:
+            self.added_case = case_id
+            self._show(f"added {case_id} to {folder}")
+            show_info(f"{case_id}: scan and labels added to the training set {folder}")
+
+        self._set_running(True)
+        self.worker = start_job(
+            job,
+            description=f"Add {image.name} to the training set",
+            on_progress=self._progressed,
+            on_done=added,
+            on_cancelled=lambda: self._show("cancelled: nothing added"),
+            on_finished=lambda: self._set_running(False),
+        )
+
+    def fine_tune(self) -> None:
+        """Open the Train widget on the training set, starting from the current model."""
+        from napari.utils.notifications import show_error
+
+        folder = Path(self._training_set.value)
+        try:
+            if not (folder / "dataset.json").is_file():
+                raise LascError(folder, "holds no training set yet: Add to training set first")
+            model = self._model.value
+            if model == FROM_FILE:
+                path = self._model_path()
+                model = MODELS.add(f"file: {path.name}", path)
+        except LascError as exc:
+            show_error(str(exc))
+            return
+        _, self.train_widget = self._viewer.window.add_plugin_dock_widget(
+            "napari-lasc", "Train model"
+        )
+        self.train_widget.prepare_fine_tune(folder, model)
 
     def _prediction_layer(self, image: Any, name: str):
         import napari.layers

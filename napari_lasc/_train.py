@@ -28,11 +28,11 @@ from magicgui.widgets import (
 
 from src_monai.config import Config, config_from_dict
 from src_monai.errors import LascError
-from src_monai.fileutil import write_json
 from src_monai.infer import resolve_device
 from src_monai.model import load_model
+from src_monai.prepare import add_msd_case
 from src_monai.progress import Progress
-from src_monai.scan_io import as_label_array, write_labels, write_volume
+from src_monai.scan_io import as_label_array
 from src_monai.train import TrainResult, new_run_dir, run_training
 
 from ._layers import check_scan_layer, from_layer_axes, layer_geometry
@@ -63,24 +63,8 @@ class TrainingPair:
 
 def export_pairs(pairs: list[TrainingPair], folder: Path, class_names: list[str]) -> Path:
     """Write layer pairs as an MSD dataset (``imagesTr``, ``labelsTr``, ``dataset.json``)."""
-    (folder / "imagesTr").mkdir(parents=True)
-    (folder / "labelsTr").mkdir()
-    entries = []
     for pair in pairs:
-        image = folder / "imagesTr" / f"{pair.name}.nii.gz"
-        label = folder / "labelsTr" / f"{pair.name}.nii.gz"
-        write_volume(image, pair.image, pair.geometry)
-        write_labels(label, pair.labels, pair.geometry)
-        entries.append({"image": f"./imagesTr/{image.name}", "label": f"./labelsTr/{label.name}"})
-    write_json(
-        folder / "dataset.json",
-        {
-            "name": "napari-lasc layers",
-            "labels": {str(i): name for i, name in enumerate(class_names)},
-            "numTraining": len(entries),
-            "training": entries,
-        },
-    )
+        add_msd_case(folder, pair.name, pair.image, pair.labels, pair.geometry, class_names)
     return folder
 
 
@@ -179,6 +163,14 @@ class TrainWidget(Container):
         self.history: list[dict[str, float]] = []
         self.model_name: str | None = None
 
+    def prepare_fine_tune(self, dataset: Path, model_name: str) -> None:
+        """Set up fine-tuning: the dataset folder as the data, ``model_name`` as the start."""
+        self._source.value = DATASET_FOLDER
+        self._dataset.value = dataset
+        self._base.reset_choices()
+        self._base.value = model_name
+        self._status_text(f"fine-tune {model_name} on {dataset}: press Train")
+
     def _base_choices(self, _widget=None) -> list[str]:
         return [*MODELS.names(), RANDOM_START]
 
@@ -249,9 +241,8 @@ class TrainWidget(Container):
                 runs_dir.mkdir(parents=True, exist_ok=True)
                 staging = new_run_dir(runs_dir, "layers-dataset")
                 folder = export_pairs(pairs, staging / "data", ["background", "left atrium"])
-            config = training_config(
-                base, folder, runs_dir, cases=len(pairs) if pairs else None, **options
-            )
+            cases = len(pairs) if pairs else _msd_case_count(folder)
+            config = training_config(base, folder, runs_dir, cases=cases, **options)
             return (yield from run_training(config, stop=self._stop_requested.is_set))
 
         self._set_running(True)
@@ -264,8 +255,11 @@ class TrainWidget(Container):
             on_finished=lambda: self._set_running(False),
         )
 
-    def _base_path(self) -> Path | None:
-        return MODELS.path(self._base.value)
+    def _base_path(self) -> Path:
+        """The chosen starting model's file (the bundled model's own file for it)."""
+        from src_monai.model import BUNDLED_MODEL
+
+        return MODELS.path(self._base.value) or BUNDLED_MODEL
 
     def _captured_data(self) -> tuple[list[TrainingPair], Path | None]:
         if self._source.value == DATASET_FOLDER:
@@ -326,6 +320,16 @@ class TrainWidget(Container):
             f"model in {result.best_model}"
         )
         show_info(f"trained model {self.model_name!r} is now listed in Segment left atrium")
+
+
+def _msd_case_count(folder: Path) -> int | None:
+    """How many cases an MSD-layout folder lists (``None`` for other layouts)."""
+    from src_monai.data import discover_msd
+
+    try:
+        return len(discover_msd(folder, verify=False).training)
+    except LascError:
+        return None
 
 
 def _epoch_text(metrics: Any) -> str:

@@ -426,6 +426,70 @@ def prepare(
     return case_stats
 
 
+def add_msd_case(
+    root: str | Path,
+    name: str,
+    image: np.ndarray,
+    labels: np.ndarray,
+    geometry,
+    class_names: Sequence[str] = ("background", "left atrium"),
+) -> str:
+    """Add one scan and its labels (file axis order, the scan's geometry) to the MSD-layout
+    dataset at ``root``, creating it if needed; returns the case id.
+
+    Nothing is replaced: a name already taken gets ``_2``, ``_3``... The scan and labels are
+    written before ``dataset.json`` lists them, so an interrupted call leaves a dataset that
+    still reads correctly. A dataset with other classes is refused.
+    """
+    from .scan_io import as_label_array, write_labels, write_volume
+
+    root = Path(root)
+    if image.ndim != 3 or labels.shape != image.shape:
+        raise DatasetError(
+            root, f"scan {image.shape} and labels {labels.shape} must be one 3D shape"
+        )
+    labels = as_label_array(labels, len(class_names), source=f"labels of {name}")
+    manifest = root / "dataset.json"
+    content: dict = {
+        "name": "napari-lasc training set",
+        "description": "scans and corrected labels saved from napari-lasc",
+        "labels": {str(i): n for i, n in enumerate(class_names)},
+        "modality": {"0": "MRI"},
+        "training": [],
+    }
+    if manifest.exists():
+        try:
+            content = json.loads(manifest.read_text(encoding="utf-8"))
+            entries = list(content.get("training", []))
+            taken = {Path(entry["image"]).name.split(".nii")[0] for entry in entries}
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise DatasetError(manifest, f"is not a readable MSD dataset.json ({exc})") from exc
+        declared = content.get("labels", {})
+        if [declared.get(str(i)) for i in range(len(declared))] != list(class_names):
+            raise DatasetError(manifest, f"declares classes {declared}, not {list(class_names)}")
+    elif root.exists() and any(root.iterdir()):
+        raise DatasetError(root, "is neither empty nor an MSD dataset (no dataset.json)")
+    else:
+        taken, entries = set(), []
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._") or "case"
+    case_id, number = stem, 1
+    while case_id in taken or (root / "imagesTr" / f"{case_id}.nii.gz").exists():
+        number += 1
+        case_id = f"{stem}_{number}"
+    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (root / "labelsTr").mkdir(exist_ok=True)
+    write_volume(root / "imagesTr" / f"{case_id}.nii.gz", image, geometry)
+    write_labels(root / "labelsTr" / f"{case_id}.nii.gz", labels, geometry)
+    entries.append(
+        {"image": f"./imagesTr/{case_id}.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"}
+    )
+    write_json(
+        manifest, {**content, "numTraining": len(entries), "training": entries}, overwrite=True
+    )
+    logger.info("added %s to %s (%d cases)", case_id, root, len(entries))
+    return case_id
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``lasc prepare`` options."""
     from .cli_support import argument_type

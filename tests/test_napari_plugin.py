@@ -3,7 +3,9 @@ data and the three widgets, driven as a user would and waited for like a user wo
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -406,6 +408,118 @@ def test_train_widget_fine_tunes_and_the_model_is_offered_for_segmentation(
     segment.run()
     wait_for(qtbot, segment)
     assert "la_016 left atrium" in viewer.layers
+
+
+def test_uncertainty_layer_and_go_to_the_most_uncertain_slice(make_napari_viewer, qtbot, errors):
+    viewer = make_napari_viewer()
+    image, _ = open_sample(viewer)
+    # 16 slices through the atrium keep the five-view run short on a CPU.
+    part = viewer.add_image(
+        image.data[30:46], name="la_016 part", scale=image.scale, translate=image.translate
+    )
+    widget = dock(viewer, "Segment left atrium")
+    widget._image.value = part
+    widget._uncertainty.value = True
+    widget.run()
+    wait_for(qtbot, widget)
+    assert errors() == []
+    layer = viewer.layers["la_016 part uncertainty"]
+    assert layer.data.shape == part.data.shape
+    np.testing.assert_allclose(layer.scale, part.scale)
+    np.testing.assert_allclose(layer.translate, part.translate)
+    assert layer.data.min() >= 0.0 and layer.data.max() <= 1.0 + 1e-6
+    # The per-slice score is the map summed per napari slice (axis 0) times the pixel area.
+    scores = widget.uncertainty
+    areas = layer.data.sum(axis=(1, 2)) * np.prod(part.scale[1:])
+    np.testing.assert_allclose(scores.slice_uncertain_area_mm2, areas, rtol=1e-4)
+    assert scores.most_uncertain_slice == int(np.argmax(areas))
+    assert f"most uncertain slice {scores.most_uncertain_slice}" in widget._result.value
+    assert widget._go_uncertain.enabled
+    viewer.dims.set_point(0, part.data_to_world([0, 0, 0])[0])
+    widget._go_uncertain.native.click()
+    assert round(part.world_to_data(viewer.dims.point)[0]) == scores.most_uncertain_slice
+
+
+@pytest.mark.slow
+def test_correction_round_trip_add_to_training_set_then_fine_tune(
+    make_napari_viewer, qtbot, tmp_path, errors
+):
+    """Segment, correct with napari's own brush, save as an MSD case, fine-tune from the
+    current model on it, and get a model that started from the current model's weights."""
+    from src_monai.model import BUNDLED_MODEL, load_model
+
+    viewer = make_napari_viewer()
+    image, _ = open_sample(viewer)
+    segment = dock(viewer, "Segment left atrium")
+    segment._image.value = image
+    segment._current_slice.value = True  # quick: the correction is what matters here
+    viewer.dims.set_point(0, image.data_to_world([40, 0, 0])[0])
+    segment.run()
+    wait_for(qtbot, segment)
+    labels = viewer.layers["la_016 left atrium"]
+    assert np.any(labels.data[40] == 1)
+    # The brush: add LA on slice 41, erase a spot on slice 40.
+    labels.brush_size = 9
+    labels.paint((41, 128, 128), 1)
+    erase_at = tuple(int(v) for v in np.argwhere(labels.data[40] == 1)[0])
+    labels.paint((40, *erase_at), 0)
+    assert labels.data[41, 128, 128] == 1 and labels.data[40][erase_at] == 0
+    folder = tmp_path / "training set"
+    segment._training_set.value = folder
+    segment._add_case.native.click()
+    wait_for(qtbot, segment)
+    assert errors() == []
+    assert segment.added_case == "la_016"
+    saved_image = nib.load(folder / "imagesTr" / "la_016.nii.gz")
+    saved_labels = nib.load(folder / "labelsTr" / "la_016.nii.gz")
+    scan = nib.load(SAMPLE_SCAN)
+    np.testing.assert_allclose(saved_image.affine, scan.affine, atol=1e-6)
+    np.testing.assert_allclose(saved_labels.affine, scan.affine, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(saved_image.dataobj), np.asarray(scan.dataobj))
+    # The corrected layer, in the file's axis order (napari shows them reversed).
+    np.testing.assert_array_equal(np.asarray(saved_labels.dataobj), labels.data.transpose(2, 1, 0))
+    # A second add keeps the first: a new case id, both listed.
+    segment._add_case.native.click()
+    wait_for(qtbot, segment)
+    assert segment.added_case == "la_016_2"
+    listed = json.loads((folder / "dataset.json").read_text())["training"]
+    assert [entry["label"] for entry in listed] == [
+        "./labelsTr/la_016.nii.gz",
+        "./labelsTr/la_016_2.nii.gz",
+    ]
+    # Fine-tune: the Train widget opens on that folder, starting from the current model.
+    segment._fine_tune.native.click()
+    train = segment.train_widget
+    assert train._source.value.startswith("dataset folder")
+    assert Path(train._dataset.value) == folder
+    assert train._base.value == segment._model.value
+    train._epochs.value, train._steps.value, train._batch_size.value = 1, 1, 2
+    train._device.value = "cpu"
+    train._runs_dir.value = tmp_path / "runs"
+    train.start()
+    wait_for(qtbot, train)
+    assert errors() == []
+    assert train.result is not None and train.result.best_model.is_file()
+    tuned, _ = load_model(train.result.best_model)
+    base, _ = load_model(BUNDLED_MODEL)
+    # One AdamW step at lr 1e-3 moves each weight by about 1e-3; fresh weights differ by far more.
+    change = max(
+        (a - b).abs().max().item()
+        for a, b in zip(tuned.state_dict().values(), base.state_dict().values(), strict=True)
+        if a.is_floating_point()
+    )
+    assert change < 0.05
+
+
+def test_fine_tune_without_a_training_set_says_so(make_napari_viewer, tmp_path, errors):
+    viewer = make_napari_viewer()
+    segment = dock(viewer, "Segment left atrium")
+    segment._training_set.value = tmp_path / "empty"
+    segment._fine_tune.native.click()
+    assert segment.train_widget is None
+    assert any("no training set yet" in message for message in errors())
+    segment._add_case.native.click()  # no scan layer at all
+    assert segment.worker is None and len(errors()) == 2
 
 
 def test_train_widget_stop_saves_the_run(make_napari_viewer, qtbot, tmp_path):

@@ -40,6 +40,7 @@ from src_monai.transforms import normalise_volume
 
 from ._area_plot import AreaCurve
 from ._layers import (
+    GEOMETRY_KEY,
     PREDICTION_OF_KEY,
     check_scan_layer,
     from_layer_axes,
@@ -215,7 +216,11 @@ class SegmentWidget(Container):
         point = None
         if self._current_slice.value:
             point = np.asarray(layer.world_to_data(self._viewer.dims.point))
-        spacing = layer_geometry(layer).spacing
+        geometry = layer_geometry(layer)
+        spacing = geometry.spacing
+        # Orientation only where the layer came with a file's (a bare array has none).
+        known = layer.metadata.get(GEOMETRY_KEY) is geometry and geometry.orientation_known
+        axcodes = geometry.axcodes if known else None
         started = time.perf_counter()
 
         def job():
@@ -233,6 +238,8 @@ class SegmentWidget(Container):
                     spacing,
                     training_spacing=predictor.training_spacing,
                     volume_ml=measured.volume_ml,
+                    axcodes=axcodes,
+                    training_axcodes=predictor.training_axcodes,
                 )
                 scores = None
                 if prediction.uncertainty is not None:

@@ -153,6 +153,12 @@ class Predictor:
         return tuple(in_plane)  # type: ignore[return-value]
 
     @property
+    def training_axcodes(self) -> tuple[str, str, str] | None:
+        """Voxel-axis orientation (e.g. ``RAS``) of the training scans, if recorded."""
+        codes = self.metadata.get("orientation_axcodes")
+        return tuple(codes) if codes and len(codes) == 3 else None  # type: ignore[return-value]
+
+    @property
     def patch_size(self) -> tuple[int, int]:
         height, width = self.metadata["data"]["patch_size"]
         return int(height), int(width)
@@ -633,6 +639,8 @@ def _predict_scan(
         scan.geometry.spacing,
         training_spacing=predictor.training_spacing,
         volume_ml=measurements.volume_ml,
+        axcodes=scan.geometry.axcodes if scan.geometry.orientation_known else None,
+        training_axcodes=predictor.training_axcodes,
     )
     if prediction.uncertainty is not None:
         scores = uncertainty_scores(

@@ -149,16 +149,26 @@ def quality_flags(
     label: int = 1,
     training_spacing: Sequence[float] | None = None,
     volume_ml: float | None = None,
+    axcodes: Sequence[str] | None = None,
+    training_axcodes: Sequence[str] | None = None,
 ) -> list[str]:
     """Reasons to check a segmentation by eye; an empty list when none applies.
 
     ``training_spacing`` is the model's median training voxel size, in the same axis order
-    as ``spacing``.
+    as ``spacing``. ``axcodes`` (e.g. ``RAS``) is the scan's voxel-axis orientation and
+    ``training_axcodes`` that of the model's training scans: slices are fed in the file's
+    own axes, so a scan stored in another orientation shows the model a turned or
+    mirrored heart.
     """
     from scipy import ndimage
 
     mask = np.asarray(labels) == label
     flags = []
+    if axcodes and training_axcodes and tuple(axcodes) != tuple(training_axcodes):
+        flags.append(
+            f"orientation {''.join(axcodes)} differs from the training data's "
+            f"{''.join(training_axcodes)}"
+        )
     if training_spacing is not None:
         ratios = [float(s) / float(t) for s, t in zip(spacing, training_spacing, strict=True)]
         if any(r > SPACING_FACTOR or r < 1 / SPACING_FACTOR for r in ratios):

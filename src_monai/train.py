@@ -57,6 +57,8 @@ class VolumeCase:
     spacing: tuple[float, float, float]
     extra_plane: bool = False
     """A tri-planar model's second or third view of a scan (not a case of its own)."""
+    axcodes: tuple[str, ...] | None = None
+    """Voxel-axis orientation of the scan (``RAS``...), when its file records one."""
     foreground_slices: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -164,6 +166,7 @@ def _msd_cases(config: Config, root: Path) -> tuple[list[VolumeCase], list[Volum
                 torch.from_numpy(np.ascontiguousarray(np.moveaxis(labels.array, along, 0))),
                 (spacing[along], *[s for i, s in enumerate(spacing) if i != along]),
                 extra_plane=along != axis,
+                axcodes=scan.geometry.axcodes if scan.geometry.orientation_known else None,
             )
             for along in axes
         ]
@@ -334,10 +337,18 @@ def model_metadata(config: Config, data: TrainingData, **training: Any) -> dict[
         "num_classes": config.data.num_classes,
         "class_colours": DEFAULT_COLOURS[: config.data.num_classes],
         "spacing_mm": np.median(spacings, axis=0).tolist() if len(spacings) else None,
+        "orientation_axcodes": _common_axcodes(scans),
         "split": {"train": [c.case_id for c in scans], "val": [c.case_id for c in data.val]},
         "config": config.to_dict(),
         "training": training,
     }
+
+
+def _common_axcodes(scans: list[VolumeCase]) -> list[str] | None:
+    """The training scans' orientation when they share one (else ``None``: no check)."""
+    codes = {c.axcodes for c in scans}
+    only = codes.pop() if len(codes) == 1 else None
+    return list(only) if only else None
 
 
 # --------------------------------------------------------------------------- distributed

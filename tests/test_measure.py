@@ -69,3 +69,38 @@ def test_quality_flags_name_each_problem():
     assert any("outside the plausible 30-250 mL" in f for f in quality_flags(small, spacing))
     far = quality_flags(good, spacing, training_spacing=(0.6, 0.6, 1.37))
     assert any("far from the training data" in f for f in far)
+    turned = quality_flags(good, spacing, axcodes="LPS", training_axcodes=("R", "A", "S"))
+    assert turned == ["orientation LPS differs from the training data's RAS"]
+    assert quality_flags(good, spacing, axcodes="RAS", training_axcodes="RAS") == []
+    assert quality_flags(good, spacing, axcodes=None, training_axcodes="RAS") == []
+
+
+def test_a_scan_stored_mirrored_is_flagged_by_lasc_infer(tmp_path):
+    """The same anatomy stored with its first axis reversed (LAS, geometry exact): the model
+    sees a mirrored heart, and the summary says so."""
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import nibabel as nib
+
+    from src_monai.model import SAMPLE_SCAN
+
+    scan = nib.load(SAMPLE_SCAN)
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flip[0, 3] = scan.shape[0] - 1
+    mirrored = nib.Nifti1Image(np.asarray(scan.dataobj)[::-1], scan.affine @ flip)
+    (tmp_path / "in").mkdir()
+    nib.save(mirrored, tmp_path / "in" / "las.nii.gz")
+    lasc = str(Path(sys.executable).with_name("lasc"))
+    done = subprocess.run(
+        [lasc, "infer", str(tmp_path / "in"), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    with open(tmp_path / "out" / "summary.csv") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert "orientation LAS differs from the training data's RAS" in row["QC flags"]

@@ -2,7 +2,8 @@
 
 Opens the bundled sample (LASC'13 la_016) in napari, segments it with the *Segment left
 atrium* widget (whole volume, then the current slice), compares with the ground truth,
-saves the labels through the plugin's writer, and writes window screenshots to ``docs/``.
+adds the uncertainty map and goes to its most uncertain slice, saves the labels through the
+plugin's writer, and writes window screenshots to ``docs/``.
 Needs a display: on a headless machine run it under Xvfb::
 
     xvfb-run -a .venv/bin/python scripts/napari_screenshots.py
@@ -112,6 +113,20 @@ def main() -> int:
     app.processEvents()
     viewer.screenshot(str(args.out / "napari_compare.png"), canvas_only=False, flash=False)
 
+    # The uncertainty map over the scan, on the slice where the views disagree most.
+    viewer.layers[-1].visible = False  # the error layer
+    prediction.visible = True
+    prediction.contour = 1  # outline: the map shows through
+    segment._uncertainty.value = True
+    segment.run()
+    wait(app, segment)
+    results["uncertainty_run_s"] = segment.summary.seconds
+    results["uncertain_volume_pct"] = segment.uncertainty.uncertain_volume_pct
+    segment.go_to_most_uncertain_slice()
+    viewer.layers.selection.active = viewer.layers["la_016 uncertainty"]
+    app.processEvents()
+    viewer.screenshot(str(args.out / "napari_uncertainty.png"), canvas_only=False, flash=False)
+
     with tempfile.TemporaryDirectory() as folder:
         saved = prediction.save(str(Path(folder) / "la_016_left_atrium.nii.gz"), plugin=PLUGIN)
         results["saved_with_writer"] = bool(saved)
@@ -125,7 +140,8 @@ def main() -> int:
     for key, value in results.items():
         shown = f"{value:.3f}" if isinstance(value, float) else str(value)
         print(f"{key:<{width}}  {shown}")
-    print(f"screenshots: {args.out / 'napari_segment.png'}, {args.out / 'napari_compare.png'}")
+    names = ("napari_segment.png", "napari_compare.png", "napari_uncertainty.png")
+    print("screenshots: " + ", ".join(str(args.out / name) for name in names))
     viewer.close()
     return 0
 

@@ -327,6 +327,7 @@ class Predictor:
         The whole volume is normalised as in :meth:`predict_volume`, so the slice gets the
         same labels as it would there (3D post-processing aside, which needs every slice).
         ``normalised=True``: the caller did that already (and can reuse it slice after slice).
+        A tri-planar model answers from the slice axis alone (one slice has no other planes).
         """
         check_volume(volume)
         count = volume.shape[self.slice_axis]

@@ -427,19 +427,22 @@ def validate_cases(
     from .progress import run_to_end
 
     inner = network.module if hasattr(network, "module") else network
-    # The cached cases are already normalised and slices-first.
-    predictor = Predictor(
-        inner, {**metadata, "data": {**metadata["data"], "slice_axis": 0}}, device
-    )
+    # The cached cases are normalised and slices-first: put the slice axis back, so a
+    # tri-planar model's other two planes are cut exactly as in training and inference.
+    axis = int(metadata["data"]["slice_axis"])
+    predictor = Predictor(inner, metadata, device)
     scores = {}
     for case in cases:
         labels = run_to_end(
             predictor.predict_volume(
-                case.slices.cpu().numpy(), batch_size=config.infer.batch_size, normalised=True
+                np.moveaxis(case.slices.cpu().numpy(), 0, axis),
+                batch_size=config.infer.batch_size,
+                normalised=True,
             )
         ).labels
+        truth = np.moveaxis(case.labels.cpu().numpy(), 0, axis)
         pred = one_hot(torch.from_numpy(labels).long()[None, None], config.data.num_classes)
-        true = one_hot(case.labels.cpu().long()[None, None], config.data.num_classes)
+        true = one_hot(torch.from_numpy(truth).long()[None, None], config.data.num_classes)
         dice = compute_dice(pred, true, include_background=False, ignore_empty=False)
         scores[case.case_id] = float(dice.mean())
     network.train()

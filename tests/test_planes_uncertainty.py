@@ -189,3 +189,18 @@ def test_cli_refuses_tri_planar_with_a_single_axis_model(tiny_run, tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.startswith(f"error: {result.best_model}: tri-planar prediction needs")
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_tri_planar_validation_dice_is_that_of_the_saved_model_on_the_file(tri_run):
+    """Validation during training cuts the other two planes as inference on the file does
+    (a slices-first cache would transpose them)."""
+    from src_monai.evaluate import case_metrics
+
+    dataset, _, result = tri_run
+    predictor = Predictor.from_checkpoint(result.best_model, "cpu")
+    (val_case,) = predictor.metadata["split"]["val"]
+    scan = read_scan(dataset / "imagesTr" / f"{val_case}.nii.gz")
+    truth = read_labels(dataset / "labelsTr" / f"{val_case}.nii.gz", 2).array
+    labels = run_to_end(predictor.predict_volume(scan.array, postprocess=False)).labels
+    dice = case_metrics(labels, truth, scan.geometry.spacing, 2)["dice"]
+    assert result.best_dice == pytest.approx(dice, abs=1e-3)

@@ -122,7 +122,7 @@ class SegmentWidget(Container):
         )
         self._batch_size = SpinBox(label="batch size", min=1, max=512, value=16)
         self._current_slice = CheckBox(text="current slice only (interactive)")
-        self._uncertainty = CheckBox(text="uncertainty map (5 augmented views: 5x the time)")
+        self._uncertainty = CheckBox(text="uncertainty map (5 views: about 7x the time)")
         self._run = PushButton(text="Segment")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._bar = ProgressBar(label="progress", value=0, max=1, visible=False)

@@ -744,7 +744,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--uncertainty",
         action="store_true",
         help="also write <name>_uncertainty.nii.gz (0..1: how much augmented views of the scan "
-        "disagree; 5x the compute) and add its scores to summary.csv",
+        "disagree; about 7x the time) and add its scores to summary.csv",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument(

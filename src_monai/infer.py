@@ -294,29 +294,26 @@ class Predictor:
         back onto the original slice grid."""
         from monai.transforms import AdjustContrast, Rotate
 
-        total = torch.zeros(0)
+        total: torch.Tensor | None = None
         for kind, amount in UNCERTAINTY_VIEWS:
+            back = None
             if kind == "rotate":
                 angle = float(np.deg2rad(amount))
-                turn = Rotate(angle, keep_size=True, mode="bilinear", padding_mode="zeros")
+                view = Rotate(angle, keep_size=True, mode="bilinear", padding_mode="zeros")
                 # Back-rotation samples outside the slice at the corners: repeat the border.
                 back = Rotate(-angle, keep_size=True, mode="bilinear", padding_mode="border")
-                scores = self._scores_fitting(
-                    torch.stack([_plain(turn(x)) for x in batch]),
-                    tta=False,
-                    overlap=overlap,
-                    softmax=True,
-                ).float()
-                scores = torch.stack([_plain(back(x)) for x in scores])
             else:
-                gamma = AdjustContrast(amount)
-                scores = self._scores_fitting(
-                    torch.stack([_plain(gamma(x)) for x in batch]),
-                    tta=False,
-                    overlap=overlap,
-                    softmax=True,
-                ).float()
-            total = scores if total.numel() == 0 else total + scores
+                view = AdjustContrast(amount)
+            scores = self._scores_fitting(
+                torch.stack([_plain(view(x)) for x in batch]),
+                tta=False,
+                overlap=overlap,
+                softmax=True,
+            ).float()
+            if back is not None:
+                scores = torch.stack([_plain(back(x)) for x in scores])
+            total = scores if total is None else total + scores
+        assert total is not None
         return total
 
     def predict_slice(

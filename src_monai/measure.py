@@ -218,9 +218,10 @@ def uncertainty_scores(
         raise ValueError(f"uncertainty {uncertainty.shape} and labels {labels.shape} differ")
     others = tuple(a for a in range(3) if a != slice_axis)
     pixel_mm2 = float(np.prod([spacing[a] for a in others]))
-    per_slice = uncertainty.sum(axis=others, dtype=np.float64) * pixel_mm2
+    per_slice_voxels = uncertainty.sum(axis=others, dtype=np.float64)
+    per_slice = per_slice_voxels * pixel_mm2
     predicted = int(np.count_nonzero(labels == label))
-    uncertain_voxels = float(uncertainty.sum(dtype=np.float64))
+    uncertain_voxels = float(per_slice_voxels.sum())
     # An empty prediction with any doubt at all is as uncertain as it gets.
     if predicted:
         percentage = 100.0 * uncertain_voxels / predicted

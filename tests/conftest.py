@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+
+# The `lasc` command of the environment running the tests (subprocess tests call it).
+LASC = str(Path(sys.executable).with_name("lasc"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -10,10 +10,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import LASC
 
 from src_monai.model import BUNDLED_MODEL, SAMPLE_SCAN
-
-LASC = str(Path(sys.executable).with_name("lasc"))
 
 
 def _scans(folder: Path) -> list[Path]:

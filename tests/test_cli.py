@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-LASC = str(Path(sys.executable).with_name("lasc"))
+from conftest import LASC
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from conftest import LASC
 
 from src_monai.evaluate import case_metrics
 from src_monai.infer import Predictor
 from src_monai.model import BUNDLED_MODEL, SAMPLE_LABEL, SAMPLE_SCAN
 from src_monai.progress import run_to_end
 from src_monai.scan_io import read_labels, read_scan
-
-LASC = str(Path(sys.executable).with_name("lasc"))
 
 
 def test_bundled_model_segments_the_bundled_sample(monkeypatch):

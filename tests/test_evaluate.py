@@ -6,16 +6,13 @@ import csv
 import json
 import math
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import LASC
 
 from src_monai.evaluate import case_metrics, earlier_tool_metrics
 from src_monai.scan_io import read_labels, read_scan, write_labels
-
-LASC = str(Path(sys.executable).with_name("lasc"))
 
 
 def test_cube_shifted_by_two_voxels_matches_a_hand_computation():

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import subprocess
-import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import LASC
 from PIL import Image
 
 from src_monai.errors import LascError
 from src_monai.infer import Predictor, predict_files
 from src_monai.progress import run_to_end
 from src_monai.scan_io import read_scan
-
-LASC = str(Path(sys.executable).with_name("lasc"))
 
 
 @pytest.fixture(scope="module")

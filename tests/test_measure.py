@@ -80,10 +80,9 @@ def test_a_scan_stored_mirrored_is_flagged_by_lasc_infer(tmp_path):
     sees a mirrored heart, and the summary says so."""
     import csv
     import subprocess
-    import sys
-    from pathlib import Path
 
     import nibabel as nib
+    from conftest import LASC
 
     from src_monai.model import SAMPLE_SCAN
 
@@ -93,9 +92,8 @@ def test_a_scan_stored_mirrored_is_flagged_by_lasc_infer(tmp_path):
     mirrored = nib.Nifti1Image(np.asarray(scan.dataobj)[::-1], scan.affine @ flip)
     (tmp_path / "in").mkdir()
     nib.save(mirrored, tmp_path / "in" / "las.nii.gz")
-    lasc = str(Path(sys.executable).with_name("lasc"))
     done = subprocess.run(
-        [lasc, "infer", str(tmp_path / "in"), "--out", str(tmp_path / "out")],
+        [LASC, "infer", str(tmp_path / "in"), "--out", str(tmp_path / "out")],
         capture_output=True,
         text=True,
         timeout=600,

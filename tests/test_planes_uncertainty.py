@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_msd_dataset, tiny_config
+from conftest import LASC, make_msd_dataset, tiny_config
 
 from src_monai.errors import LascError
 from src_monai.infer import Predictor, normalised_entropy
@@ -18,8 +16,6 @@ from src_monai.model import SAMPLE_LABEL, SAMPLE_SCAN
 from src_monai.progress import Progress, run_to_end
 from src_monai.scan_io import read_labels, read_scan
 from src_monai.train import load_training_data, run_training
-
-LASC = str(Path(sys.executable).with_name("lasc"))
 
 
 @pytest.fixture(scope="module")

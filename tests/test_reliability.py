@@ -17,7 +17,6 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import (
+    LASC,
     CodeRunningPickle,
     make_msd_dataset,
     model_metadata,
@@ -41,7 +41,6 @@ from src_monai.config import ModelConfig
 from src_monai.model import build_network, save_model
 from src_monai.scan_io import case_id_from_path
 
-LASC = str(Path(sys.executable).with_name("lasc"))
 # Bad inputs that are not scan files at all: commands that look for scans in a folder skip
 # them (correctly), and napari's reader declines them so napari can try another.
 NOT_SCAN_FILES = {"missing file", "a folder", "wrong extension"}

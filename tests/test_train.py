@@ -13,15 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_msd_dataset, tiny_config
+from conftest import LASC, make_msd_dataset, tiny_config
 from safetensors.torch import load_file
 
 from src_monai.config import load_config
 from src_monai.model import load_model
 from src_monai.progress import run_to_end
 from src_monai.train import run_training
-
-LASC = str(Path(sys.executable).with_name("lasc"))
 
 
 def test_a_run_leaves_a_complete_run_folder(tiny_run):

@@ -52,6 +52,27 @@ def launch(name: str, config: Path, overrides: list[str], out: Path) -> subproce
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
 
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Rows of one shape as a CSV file, the first row's keys as the header."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def variant_summary(rows: list[dict]) -> dict[str, float]:
+    """Mean and sample sd of per-case Dice and HD95 (undefined HD95 left out), and the count."""
+    dice = np.array([r["dice"] for r in rows])
+    hd = np.array([r["hd95_mm"] for r in rows], dtype=float)
+    return {
+        "dice_mean": float(dice.mean()),
+        "dice_sd": float(dice.std(ddof=1)),
+        "hd95_mean": float(np.nanmean(hd)),
+        "hd95_sd": float(np.nanstd(hd, ddof=1)),
+        "cases": len(rows),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -140,22 +161,14 @@ def main() -> int:
                     }
                 )
         logger.info("fold %d evaluated", k)
-    with open(out / "cv_per_case.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "cv_per_case.csv", rows)
     summary = {}
     for variant in VARIANTS:
         chosen = [r for r in rows if r["variant"] == variant]
-        dice = np.array([r["dice"] for r in chosen])
         hd = np.array([r["hd95_mm"] for r in chosen], dtype=float)
         summary[variant] = {
-            "dice_mean": float(dice.mean()),
-            "dice_sd": float(dice.std(ddof=1)),
-            "hd95_mean": float(np.nanmean(hd)),
-            "hd95_sd": float(np.nanstd(hd, ddof=1)),
+            **variant_summary(chosen),
             "hd95_undefined": int(np.isnan(hd).sum()),
-            "cases": len(chosen),
         }
     best = max(summary, key=lambda v: (round(summary[v]["dice_mean"], 3), -summary[v]["hd95_mean"]))
     report = {

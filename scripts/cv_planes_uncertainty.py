@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import subprocess
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cross_validate import launch
+from cross_validate import launch, variant_summary, write_csv
 
 from src_monai.data import discover_msd, kfold_split, save_split
 from src_monai.evaluate import case_metrics
@@ -148,13 +147,12 @@ def evaluate_all(args: argparse.Namespace, out: Path, folds) -> None:
     summary: dict = {"folds": args.folds, "epochs": args.epochs, "steps": args.steps}
     for variant in ("single", "tri", "tri-one-axis"):
         rows = [r for r in plane_rows if r["variant"] == variant]
-        dice = np.array([r["dice"] for r in rows])
-        hd = np.array([r["hd95_mm"] for r in rows], dtype=float)
+        stats = variant_summary(rows)
         summary[variant] = {
-            "dice_mean": round(float(dice.mean()), 4),
-            "dice_sd": round(float(dice.std(ddof=1)), 4),
-            "hd95_mean": round(float(np.nanmean(hd)), 3),
-            "hd95_sd": round(float(np.nanstd(hd, ddof=1)), 3),
+            "dice_mean": round(stats["dice_mean"], 4),
+            "dice_sd": round(stats["dice_sd"], 4),
+            "hd95_mean": round(stats["hd95_mean"], 3),
+            "hd95_sd": round(stats["hd95_sd"], 3),
             "seconds_mean": round(float(np.mean([r["seconds"] for r in rows])), 1),
             "cases": len(rows),
         }
@@ -195,13 +193,6 @@ def evaluate_all(args: argparse.Namespace, out: Path, folds) -> None:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     logger.info("%s", json.dumps(summary, indent=1))
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def main() -> int:

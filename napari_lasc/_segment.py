@@ -307,7 +307,7 @@ class SegmentWidget(Container):
         predictor, labels, slice_index, checked = result
         geometry = layer_geometry(image)
         name = f"{image.name} left atrium"
-        layer = self._prediction_layer(image, name)
+        layer = self._prediction_layer(image)
         if slice_index is None:
             data = to_layer_axes(labels)
             if layer is None:
@@ -403,7 +403,7 @@ class SegmentWidget(Container):
         try:
             image = self._image.value
             check_scan_layer(image)
-            labels_layer = self._prediction_layer(image, "")
+            labels_layer = self._prediction_layer(image)
             if labels_layer is None:
                 raise LascError(image.name, "has no left-atrium layer yet: Segment first")
             if not np.any(np.asarray(labels_layer.data)):
@@ -456,7 +456,8 @@ class SegmentWidget(Container):
         )
         self.train_widget.prepare_fine_tune(folder, model)
 
-    def _prediction_layer(self, image: Any, name: str):
+    def _prediction_layer(self, image: Any):
+        """The Labels layer this widget made for ``image`` (found by metadata, not name)."""
         import napari.layers
 
         for layer in self._viewer.layers:

@@ -22,6 +22,7 @@ import json
 import platform
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -37,10 +38,10 @@ MODES = {
 
 
 def main() -> int:
-    from src_monai.infer import Predictor
-    from src_monai.model import SAMPLE_SCAN
+    from src_monai.inference.predictor import Predictor
+    from src_monai.io.scans import read_scan
+    from src_monai.model.files import SAMPLE_SCAN
     from src_monai.progress import run_to_end
-    from src_monai.scan_io import read_scan
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -49,8 +50,7 @@ def main() -> int:
     args = parser.parse_args()
 
     single = Predictor.from_checkpoint(None, args.device)
-    metadata = {**single.metadata, "data": {**single.metadata["data"], "tri_planar": True}}
-    tri = Predictor(single.network, metadata, single.device)
+    tri = Predictor(single.network, replace(single.spec, tri_planar=True), single.device)
     volume = read_scan(SAMPLE_SCAN).array
     run_to_end(single.predict_volume(volume))  # warm-up: MONAI imports, first allocations
     times: dict[str, list[float]] = {mode: [] for mode in MODES}

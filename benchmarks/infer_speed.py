@@ -37,8 +37,8 @@ LASC13 = REPO.parent / "shared" / "data" / "lasc13"
 
 
 def _volumes(count: int) -> list[tuple[str, np.ndarray]]:
-    from src_monai.model import SAMPLE_SCAN
-    from src_monai.scan_io import read_scan
+    from src_monai.io.scans import read_scan
+    from src_monai.model.files import SAMPLE_SCAN
 
     paths = sorted((LASC13 / "imagesTr").glob("*.nii.gz"))[:count] if LASC13.exists() else []
     paths = paths or [SAMPLE_SCAN]
@@ -58,7 +58,7 @@ def baseline_labels(predictor, values: np.ndarray) -> np.ndarray:
     from monai.inferers import SliceInferer
     from monai.transforms import AsDiscrete
 
-    half = predictor.context // 2
+    half = predictor.spec.context_slices // 2
     depth = values.shape[2]
     # Channel c holds slice k + c - half (edge slices repeated), exactly the project's stack.
     index = np.clip(np.arange(depth)[None, :] + np.arange(-half, half + 1)[:, None], 0, depth - 1)
@@ -133,10 +133,10 @@ def _peak_memory(method: str, height: int, depth: int, device: str, batch_size: 
 
 def file_path_timing(repeats: int, device: str) -> dict[str, float]:
     """``lasc infer``'s own steps on a real file: read, predict (normalise included), write."""
-    from src_monai.infer import Predictor
-    from src_monai.model import SAMPLE_SCAN
+    from src_monai.inference.predictor import Predictor
+    from src_monai.io.scans import read_scan, write_labels
+    from src_monai.model.files import SAMPLE_SCAN
     from src_monai.progress import run_to_end
-    from src_monai.scan_io import read_scan, write_labels
 
     path = sorted((LASC13 / "imagesTr").glob("*.nii.gz"))[0] if LASC13.exists() else SAMPLE_SCAN
     predictor = Predictor.from_checkpoint(device=device)
@@ -176,8 +176,8 @@ def main() -> int:
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
 
-    from src_monai.infer import Predictor
-    from src_monai.transforms import normalise_volume
+    from src_monai.data.transforms import normalise_volume
+    from src_monai.inference.predictor import Predictor
 
     predictor = Predictor.from_checkpoint(device=args.device)
     device = predictor.device
@@ -189,7 +189,7 @@ def main() -> int:
     ]
     rows = []
     for name, volume in cases:
-        values = normalise_volume(volume, predictor.normalisation)
+        values = normalise_volume(volume, predictor.spec.normalisation)
         base_times, base = _timed(
             lambda values=values: baseline_labels(predictor, values), args.repeats, device
         )

@@ -57,16 +57,11 @@ def _synchronise(device: torch.device) -> None:
 
 def throughput(config, steps: int) -> dict[str, float]:
     """Slices per second of the end-to-end step and of the model-only step."""
-    from src_monai.infer import resolve_device
-    from src_monai.model import build_network
-    from src_monai.train import (
-        SliceSampler,
-        build_loss,
-        build_optimiser,
-        load_training_data,
-        make_batch,
-    )
-    from src_monai.transforms import training_transforms
+    from src_monai.data.sampling import SliceSampler, load_training_data, make_batch
+    from src_monai.data.transforms import training_transforms
+    from src_monai.inference.predictor import resolve_device
+    from src_monai.model.networks import build_network
+    from src_monai.training.components import build_loss, build_optimiser
 
     device = resolve_device(config.train.device)
     data = load_training_data(config)
@@ -124,7 +119,7 @@ def throughput(config, steps: int) -> dict[str, float]:
 def time_to_accuracy(config, seconds: float) -> dict[str, object]:
     """Run the real trainer for ``seconds`` and record validation Dice against wall time."""
     from src_monai.config import apply_overrides
-    from src_monai.train import run_training
+    from src_monai.training.trainer import run_training
 
     config = apply_overrides(
         config,
@@ -166,7 +161,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from src_monai.data import discover_msd, kfold_split, save_split
+    from src_monai.data.datasets import discover_msd
+    from src_monai.data.splits import kfold_split, save_split
 
     with tempfile.TemporaryDirectory() as folder:
         split = Path(folder) / "folds.json"

@@ -13,7 +13,7 @@ import numpy as np
 from magicgui.widgets import Container, Label, PushButton, create_widget
 
 from src_monai.errors import LascError
-from src_monai.evaluate import case_metrics
+from src_monai.evaluation.metrics import case_metrics
 from src_monai.progress import Progress
 
 from ._layers import ERROR_CLASS_NAMES, ERROR_COLOURS, labels_kwargs, layer_geometry

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from src_monai.errors import LascError
-from src_monai.infer import check_volume
-from src_monai.scan_io import ScanGeometry
+from src_monai.inference.predictor import check_volume
+from src_monai.io.scans import ScanGeometry
 
 GEOMETRY_KEY = "lasc_geometry"
 SOURCE_KEY = "lasc_source"

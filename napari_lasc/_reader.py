@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from src_monai.errors import LascError, OrientationUnknownWarning
-from src_monai.scan_io import Scan, case_id_from_path, read_scan, scan_suffix
+from src_monai.io.scans import Scan, case_id_from_path, read_scan, scan_suffix
 
 from ._layers import SOURCE_KEY, geometry_kwargs, labels_kwargs, to_layer_axes
 

@@ -6,8 +6,8 @@ CC-BY-SA 4.0; see ``src_monai/resources/README.md``), shipped inside the package
 
 from __future__ import annotations
 
-from src_monai.model import SAMPLE_LABEL, SAMPLE_SCAN
-from src_monai.scan_io import read_scan
+from src_monai.io.scans import read_scan
+from src_monai.model.files import SAMPLE_LABEL, SAMPLE_SCAN
 
 from ._reader import LayerData, scan_layer_data
 

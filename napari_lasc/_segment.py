@@ -25,18 +25,18 @@ from magicgui.widgets import (
     create_widget,
 )
 
+from src_monai.data.prepare import add_msd_case
+from src_monai.data.transforms import normalise_volume
 from src_monai.errors import LascError
-from src_monai.infer import Predictor, resolve_device
-from src_monai.measure import (
+from src_monai.inference.measure import (
     AtriumMeasurements,
     UncertaintyScores,
     measure_atrium,
     quality_flags,
     uncertainty_scores,
 )
-from src_monai.prepare import add_msd_case
+from src_monai.inference.predictor import Predictor, resolve_device
 from src_monai.progress import Progress
-from src_monai.transforms import normalise_volume
 
 from ._area_plot import AreaCurve
 from ._layers import (
@@ -231,25 +231,28 @@ class SegmentWidget(Container):
                 )
                 # Measured here, not in napari's thread: the surface mesh takes a moment.
                 measured = measure_atrium(
-                    prediction.labels, spacing, slice_axis=predictor.slice_axis
+                    prediction.labels, spacing, slice_axis=predictor.spec.slice_axis
                 )
                 flags = quality_flags(
                     prediction.labels,
                     spacing,
-                    training_spacing=predictor.training_spacing,
+                    training_spacing=predictor.spec.training_spacing,
                     volume_ml=measured.volume_ml,
                     axcodes=axcodes,
-                    training_axcodes=predictor.training_axcodes,
+                    training_axcodes=predictor.spec.orientation_axcodes,
                 )
                 scores = None
                 if prediction.uncertainty is not None:
                     scores = uncertainty_scores(
-                        prediction.uncertainty, prediction.labels, spacing, predictor.slice_axis
+                        prediction.uncertainty,
+                        prediction.labels,
+                        spacing,
+                        predictor.spec.slice_axis,
                     )
                 checked = (measured, flags, prediction.uncertainty, scores)
                 return predictor, prediction.labels, None, checked
             # napari axes are the file axes reversed: the model's slice axis is 2 - axis.
-            napari_axis = 2 - predictor.slice_axis
+            napari_axis = 2 - predictor.spec.slice_axis
             index = int(np.clip(np.round(point[napari_axis]), 0, layer.data.shape[napari_axis] - 1))
             labels = predictor.predict_slice(
                 self._normalised(layer, volume, predictor),
@@ -274,9 +277,9 @@ class SegmentWidget(Container):
         """The layer's volume normalised for the model, reused while the layer's data and
         the normalisation stay the same: slice after slice answers in a fraction of a
         second instead of re-normalising the whole scan each time."""
-        key = (id(layer), id(layer.data), volume.shape, predictor.normalisation)
+        key = (id(layer), id(layer.data), volume.shape, predictor.spec.normalisation)
         if self._normalised_cache is None or self._normalised_cache[0] != key:
-            self._normalised_cache = (key, normalise_volume(volume, predictor.normalisation))
+            self._normalised_cache = (key, normalise_volume(volume, predictor.spec.normalisation))
         return self._normalised_cache[1]
 
     def cancel(self) -> None:
@@ -315,7 +318,7 @@ class SegmentWidget(Container):
             else:
                 layer.data = np.ascontiguousarray(data)
         else:
-            napari_axis = 2 - predictor.slice_axis
+            napari_axis = 2 - predictor.spec.slice_axis
             if layer is None:
                 empty = np.zeros(image.data.shape, dtype=np.uint8)
                 layer = self._new_layer(image, name, empty, geometry, predictor)
@@ -327,14 +330,14 @@ class SegmentWidget(Container):
         self.summary = summarise(
             layer,
             time.perf_counter() - started,
-            None if slice_index is None else (2 - predictor.slice_axis, slice_index),
+            None if slice_index is None else (2 - predictor.spec.slice_axis, slice_index),
         )
         text = self.summary.text()
         if checked is not None:  # a whole volume: measurements and QC flags came with it
             measured, self.quality_flags, uncertainty_map, self.uncertainty = checked
             text += "\nQC: " + ("; ".join(self.quality_flags) or "ok")
             self._curve_layer = layer
-            self._plot_measurements(measured, 2 - predictor.slice_axis)
+            self._plot_measurements(measured, 2 - predictor.spec.slice_axis)
             self._go_uncertain.enabled = uncertainty_map is not None
             if uncertainty_map is not None:
                 self._show_uncertainty(image, uncertainty_map, geometry)
@@ -470,8 +473,8 @@ class SegmentWidget(Container):
         return None
 
     def _new_layer(self, image, name, data, geometry, predictor: Predictor):
-        colours = {i: c for i, c in enumerate(predictor.class_colours) if i > 0}
-        kwargs = labels_kwargs(geometry, predictor.class_names, colours)
+        colours = {i: c for i, c in enumerate(predictor.spec.colours) if i > 0}
+        kwargs = labels_kwargs(geometry, predictor.spec.class_names, colours)
         kwargs["metadata"][PREDICTION_OF_KEY] = image.name
         return self._viewer.add_labels(np.ascontiguousarray(data), name=name, **kwargs)
 

@@ -8,6 +8,7 @@ validates and saves; the trained model is then listed in the Segment widget.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from dataclasses import dataclass
@@ -27,13 +28,14 @@ from magicgui.widgets import (
 )
 
 from src_monai.config import Config, config_from_dict
+from src_monai.data.prepare import add_msd_case
 from src_monai.errors import LascError
-from src_monai.infer import resolve_device
-from src_monai.model import load_model
-from src_monai.prepare import add_msd_case
+from src_monai.inference.predictor import resolve_device
+from src_monai.io.scans import as_label_array
+from src_monai.model.files import load_model
 from src_monai.progress import Progress
-from src_monai.scan_io import as_label_array
-from src_monai.train import TrainResult, new_run_dir, run_training
+from src_monai.training.run_folder import new_run_dir
+from src_monai.training.trainer import TrainResult, run_training
 
 from ._layers import check_scan_layer, from_layer_axes, layer_geometry
 from ._models import MODELS, follow_models
@@ -84,10 +86,10 @@ def training_config(
     ``base_model`` given: its weights are the starting point (fine-tuning) and its recipe
     is kept so the architecture matches. ``cases`` known and few: no validation split.
     """
-    from src_monai.model import BUNDLED_MODEL
+    from src_monai.model.files import BUNDLED_MODEL
 
-    _, metadata = load_model(base_model or BUNDLED_MODEL)
-    raw = metadata["config"]
+    _, spec = load_model(base_model or BUNDLED_MODEL)
+    raw = copy.deepcopy(spec.config)
     raw["data"].update(dataset=str(dataset), split="", fold=0, layout="auto")
     if cases is not None and cases < MIN_CASES_FOR_VALIDATION:
         raw["data"]["val_fraction"] = 0.0
@@ -257,7 +259,7 @@ class TrainWidget(Container):
 
     def _base_path(self) -> Path:
         """The chosen starting model's file (the bundled model's own file for it)."""
-        from src_monai.model import BUNDLED_MODEL
+        from src_monai.model.files import BUNDLED_MODEL
 
         return MODELS.path(self._base.value) or BUNDLED_MODEL
 
@@ -324,7 +326,7 @@ class TrainWidget(Container):
 
 def _msd_case_count(folder: Path) -> int | None:
     """How many cases an MSD-layout folder lists (``None`` for other layouts)."""
-    from src_monai.data import discover_msd
+    from src_monai.data.datasets import discover_msd
 
     try:
         return len(discover_msd(folder, verify=False).training)

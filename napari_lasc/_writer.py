@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from src_monai.errors import LascError
-from src_monai.scan_io import write_labels, write_volume
+from src_monai.io.scans import write_labels, write_volume
 
 from ._layers import from_layer_axes, layer_geometry
 

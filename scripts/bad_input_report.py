@@ -53,7 +53,7 @@ def main() -> int:
     from test_scan_io import BAD_SCANS
 
     from src_monai.progress import run_to_end
-    from src_monai.train import run_training
+    from src_monai.training.trainer import run_training
 
     rows = []
     with tempfile.TemporaryDirectory() as temporary:

@@ -5,7 +5,7 @@
 
 1. Writes ``folds.json`` (k folds by patient, seed 0) and ``all.json`` (every case in training).
 2. Trains one model per fold and the final model on all cases, ``--parallel`` at a time, each
-   as ``python -m src_monai.train CONFIG --set ...`` (logs in ``OUT/logs``).
+   as ``python -m src_monai.cli train CONFIG --set ...`` (logs in ``OUT/logs``).
 3. Evaluates each fold's best checkpoint on its held-out patients with and without test-time
    augmentation and post-processing: per-case 3D Dice and HD95 (mm) in ``cv_per_case.csv``,
    means in ``cv_summary.json``. The variant with the best mean Dice (then HD95) is chosen.
@@ -27,10 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from src_monai.data import SplitPlan, discover_msd, kfold_split, save_split
-from src_monai.evaluate import EvalPair, evaluate_pairs
-from src_monai.infer import Predictor
-from src_monai.model import load_model, save_model
+from src_monai.data.datasets import discover_msd
+from src_monai.data.splits import SplitPlan, kfold_split, save_split
+from src_monai.evaluation.report import EvalPair, evaluate_pairs
+from src_monai.inference.predictor import Predictor
+from src_monai.model.files import load_model, save_model
+from src_monai.model.spec import CrossValidation, InferenceDefaults
 from src_monai.progress import run_to_end
 
 logger = logging.getLogger("cross_validate")
@@ -44,7 +46,7 @@ VARIANTS = {  # name: (tta, postprocess)
 
 
 def launch(name: str, config: Path, overrides: list[str], out: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "src_monai.train", str(config)]
+    command = [sys.executable, "-m", "src_monai.cli", "train", str(config)]
     for item in overrides:
         command += ["--set", item]
     log = open(out / "logs" / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
@@ -192,15 +194,13 @@ def main() -> int:
         )
 
     if not args.no_final:
-        network, metadata = load_model(out / "runs" / "final" / "checkpoints" / "best.safetensors")
+        network, spec = load_model(out / "runs" / "final" / "checkpoints" / "best.safetensors")
         tta, post = VARIANTS[best]
-        metadata["inference"] = {"tta": tta, "postprocess": post}
-        metadata["cross_validation"] = {
-            "folds": args.folds,
-            "chosen": best,
-            **{k: round(v, 4) for k, v in summary[best].items()},
-        }
-        save_model(out / "model.safetensors", network, metadata, half=True)
+        accuracy = CrossValidation(
+            folds=args.folds, chosen=best, **{k: round(v, 4) for k, v in summary[best].items()}
+        )
+        spec = spec.with_inference(InferenceDefaults(tta=tta, postprocess=post), accuracy)
+        save_model(out / "model.safetensors", network, spec, half=True)
         logger.info(
             "final model: %s (%.1f MB)",
             out / "model.safetensors",

@@ -33,12 +33,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cross_validate import launch, variant_summary, write_csv
 
-from src_monai.data import discover_msd, kfold_split, save_split
-from src_monai.evaluate import case_metrics
-from src_monai.infer import Predictor
-from src_monai.measure import uncertainty_scores
+from src_monai.data.datasets import discover_msd
+from src_monai.data.splits import kfold_split, save_split
+from src_monai.evaluation.metrics import case_metrics
+from src_monai.inference.measure import uncertainty_scores
+from src_monai.inference.predictor import Predictor
+from src_monai.io.scans import read_labels, read_scan
 from src_monai.progress import run_to_end
-from src_monai.scan_io import read_labels, read_scan
 
 logger = logging.getLogger("cv_planes_uncertainty")
 
@@ -125,7 +126,7 @@ def evaluate_all(args: argparse.Namespace, out: Path, folds) -> None:
                 if prediction.uncertainty is None:
                     continue
                 scores = uncertainty_scores(
-                    prediction.uncertainty, prediction.labels, spacing, predictor.slice_axis
+                    prediction.uncertainty, prediction.labels, spacing, predictor.spec.slice_axis
                 )
                 case_rows.append(
                     {
@@ -138,7 +139,7 @@ def evaluate_all(args: argparse.Namespace, out: Path, folds) -> None:
                     }
                 )
                 wrong = (prediction.labels == 1) != (truth == 1)
-                axis = predictor.slice_axis
+                axis = predictor.spec.slice_axis
                 pixel_mm2 = float(np.prod([s for i, s in enumerate(spacing) if i != axis]))
                 error_area = wrong.sum(axis=tuple(i for i in range(3) if i != axis)) * pixel_mm2
                 slice_pairs.append((scores.slice_uncertain_area_mm2, error_area))

@@ -138,7 +138,7 @@ def tiny_config(dataset: Path, runs: Path, **sections):
 def tiny_run(tmp_path_factory):
     """A model trained for two short epochs on four synthetic cases (shared by tests)."""
     from src_monai.progress import run_to_end
-    from src_monai.train import run_training
+    from src_monai.training.trainer import run_training
 
     root = tmp_path_factory.mktemp("tiny")
     dataset = make_msd_dataset(root / "dataset", cases=4)
@@ -161,6 +161,13 @@ def model_metadata(model) -> dict:
             "class_names": ["background", "la"],
         },
     }
+
+
+def model_spec(model):
+    """The :class:`ModelSpec` of :func:`model_metadata` (what ``save_model`` takes)."""
+    from src_monai.model.spec import ModelSpec
+
+    return ModelSpec.from_metadata(model_metadata(model))
 
 
 class CodeRunningPickle:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import LASC
 
-from src_monai.model import BUNDLED_MODEL, SAMPLE_SCAN
+from src_monai.model.files import BUNDLED_MODEL, SAMPLE_SCAN
 
 
 def _scans(folder: Path) -> list[Path]:
@@ -111,11 +112,10 @@ runpy.run_module("monai.bundle", run_name="__main__")
 
 
 def test_export_refuses_what_it_cannot_write_faithfully(tmp_path, tiny_run):
-    from src_monai.model import load_model, save_model
+    from src_monai.model.files import load_model, save_model
 
-    network, metadata = load_model(tiny_run[1].best_model)
-    metadata["data"] = {**metadata["data"], "tri_planar": True}
-    tri = save_model(tmp_path / "tri.safetensors", network, metadata)
+    network, spec = load_model(tiny_run[1].best_model)
+    tri = save_model(tmp_path / "tri.safetensors", network, replace(spec, tri_planar=True))
     done = subprocess.run(
         [LASC, "export-bundle", str(tri), str(tmp_path / "b")], capture_output=True, text=True
     )

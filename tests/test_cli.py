@@ -31,7 +31,7 @@ def test_help_lists_prepare():
 
 def test_module_entry_point_has_the_same_options():
     result = subprocess.run(
-        [sys.executable, "-m", "src_monai.prepare", "--help"],
+        [sys.executable, "-m", "src_monai.cli", "prepare", "--help"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -11,20 +11,17 @@ from conftest import make_msd_dataset, save_nifti, synthetic_case
 from PIL import Image
 from scipy import ndimage
 
-from src_monai.data import (
+from src_monai.data.datasets import discover_msd
+from src_monai.data.splits import holdout_split, kfold_split, load_split, save_split
+from src_monai.errors import DatasetError, MaskColourError, PairMismatchError
+from src_monai.legacy.png import (
     DEFAULT_RGB_MAP,
     colour_mask,
     decode_rgb_mask,
-    discover_msd,
     discover_png,
-    holdout_split,
-    kfold_split,
-    load_split,
     parse_rgb_map,
     read_png_mask,
-    save_split,
 )
-from src_monai.errors import DatasetError, MaskColourError, PairMismatchError
 
 # --------------------------------------------------------------------------- MSD layout
 

@@ -9,19 +9,20 @@ import nibabel as nib
 import numpy as np
 from conftest import LASC
 
-from src_monai.evaluate import case_metrics
-from src_monai.infer import Predictor
-from src_monai.model import BUNDLED_MODEL, SAMPLE_LABEL, SAMPLE_SCAN
+from src_monai.evaluation.metrics import case_metrics
+from src_monai.inference.predictor import Predictor
+from src_monai.io.scans import read_labels, read_scan
+from src_monai.model.files import BUNDLED_MODEL, SAMPLE_LABEL, SAMPLE_SCAN
+from src_monai.model.spec import InferenceDefaults
 from src_monai.progress import run_to_end
-from src_monai.scan_io import read_labels, read_scan
 
 
 def test_bundled_model_segments_the_bundled_sample(monkeypatch):
     # No network: the model and sample come from the package itself.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     predictor = Predictor.from_checkpoint(device="cpu")
-    assert predictor.metadata["inference"] == {"tta": False, "postprocess": True}
-    assert predictor.metadata["cross_validation"]["folds"] == 4
+    assert predictor.spec.inference == InferenceDefaults(tta=False, postprocess=True)
+    assert predictor.spec.cross_validation.folds == 4
     scan, truth = read_scan(SAMPLE_SCAN), read_labels(SAMPLE_LABEL)
     labels = run_to_end(predictor.predict_volume(scan.array)).labels
     metrics = case_metrics(labels, truth.array, scan.geometry.spacing, 2)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from conftest import LASC
 
-from src_monai.evaluate import case_metrics, earlier_tool_metrics
-from src_monai.scan_io import read_labels, read_scan, write_labels
+from src_monai.evaluation.metrics import case_metrics, earlier_tool_metrics
+from src_monai.io.scans import read_labels, read_scan, write_labels
 
 
 def test_cube_shifted_by_two_voxels_matches_a_hand_computation():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
@@ -12,9 +13,10 @@ from conftest import LASC
 from PIL import Image
 
 from src_monai.errors import LascError
-from src_monai.infer import Predictor, predict_files
+from src_monai.inference.files import predict_files
+from src_monai.inference.predictor import Predictor
+from src_monai.io.scans import read_scan
 from src_monai.progress import run_to_end
-from src_monai.scan_io import read_scan
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +71,8 @@ def test_tta_is_skipped_for_a_model_trained_without_flips(predictor, tiny_run, c
 def test_tta_averages_the_flip_the_model_was_trained_with(predictor, tiny_run):
     dataset, _ = tiny_run
     volume = read_scan(dataset / "imagesTr" / "case_001.nii.gz").array
-    metadata = {**predictor.metadata, "config": {"augment": {"flip": True}}}
-    flipping = Predictor(predictor.network, metadata, predictor.device)
+    spec = replace(predictor.spec, config={"augment": {"flip": True}})
+    flipping = Predictor(predictor.network, spec, predictor.device)
     averaged = run_to_end(flipping.predict_volume(volume, tta=True, probabilities=True))
     plain = run_to_end(predictor.predict_volume(volume, probabilities=True)).probabilities
     # Slices run along volume axis 2, so a slice's (H, W) are volume axes (0, 1): the
@@ -237,7 +239,7 @@ def _monai_postprocess(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def test_postprocessing_equals_monais_transforms():
-    from src_monai.infer import postprocess_labels
+    from src_monai.inference.postprocess import postprocess_labels
 
     rng = np.random.default_rng(3)
     labels = np.zeros((40, 40, 20), dtype=np.uint8)
@@ -256,7 +258,7 @@ def test_postprocessing_equals_monais_transforms():
 
 @pytest.mark.slow
 def test_postprocessing_equals_monais_on_real_predictions(lasc13):
-    from src_monai.infer import postprocess_labels
+    from src_monai.inference.postprocess import postprocess_labels
 
     predictor = Predictor.from_checkpoint(device="cpu")
     for case in ("la_004", "la_011"):

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from src_monai.measure import measure_atrium
+from src_monai.inference.measure import measure_atrium
 
 
 def ball(radius_mm: float, spacing: tuple[float, float, float], size: int = 64) -> np.ndarray:
@@ -54,7 +54,7 @@ def test_empty_labels_and_other_classes():
 
 
 def test_quality_flags_name_each_problem():
-    from src_monai.measure import quality_flags
+    from src_monai.inference.measure import quality_flags
 
     spacing = (1.25, 1.25, 1.37)
     good = ball(22.0, spacing)  # ~45 mL, one component, away from the edges
@@ -84,7 +84,7 @@ def test_a_scan_stored_mirrored_is_flagged_by_lasc_infer(tmp_path):
     import nibabel as nib
     from conftest import LASC
 
-    from src_monai.model import SAMPLE_SCAN
+    from src_monai.model.files import SAMPLE_SCAN
 
     scan = nib.load(SAMPLE_SCAN)
     flip = np.diag([-1.0, 1.0, 1.0, 1.0])

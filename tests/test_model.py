@@ -7,10 +7,11 @@ import pickle
 
 import pytest
 import torch
-from conftest import CodeRunningPickle, model_metadata
+from conftest import CodeRunningPickle, model_metadata, model_spec
 
 from src_monai.config import ModelConfig
-from src_monai.model import ModelFileError, build_network, load_model, save_model
+from src_monai.model.files import ModelFileError, load_model, save_model
+from src_monai.model.networks import build_network
 
 
 @pytest.mark.parametrize("name", ["UNet", "BasicUNet", "DynUNet", "AttentionUnet", "SegResNet"])
@@ -35,9 +36,9 @@ def test_unet_takes_the_earlier_tools_first_kernel_and_dilation():
 def test_model_file_round_trip(tmp_path):
     model = ModelConfig(base_filters=4, levels=3)
     network = build_network(model, 1, 2)
-    path = save_model(tmp_path / "m.safetensors", network, model_metadata(model))
-    loaded, metadata = load_model(path)
-    assert metadata["package_version"] and metadata["data"]["slice_axis"] == 2
+    path = save_model(tmp_path / "m.safetensors", network, model_spec(model))
+    loaded, spec = load_model(path)
+    assert spec.package_version and spec.slice_axis == 2
     for (name, a), (_, b) in zip(
         network.state_dict().items(), loaded.state_dict().items(), strict=True
     ):
@@ -46,7 +47,7 @@ def test_model_file_round_trip(tmp_path):
 
 def test_metadata_that_disagrees_with_the_weights_is_refused(tmp_path):
     model = ModelConfig(base_filters=4, levels=3)
-    wrong = model_metadata(ModelConfig(base_filters=8, levels=3))
+    wrong = model_spec(ModelConfig(base_filters=8, levels=3))
     path = save_model(tmp_path / "m.safetensors", build_network(model, 1, 2), wrong)
     with pytest.raises(ModelFileError, match="weights do not match the architecture"):
         load_model(path)
@@ -54,7 +55,7 @@ def test_metadata_that_disagrees_with_the_weights_is_refused(tmp_path):
 
 def test_truncated_model_file_is_refused(tmp_path):
     model = ModelConfig(base_filters=4, levels=3)
-    path = save_model(tmp_path / "m.safetensors", build_network(model, 1, 2), model_metadata(model))
+    path = save_model(tmp_path / "m.safetensors", build_network(model, 1, 2), model_spec(model))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelFileError, match="not a readable safetensors file"):

@@ -13,11 +13,11 @@ import pytest
 import torch
 from conftest import OBLIQUE_AFFINE, save_nifti, synthetic_case
 
-from src_monai.evaluate import case_metrics
-from src_monai.infer import Predictor
-from src_monai.model import SAMPLE_LABEL, SAMPLE_SCAN
+from src_monai.evaluation.metrics import case_metrics
+from src_monai.inference.predictor import Predictor
+from src_monai.io.scans import read_scan
+from src_monai.model.files import SAMPLE_LABEL, SAMPLE_SCAN
 from src_monai.progress import run_to_end
-from src_monai.scan_io import read_scan
 
 pytestmark = pytest.mark.gui
 
@@ -446,7 +446,7 @@ def test_correction_round_trip_add_to_training_set_then_fine_tune(
 ):
     """Segment, correct with napari's own brush, save as an MSD case, fine-tune from the
     current model on it, and get a model that started from the current model's weights."""
-    from src_monai.model import BUNDLED_MODEL, load_model
+    from src_monai.model.files import BUNDLED_MODEL, load_model
 
     viewer = make_napari_viewer()
     image, _ = open_sample(viewer)

@@ -37,7 +37,10 @@ def test_distribution_metadata():
 def test_core_imports_without_napari_or_qt():
     code = (
         "import sys\n"
-        "import src_monai, src_monai.cli, src_monai.data, src_monai.prepare, src_monai.scan_io\n"
+        "import importlib, pkgutil, src_monai\n"
+        "for m in pkgutil.walk_packages(src_monai.__path__, 'src_monai.'):\n"
+        "    if not m.name.endswith('__main__'):\n"
+        "        importlib.import_module(m.name)\n"
         "gui = sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui', 'vispy'})\n"
         "print(gui)\n"
@@ -61,5 +64,8 @@ def test_wheel_ships_the_manifest(tmp_path):
     (wheel,) = tmp_path.glob("napari_lasc-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "napari_lasc/napari.yaml" in names
-    assert "src_monai/scan_io.py" in names
+    assert "src_monai/io/scans.py" in names
+    for stage in ("io", "data", "model", "inference", "training", "evaluation", "legacy", "cli"):
+        assert f"src_monai/{stage}/__init__.py" in names
+    assert "src_monai/resources/left_atrium_2d5.safetensors" in names
     assert not any(name.startswith("tests/") for name in names)

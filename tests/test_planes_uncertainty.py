@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from conftest import LASC, make_msd_dataset, tiny_config
 
+from src_monai.data.sampling import load_training_data
 from src_monai.errors import LascError
-from src_monai.infer import Predictor, normalised_entropy
-from src_monai.measure import uncertainty_scores
-from src_monai.model import SAMPLE_LABEL, SAMPLE_SCAN
+from src_monai.inference.measure import uncertainty_scores
+from src_monai.inference.predictor import Predictor, normalised_entropy
+from src_monai.io.scans import read_labels, read_scan
+from src_monai.model.files import SAMPLE_LABEL, SAMPLE_SCAN
 from src_monai.progress import Progress, run_to_end
-from src_monai.scan_io import read_labels, read_scan
-from src_monai.train import load_training_data, run_training
+from src_monai.training.trainer import run_training
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +40,9 @@ def test_tri_planar_training_sees_each_scan_along_three_axes(tri_run):
     for axis in range(3):
         assert any(torch.equal(c.slices, volume.movedim(axis, 0)) for c in first)
     predictor = Predictor.from_checkpoint(result.best_model, "cpu")
-    assert predictor.tri_planar
-    assert predictor.metadata["split"]["train"] == [c.case_id for c in scans]  # no view names
-    assert predictor.planes() == (2, 0, 1)
+    assert predictor.spec.tri_planar
+    assert predictor.spec.split["train"] == [c.case_id for c in scans]  # no view names
+    assert predictor.spec.planes() == (2, 0, 1)
 
 
 def test_fused_prediction_is_the_mean_of_the_three_planes(tri_run):
@@ -57,9 +59,8 @@ def test_fused_prediction_is_the_mean_of_the_three_planes(tri_run):
     assert isinstance(steps[-1], Progress) and steps[-1].total == sum(volume.shape)
     per_plane = []
     for axis in range(3):
-        metadata = {**predictor.metadata}
-        metadata["data"] = {**metadata["data"], "slice_axis": axis, "tri_planar": False}
-        one = Predictor(predictor.network, metadata, predictor.device)
+        spec = replace(predictor.spec, slice_axis=axis, tri_planar=False)
+        one = Predictor(predictor.network, spec, predictor.device)
         per_plane.append(run_to_end(one.predict_volume(volume, probabilities=True)).probabilities)
     mean = np.mean(per_plane, axis=0)
     np.testing.assert_allclose(fused.probabilities, mean, atol=1e-5)
@@ -89,12 +90,12 @@ def test_small_slices_are_padded_to_the_patch_as_in_training(predictor):
     """Inference pads like MONAI's SpatialPad did in training (centred zeros)."""
     from monai.transforms import SpatialPad
 
-    batch = torch.randn(2, predictor.context, 13, 21)
+    batch = torch.randn(2, predictor.spec.context_slices, 13, 21)
     with torch.inference_mode():
         ours = predictor._logits(batch, overlap=0.25)
-        padded = torch.stack([SpatialPad(predictor.patch_size)(x) for x in batch])
+        padded = torch.stack([SpatialPad(predictor.spec.patch_size)(x) for x in batch])
         theirs = predictor.network(torch.as_tensor(padded))
-    height, width = predictor.patch_size
+    height, width = predictor.spec.patch_size
     top, left = (height - 13) // 2, (width - 21) // 2
     torch.testing.assert_close(ours, theirs[..., top : top + 13, left : left + 21])
 
@@ -190,11 +191,11 @@ def test_cli_refuses_tri_planar_with_a_single_axis_model(tiny_run, tmp_path):
 def test_tri_planar_validation_dice_is_that_of_the_saved_model_on_the_file(tri_run):
     """Validation during training cuts the other two planes as inference on the file does
     (a slices-first cache would transpose them)."""
-    from src_monai.evaluate import case_metrics
+    from src_monai.evaluation.metrics import case_metrics
 
     dataset, _, result = tri_run
     predictor = Predictor.from_checkpoint(result.best_model, "cpu")
-    (val_case,) = predictor.metadata["split"]["val"]
+    (val_case,) = predictor.spec.split["val"]
     scan = read_scan(dataset / "imagesTr" / f"{val_case}.nii.gz")
     truth = read_labels(dataset / "labelsTr" / f"{val_case}.nii.gz", 2).array
     labels = run_to_end(predictor.predict_volume(scan.array, postprocess=False)).labels

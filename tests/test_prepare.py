@@ -1,4 +1,4 @@
-"""`lasc prepare`: slice cache, the earlier tool's PNG dataset, statistics."""
+"""`lasc prepare`: statistics and split files, the earlier tool's PNG dataset."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src_monai.data import decode_rgb_mask, discover_png, load_split, read_png_mask
+from src_monai.data.prepare import format_stats_table, prepare
+from src_monai.data.splits import load_split
 from src_monai.errors import OutputExistsError
-from src_monai.prepare import format_stats_table, load_slice_cache, prepare
+from src_monai.io.scans import read_labels, read_scan
+from src_monai.legacy.png import decode_rgb_mask, discover_png, read_png_mask
 from src_monai.progress import run_to_end
-from src_monai.scan_io import read_labels, read_scan
 
 
-def test_slice_cache_holds_every_slice_of_every_case(msd_dataset, tmp_path):
-    out = tmp_path / "cache"
+def test_default_prepare_reports_every_case_and_writes_folds(msd_dataset, tmp_path):
+    out = tmp_path / "prepared"
     job = prepare(msd_dataset, out, folds=3)
     progress = []
     while True:
@@ -28,19 +29,15 @@ def test_slice_cache_holds_every_slice_of_every_case(msd_dataset, tmp_path):
             stats = stop.value
             break
     assert [(p.done, p.total) for p in progress] == [(1, 3), (2, 3), (3, 3)]
-    index, cases = load_slice_cache(out)
-    assert index["slice_axis"] == 2
-    for case, case_stats in zip(cases, stats, strict=True):
-        image = read_scan(msd_dataset / "imagesTr" / f"{case.case_id}.nii.gz")
-        labels = read_labels(msd_dataset / "labelsTr" / f"{case.case_id}.nii.gz").array
-        assert case.image.shape == (labels.shape[2], labels.shape[0], labels.shape[1])
-        assert np.array_equal(case.image, np.moveaxis(image.array, 2, 0))
-        assert np.array_equal(case.label, np.moveaxis(labels, 2, 0))
-        assert np.array_equal(case.affine, image.geometry.affine)
-        assert case.slices_with_class[1] == np.flatnonzero(labels.any(axis=(0, 1))).tolist()
+    case_ids = [s.case_id for s in stats]
+    for case_stats in stats:
+        labels = read_labels(msd_dataset / "labelsTr" / f"{case_stats.case_id}.nii.gz").array
+        image = read_scan(msd_dataset / "imagesTr" / f"{case_stats.case_id}.nii.gz")
+        assert case_stats.shape == image.array.shape and case_stats.slices == labels.shape[2]
         assert case_stats.la_voxels == labels.sum()
-    folds = load_split(out / "folds.json", known_cases=[c.case_id for c in cases])
-    assert sorted(c for f in folds.partitions for c in f["val"]) == [c.case_id for c in cases]
+    assert (out / "stats.json").is_file()  # the default output: statistics
+    folds = load_split(out / "folds.json", known_cases=case_ids)
+    assert sorted(c for f in folds.partitions for c in f["val"]) == sorted(case_ids)
 
 
 def test_non_empty_output_is_refused_and_left_untouched(msd_dataset, tmp_path):
@@ -53,7 +50,7 @@ def test_non_empty_output_is_refused_and_left_untouched(msd_dataset, tmp_path):
     assert sorted(os.listdir(out)) == ["notes.txt"] and keep.read_text() == "mine"
     run_to_end(prepare(msd_dataset, out, overwrite=True))
     assert keep.read_text() == "mine"  # --overwrite writes over same names, deletes nothing
-    assert (out / "cache.json").is_file()
+    assert (out / "stats.json").is_file()
 
 
 def test_png_export_is_the_earlier_format_split_by_patient(msd_dataset, tmp_path):
@@ -127,14 +124,12 @@ def test_stats_table_and_chart(msd_dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_real_cases_prepare_one_cache_slice_per_volume_slice(lasc13, tmp_path):
-    out = tmp_path / "cache"
-    stats = run_to_end(prepare(lasc13, out, stats=True))
-    _, cases = load_slice_cache(out)
-    assert len(cases) == 16
-    for case, case_stats in zip(cases, stats, strict=True):
-        depth = nib.load(lasc13 / "imagesTr" / f"{case.case_id}.nii.gz").shape[2]
-        assert case.image.shape[0] == case.label.shape[0] == case_stats.slices == depth
+def test_real_cases_statistics_count_every_slice(lasc13, tmp_path):
+    stats = run_to_end(prepare(lasc13, tmp_path / "stats", stats=True))
+    assert len(stats) == 16
+    for case_stats in stats:
+        depth = nib.load(lasc13 / "imagesTr" / f"{case_stats.case_id}.nii.gz").shape[2]
+        assert case_stats.slices == depth
     manifest = json.loads((lasc13 / "dataset.json").read_text())
     assert {c["case"]: c["la_voxels"] for c in manifest["cases"]} == {
         s.case_id: s.la_voxels for s in stats

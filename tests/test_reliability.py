@@ -29,6 +29,7 @@ from conftest import (
     CodeRunningPickle,
     make_msd_dataset,
     model_metadata,
+    model_spec,
     save_nifti,
     synthetic_case,
     tiny_config,
@@ -38,8 +39,9 @@ from test_scan_io import BAD_SCANS
 
 from src_monai.cli import main as lasc
 from src_monai.config import ModelConfig
-from src_monai.model import build_network, save_model
-from src_monai.scan_io import case_id_from_path
+from src_monai.io.scans import case_id_from_path
+from src_monai.model.files import save_model
+from src_monai.model.networks import build_network
 
 # Bad inputs that are not scan files at all: commands that look for scans in a folder skip
 # them (correctly), and napari's reader declines them so napari can try another.
@@ -283,12 +285,12 @@ def _bad_models(folder: Path) -> dict[str, Path]:
     small, other = ModelConfig(base_filters=4, levels=3), ModelConfig(base_filters=8, levels=3)
     models = {}
     path = save_model(
-        folder / "truncated.safetensors", build_network(small, 1, 2), model_metadata(small)
+        folder / "truncated.safetensors", build_network(small, 1, 2), model_spec(small)
     )
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     models["truncated weights"] = path
     models["metadata disagrees with the weights"] = save_model(
-        folder / "disagrees.safetensors", build_network(small, 1, 2), model_metadata(other)
+        folder / "disagrees.safetensors", build_network(small, 1, 2), model_spec(other)
     )
     torch.save(build_network(other, 1, 2).state_dict(), folder / "other_arch.pt")
     (folder / "other_arch.json").write_text(json.dumps(model_metadata(small)))
@@ -404,7 +406,7 @@ def _train_config(tmp_path: Path, runs: Path) -> Path:
 def test_training_killed_with_sigkill_resumes_to_the_uninterrupted_weights(tmp_path):
     from src_monai.config import load_config
     from src_monai.progress import run_to_end
-    from src_monai.train import run_training
+    from src_monai.training.trainer import run_training
 
     config = _train_config(tmp_path, tmp_path / "killed")
     process = subprocess.Popen(
@@ -524,7 +526,7 @@ class _OutOfMemoryAbove(torch.nn.Module):
 
 def _unconstrained_prediction(tiny_run):
     """The tiny model as a CPU predictor, a volume, and its labels with memory to spare."""
-    from src_monai.infer import Predictor
+    from src_monai.inference.predictor import Predictor
     from src_monai.progress import run_to_end
 
     _, run = tiny_run
@@ -534,12 +536,12 @@ def _unconstrained_prediction(tiny_run):
 
 
 def test_out_of_memory_splits_batches(tiny_run, caplog):
-    from src_monai.infer import Predictor
+    from src_monai.inference.predictor import Predictor
     from src_monai.progress import run_to_end
 
     reference, volume, expected = _unconstrained_prediction(tiny_run)
     limited = _OutOfMemoryAbove(reference.network, limit=3)
-    predictor = Predictor(limited, reference.metadata, torch.device("cpu"))
+    predictor = Predictor(limited, reference.spec, torch.device("cpu"))
     labels = run_to_end(predictor.predict_volume(volume, batch_size=8, postprocess=False)).labels
     np.testing.assert_array_equal(labels, expected)
     assert limited.calls[:3] == [8, 4, 2]  # halved until it fit ...
@@ -549,12 +551,12 @@ def test_out_of_memory_splits_batches(tiny_run, caplog):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CPU fallback needs a CUDA GPU")
 def test_out_of_memory_for_one_slice_on_the_gpu_continues_on_the_cpu(tiny_run, caplog):
-    from src_monai.infer import Predictor
+    from src_monai.inference.predictor import Predictor
     from src_monai.progress import run_to_end
 
     reference, volume, expected = _unconstrained_prediction(tiny_run)
     no_room = _OutOfMemoryAbove(reference.network, limit=0)
-    predictor = Predictor(no_room, reference.metadata, torch.device("cuda"))
+    predictor = Predictor(no_room, reference.spec, torch.device("cuda"))
     labels = run_to_end(predictor.predict_volume(volume, batch_size=4, postprocess=False)).labels
     np.testing.assert_array_equal(labels, expected)
     assert predictor.device.type == "cpu"

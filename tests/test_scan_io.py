@@ -25,7 +25,7 @@ from src_monai.errors import (
     ScanShapeError,
     TruncatedScanError,
 )
-from src_monai.scan_io import (
+from src_monai.io.scans import (
     case_id_from_path,
     check_pair,
     read_geometry,

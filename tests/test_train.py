@@ -17,9 +17,9 @@ from conftest import LASC, make_msd_dataset, tiny_config
 from safetensors.torch import load_file
 
 from src_monai.config import load_config
-from src_monai.model import load_model
+from src_monai.model.files import load_model
 from src_monai.progress import run_to_end
-from src_monai.train import run_training
+from src_monai.training.trainer import run_training
 
 
 def test_a_run_leaves_a_complete_run_folder(tiny_run):
@@ -47,11 +47,11 @@ def test_a_run_leaves_a_complete_run_folder(tiny_run):
     assert len(validation) == 2  # one validation case, two epochs
     best = max(float(r["val_dice"]) for r in rows)
     assert result.best_dice == pytest.approx(best)
-    _, metadata = load_model(result.best_model)
-    assert metadata["training"]["val_dice"] == pytest.approx(best)
-    assert metadata["data"]["context_slices"] == 3 and metadata["in_channels"] == 3
-    assert metadata["config"]["train"]["epochs"] == 2  # resolved config inside the checkpoint
-    assert set(metadata["split"]["val"]).isdisjoint(metadata["split"]["train"])
+    _, spec = load_model(result.best_model)
+    assert spec.training["val_dice"] == pytest.approx(best)
+    assert spec.context_slices == 3 and spec.in_channels == 3
+    assert spec.config["train"]["epochs"] == 2  # resolved config inside the checkpoint
+    assert set(spec.split["val"]).isdisjoint(spec.split["train"])
     assert load_config(run / "config.toml").train.epochs == 2
 
 
@@ -213,10 +213,10 @@ def test_one_epoch_from_the_earlier_tools_config_on_a_prepared_png_dataset(tmp_p
     assert "keys with no equivalent, ignored: model.image_channels, model.metrics" in result.stderr
     (run,) = (tmp_path / "models").iterdir()
     assert _epochs(run) == ["1"]
-    _, metadata = load_model(run / "checkpoints" / "best.safetensors")
-    assert metadata["data"]["layout"] == "png"
-    assert metadata["model"]["first_kernel_size"] == 7
-    assert len(metadata["split"]["train"]) == 2 and len(metadata["split"]["val"]) == 1
+    _, spec = load_model(run / "checkpoints" / "best.safetensors")
+    assert spec.data_layout == "png"
+    assert spec.network.first_kernel_size == 7
+    assert len(spec.split["train"]) == 2 and len(spec.split["val"]) == 1
 
 
 @pytest.mark.slow
@@ -236,8 +236,8 @@ def test_one_epoch_on_two_real_cases(lasc13, tmp_path):
     rows = list(csv.DictReader((result.run_dir / "validation.csv").open()))
     assert len(rows) == 1 and rows[0]["case"] in ("la_003", "la_016")
     assert 0.0 <= float(rows[0]["dice"]) <= 1.0
-    _, metadata = load_model(result.best_model)
-    assert metadata["spacing_mm"] == pytest.approx([1.37, 1.25, 1.25], abs=1e-4)
+    _, spec = load_model(result.best_model)
+    assert spec.spacing_mm == pytest.approx([1.37, 1.25, 1.25], abs=1e-4)
 
 
 @pytest.mark.slow
@@ -252,7 +252,16 @@ def test_two_process_ddp_on_cpu_ends_with_identical_weights(tmp_path, msd_datase
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "src_monai.train", str(config)],
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "src_monai.cli",
+            "train",
+            str(config),
+        ],
         capture_output=True,
         text=True,
         timeout=600,

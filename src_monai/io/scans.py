@@ -23,7 +23,7 @@ from typing import Literal
 import nibabel as nib
 import numpy as np
 
-from .errors import (
+from src_monai.errors import (
     BadAffineError,
     CorruptScanError,
     LabelValueError,
@@ -35,7 +35,7 @@ from .errors import (
     ScanShapeError,
     TruncatedScanError,
 )
-from .fileutil import atomic_destination
+from src_monai.io.files import atomic_destination
 
 logger = logging.getLogger(__name__)
 

@@ -21,19 +21,22 @@ network is MONAI's, described in ``network_def``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import LascError
-from .fileutil import atomic_destination, ensure_empty_folder, write_text
-from .model import load_model, network_spec, plain_state_dict
+from src_monai.errors import LascError
+from src_monai.io.files import atomic_destination, ensure_empty_folder, write_text
+from src_monai.model.files import load_model
+from src_monai.model.networks import network_spec, plain_state_dict
+from src_monai.model.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
+
 
 LICENCE_NOTE = """\
 Model weights: trained by napari-lasc on the Medical Segmentation Decathlon Task02_Heart
@@ -43,6 +46,7 @@ data, are shared under the same licence: CC-BY-SA 4.0. Attribute the Medical Seg
 Decathlon (Antonelli et al., Nature Communications 13, 4128, 2022; Simpson et al.,
 arXiv:1902.09063) and the LASC'13 challenge (Tobon-Gomez et al., IEEE TMI 34(7), 2015).
 """
+
 
 # MONAI's bundle runner reads configs/logging.conf when present (the layout of MONAI's own).
 LOGGING_CONF = """\
@@ -70,63 +74,73 @@ format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
 """
 
 
-def bundle_configs(metadata: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(metadata.json, inference.json)`` contents for a model's metadata."""
-    from . import __version__
-    from .config import config_from_dict
+def bundle_configs(spec: ModelSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(metadata.json, inference.json)`` contents for a model; a :class:`LascError` says
+    why a model cannot be exported."""
+    _check_exportable(spec)
+    name, arguments, _ = network_spec(spec.network, spec.in_channels, spec.num_classes)
+    return _bundle_metadata(spec, name), _inference_config(spec, {"_target_": name, **arguments})
 
-    data = metadata["data"]
-    if data.get("tri_planar"):
+
+def _check_exportable(spec: ModelSpec) -> None:
+    if spec.tri_planar:
         raise LascError(
             None,
             "tri-planar models cannot be exported yet (the bundle predicts along one axis); "
             "export a single-axis model",
         )
-    if data.get("normalisation") != "zscore":
-        raise LascError(None, f"normalisation {data.get('normalisation')!r} is not exported")
-    model_config = config_from_dict({"model": metadata["model"]}).model
-    name, arguments, stem = network_spec(
-        model_config, int(metadata["in_channels"]), int(metadata["num_classes"])
-    )
-    if stem is not None:
+    if spec.normalisation != "zscore":
+        raise LascError(None, f"normalisation {spec.normalisation!r} is not exported")
+    if network_spec(spec.network, spec.in_channels, spec.num_classes)[2] is not None:
         raise LascError(
             None,
             "models with the earlier tool's large first kernel are not MONAI networks alone "
             "and cannot be exported",
         )
-    num_classes = int(metadata["num_classes"])
-    class_names = list(data["class_names"])
-    slice_axis = int(data["slice_axis"])
-    context = int(data["context_slices"])
-    half = context // 2
-    patch = [int(s) for s in data["patch_size"]]
-    postprocess = bool(metadata.get("inference", {}).get("postprocess", False))
-    dim = slice_axis + 1  # the tensor is channel-first: (1, X, Y, Z)
-    context_expression = (
+
+
+def _context_expression(spec: ModelSpec) -> str:
+    """A ``Lambdad`` expression stacking each slice's neighbours as channels, edge slices
+    repeated (as :func:`src_monai.data.transforms.context_stack`)."""
+    half = spec.context_slices // 2
+    dim = spec.slice_axis + 1  # the tensor is channel-first: (1, X, Y, Z)
+    return (
         f"$lambda x: torch.cat([x.index_select({dim}, (torch.arange(x.shape[{dim}]) + k)"
         f".clamp(0, x.shape[{dim}] - 1)) for k in range({-half}, {half + 1})], dim=0)"
     )
-    post_steps: list[dict[str, Any]] = [
-        {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-    ]
-    if postprocess:
-        foreground = list(range(1, num_classes))
-        post_steps += [
+
+
+def _preprocessing(spec: ModelSpec) -> dict[str, Any]:
+    return {
+        "_target_": "Compose",
+        "transforms": [
+            {"_target_": "LoadImaged", "keys": "image", "image_only": True},
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
             {
-                "_target_": "KeepLargestConnectedComponentd",
-                "keys": "pred",
-                "applied_labels": foreground,
-                "independent": True,
-                "connectivity": 3,
+                "_target_": "ScaleIntensityRangePercentilesd",
+                "keys": "image",
+                "lower": 0.5,
+                "upper": 99.5,
+                "b_min": 0.0,
+                "b_max": 1.0,
+                "clip": True,
             },
-            {
-                "_target_": "FillHolesd",
-                "keys": "pred",
-                "applied_labels": foreground,
-                "connectivity": 3,
-            },
+            {"_target_": "NormalizeIntensityd", "keys": "image"},
+            {"_target_": "Lambdad", "keys": "image", "func": _context_expression(spec)},
+        ],
+    }
+
+
+def _postprocessing(spec: ModelSpec) -> dict[str, Any]:
+    steps: list[dict[str, Any]] = [{"_target_": "AsDiscreted", "keys": "pred", "argmax": True}]
+    if spec.defaults.postprocess:
+        foreground = list(range(1, spec.num_classes))
+        common = {"keys": "pred", "applied_labels": foreground, "connectivity": 3}
+        steps += [
+            {"_target_": "KeepLargestConnectedComponentd", **common, "independent": True},
+            {"_target_": "FillHolesd", **common},
         ]
-    post_steps.append(
+    steps.append(
         {
             "_target_": "SaveImaged",
             "keys": "pred",
@@ -138,7 +152,11 @@ def bundle_configs(metadata: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
             "print_log": False,
         }
     )
-    inference = {
+    return {"_target_": "Compose", "transforms": steps}
+
+
+def _inference_config(spec: ModelSpec, network_def: dict[str, Any]) -> dict[str, Any]:
+    return {
         "imports": ["$import glob", "$import os", "$import numpy", "$import torch"],
         "bundle_root": ".",
         "ckpt_path": "$@bundle_root + '/models/model.pt'",
@@ -146,42 +164,16 @@ def bundle_configs(metadata: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
         "output_dir": "$@bundle_root + '/eval'",
         "datalist": "$sorted(glob.glob(os.path.join(@dataset_dir, '*.nii*')))",
         "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
-        "network_def": {"_target_": name, **arguments},
+        "network_def": network_def,
         "network": "$@network_def.to(@device).eval()",
-        "preprocessing": {
-            "_target_": "Compose",
-            "transforms": [
-                {"_target_": "LoadImaged", "keys": "image", "image_only": True},
-                {"_target_": "EnsureChannelFirstd", "keys": "image"},
-                {
-                    "_target_": "ScaleIntensityRangePercentilesd",
-                    "keys": "image",
-                    "lower": 0.5,
-                    "upper": 99.5,
-                    "b_min": 0.0,
-                    "b_max": 1.0,
-                    "clip": True,
-                },
-                {"_target_": "NormalizeIntensityd", "keys": "image"},
-                {"_target_": "Lambdad", "keys": "image", "func": context_expression},
-            ],
-        },
+        "preprocessing": _preprocessing(spec),
         "dataset": {
             "_target_": "Dataset",
             "data": "$[{'image': path} for path in @datalist]",
             "transform": "@preprocessing",
         },
-        "inferer": {
-            "_target_": "SliceInferer",
-            "roi_size": patch,
-            "spatial_dim": slice_axis,
-            "sw_batch_size": 16,
-            "overlap": 0.25,
-            "mode": "gaussian",
-            "padding_mode": "constant",
-            "progress": False,
-        },
-        "postprocessing": {"_target_": "Compose", "transforms": post_steps},
+        "inferer": {"_target_": "SliceInferer", **slice_inferer_arguments(spec), "progress": False},
+        "postprocessing": _postprocessing(spec),
         "predict": (
             "$lambda item: @postprocessing({'pred': @inferer(item['image'][None].to(@device), "
             "@network)[0].cpu()})"
@@ -193,8 +185,41 @@ def bundle_configs(metadata: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
         ],
         "run": ["$[@predict(item) for item in @dataset]"],
     }
-    cv = metadata.get("cross_validation", {})
-    bundle_metadata = {
+
+
+def slice_inferer_arguments(spec: ModelSpec) -> dict[str, Any]:
+    """MONAI ``SliceInferer`` arguments that tile slices as ``lasc infer`` does."""
+    return {
+        "roi_size": list(spec.patch_size),
+        "spatial_dim": spec.slice_axis,
+        "sw_batch_size": 16,
+        "overlap": 0.25,
+        "mode": "gaussian",
+        "padding_mode": "constant",
+    }
+
+
+def _tensor_format(spec: ModelSpec, kind: str, channels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "type": "image",
+        "format": kind,
+        **({"modality": "MR"} if kind == "magnitude" else {}),
+        "num_channels": len(channels),
+        "spatial_shape": list(spec.patch_size),
+        "dtype": "float32",
+        "value_range": [],
+        "is_patch_data": True,
+        "channel_def": channels,
+    }
+
+
+def _bundle_metadata(spec: ModelSpec, network_name: str) -> dict[str, Any]:
+    from src_monai import __version__
+
+    half = spec.context_slices // 2
+    classes = ", ".join(f"{i}: {n}" for i, n in enumerate(spec.class_names))
+    cv = asdict(spec.cross_validation) if spec.cross_validation else {}
+    return {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/"
         "0.8.1/meta_schema_20220324.json",
         "version": __version__,
@@ -206,57 +231,40 @@ def bundle_configs(metadata: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
         "name": "napari-lasc left atrium 2.5D",
         "task": "Left atrium segmentation of 3D cardiac MRI, slice by slice",
         "description": (
-            f"2D {name} over {context} neighbouring slices along array axis {slice_axis}; "
-            "exported from napari-lasc"
+            f"2D {network_name} over {spec.context_slices} neighbouring slices along array "
+            f"axis {spec.slice_axis}; exported from napari-lasc"
         ),
         "authors": "napari-lasc developers",
         "copyright": "Copyright napari-lasc developers; weights CC-BY-SA 4.0 (see LICENSE)",
         "data_source": "Medical Segmentation Decathlon Task02_Heart (LASC'13)",
         "data_type": "nibabel",
         "image_classes": "single-channel MRI volume, any intensity range",
-        "label_classes": ", ".join(f"{i}: {n}" for i, n in enumerate(class_names)),
-        "pred_classes": ", ".join(f"{i}: {n}" for i, n in enumerate(class_names)),
-        "eval_metrics": {
-            "mean_dice": cv.get("dice_mean"),
-            "mean_hd95_mm": cv.get("hd95_mean"),
-        },
+        "label_classes": classes,
+        "pred_classes": classes,
+        "eval_metrics": {"mean_dice": cv.get("dice_mean"), "mean_hd95_mm": cv.get("hd95_mean")},
         "intended_use": "Research only; not for clinical decisions",
         "network_data_format": {
             "inputs": {
-                "image": {
-                    "type": "image",
-                    "format": "magnitude",
-                    "modality": "MR",
-                    "num_channels": context,
-                    "spatial_shape": patch,
-                    "dtype": "float32",
-                    "value_range": [],
-                    "is_patch_data": True,
-                    "channel_def": {str(i): f"slice {i - half:+d}" for i in range(context)},
-                }
+                "image": _tensor_format(
+                    spec,
+                    "magnitude",
+                    {str(i): f"slice {i - half:+d}" for i in range(spec.context_slices)},
+                )
             },
             "outputs": {
-                "pred": {
-                    "type": "image",
-                    "format": "segmentation",
-                    "num_channels": num_classes,
-                    "spatial_shape": patch,
-                    "dtype": "float32",
-                    "value_range": [],
-                    "is_patch_data": True,
-                    "channel_def": {str(i): n for i, n in enumerate(class_names)},
-                }
+                "pred": _tensor_format(
+                    spec, "segmentation", {str(i): n for i, n in enumerate(spec.class_names)}
+                )
             },
         },
         "napari_lasc": {
-            "slice_axis": slice_axis,
-            "context_slices": context,
-            "postprocess": postprocess,
-            "training_split": metadata.get("split"),
+            "slice_axis": spec.slice_axis,
+            "context_slices": spec.context_slices,
+            "postprocess": spec.defaults.postprocess,
+            "training_split": spec.split or None,
             "cross_validation": cv or None,
         },
     }
-    return bundle_metadata, inference
 
 
 def _installed(package: str) -> str:
@@ -271,9 +279,9 @@ def _installed(package: str) -> str:
 def export_bundle(model_path: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write the MONAI bundle of the model at ``model_path`` into ``out`` (new or empty)."""
     model_path = Path(model_path)
-    network, metadata = load_model(model_path)
+    network, spec = load_model(model_path)
     try:
-        bundle_metadata, inference = bundle_configs(metadata)
+        bundle_metadata, inference = bundle_configs(spec)
     except LascError as exc:
         raise LascError(model_path, exc.problem) from None
     out = ensure_empty_folder(out, overwrite=overwrite)
@@ -340,34 +348,3 @@ are untested. Research use only.
 ## Licence
 See LICENSE: the weights derive from CC-BY-SA 4.0 data and carry that licence.
 """
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``lasc export-bundle`` options."""
-    parser.add_argument("model", type=Path, help="model file (.safetensors); 'bundled' for ours")
-    parser.add_argument("out", type=Path, help="bundle folder (new or empty)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty folder")
-
-
-def run(args: argparse.Namespace) -> int:
-    from .model import BUNDLED_MODEL
-
-    model = BUNDLED_MODEL if str(args.model) == "bundled" else args.model
-    out = export_bundle(model, args.out, overwrite=args.overwrite)
-    print(f"wrote MONAI bundle {out}")
-    print(
-        f"run it: cd {out} && python -m monai.bundle run --config_file configs/inference.json "
-        "--dataset_dir SCANS --output_dir LABELS"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    from .cli_support import module_main
-
-    raise SystemExit(
-        module_main(add_arguments, run, prog="python -m src_monai.bundle", description=__doc__)
-    )

@@ -1,7 +1,8 @@
 """The ``lasc`` command: one entry point, a subcommand per job.
 
-Each subcommand lives in its module (``add_arguments`` + ``run``) and also runs as
-``python -m src_monai.<module>``.
+Each subcommand lives in its module here (``add_arguments`` + ``run``), which only parses
+arguments and calls the core. ``python -m src_monai.cli`` is the same command (``torchrun``
+starts it so).
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from . import __version__, bundle, demo, evaluate, infer, prepare, train
-from .cli_support import (
+from src_monai import __version__
+from src_monai.cli import demo, evaluate, export_bundle, infer, prepare, train
+from src_monai.cli.support import (
     LascArgumentParser,
     add_common_arguments,
     configure_logging,
@@ -27,7 +29,10 @@ SUBCOMMANDS = {
     "evaluate": (evaluate, "per-case 3D metrics of a model or of predicted labels"),
     "infer": (infer, "segment scans or PNG slices with a trained model"),
     "demo": (demo, "segment the bundled sample scan with the bundled model"),
-    "export-bundle": (bundle, "write a model as a MONAI bundle that runs without napari-lasc"),
+    "export-bundle": (
+        export_bundle,
+        "write a model as a MONAI bundle that runs without napari-lasc",
+    ),
 }
 
 
@@ -56,7 +61,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
     return report_errors(args.verbose, lambda: args.run(args))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -8,23 +8,23 @@ tool works end to end; the cross-validation in docs/MODEL_CARD.md says how well 
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from .fileutil import atomic_destination, write_json, write_text
-from .progress import Job, Progress, run_to_end
+from src_monai.io.files import atomic_destination, write_json, write_text
+from src_monai.progress import Job, Progress, run_to_end
 
 
 def run_demo(out: Path | None = None, device: str = "auto") -> Job[dict]:
     """Segment the sample into ``out`` (default: a new ``lasc-demo-<time>`` folder here)."""
-    from .evaluate import case_metrics
-    from .infer import Predictor
-    from .model import SAMPLE_LABEL, SAMPLE_SCAN
-    from .scan_io import read_labels, read_scan, write_labels
-    from .train import new_run_dir
+    from src_monai.evaluation.metrics import case_metrics
+    from src_monai.inference.predictor import Predictor
+    from src_monai.io.scans import read_labels, read_scan, write_labels
+    from src_monai.model.files import SAMPLE_LABEL, SAMPLE_SCAN
+    from src_monai.training.run_folder import new_run_dir
 
     out = new_run_dir(Path.cwd(), "lasc-demo") if out is None else _new_folder(out)
     started = time.perf_counter()
@@ -38,7 +38,7 @@ def run_demo(out: Path | None = None, device: str = "auto") -> Job[dict]:
     metrics = case_metrics(prediction.labels, truth.array, scan.geometry.spacing, 2)
     summary = {
         "scan": SAMPLE_SCAN.name,
-        "model": predictor.metadata.get("cross_validation", {}),
+        "model": asdict(predictor.spec.cross_validation) if predictor.spec.cross_validation else {},
         "la_volume_ml": metrics["volume_pred_ml"],
         "la_volume_truth_ml": metrics["volume_truth_ml"],
         "dice": round(metrics["dice"], 4),
@@ -59,7 +59,7 @@ def run_demo(out: Path | None = None, device: str = "auto") -> Job[dict]:
 
 
 def _new_folder(out: Path) -> Path:
-    from .fileutil import ensure_empty_folder
+    from src_monai.io.files import ensure_empty_folder
 
     return ensure_empty_folder(out, overwrite=False)
 
@@ -80,37 +80,3 @@ def _montage(volume: np.ndarray, labels: np.ndarray, truth: np.ndarray):
         axis.axis("off")
     figure.suptitle("la_016: prediction (magenta) and ground truth (green)")
     return figure
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``lasc demo`` options."""
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="output folder (new or empty; default: ./lasc-demo[-N])",
-    )
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Execute ``lasc demo`` with parsed arguments."""
-    from .cli_support import drive
-
-    summary = drive(run_demo(args.out, args.device), description="demo")
-    print(
-        f"LA volume {summary['la_volume_ml']:.1f} mL (ground truth "
-        f"{summary['la_volume_truth_ml']:.1f} mL); Dice {summary['dice']:.3f}, "
-        f"HD95 {summary['hd95_mm']:.2f} mm; segmented in {summary['segmentation_seconds']} s "
-        f"on {summary['device']}"
-    )
-    print(f"wrote {summary['folder']} (la_016_prediction.nii.gz, overlay.png, summary.json)")
-    return 0
-
-
-if __name__ == "__main__":
-    from .cli_support import module_main
-
-    raise SystemExit(
-        module_main(add_arguments, run, prog="python -m src_monai.demo", description=__doc__)
-    )

@@ -12,11 +12,11 @@ import logging
 import sys
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TypeVar
 
-from .errors import LascError
-from .progress import Job
+from src_monai.errors import LascError
+from src_monai.progress import Job
 
 T = TypeVar("T")
 
@@ -124,22 +124,3 @@ def report_errors(verbose: bool, run: Callable[[], int]) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERNAL_ERROR
-
-
-def module_main(
-    add_arguments: Callable[[argparse.ArgumentParser], None],
-    run: Callable[[argparse.Namespace], int],
-    *,
-    prog: str,
-    description: str | None,
-    argv: Sequence[str] | None = None,
-) -> int:
-    """Entry point of ``python -m src_monai.<module>``: the same options as ``lasc <module>``."""
-    parser = LascArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_arguments(parser)
-    add_common_arguments(parser)
-    args = parser.parse_args(argv)
-    configure_logging(args.verbose)
-    return report_errors(args.verbose, lambda: run(args))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .config import AugmentConfig
+from src_monai.config import AugmentConfig
 
 # Percentiles clipped before normalising: MRI has a few very bright voxels (fat, flow).
 CLIP_PERCENTILES = (0.5, 99.5)

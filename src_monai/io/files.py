@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import LascError, OutputExistsError
+from src_monai.errors import LascError, OutputExistsError
 
 
 @contextmanager

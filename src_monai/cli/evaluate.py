@@ -1,0 +1,94 @@
+"""Per-case 3D evaluation with MONAI metrics, and ``lasc evaluate``.
+
+For every case and foreground class: Dice, IoU, HD95 and average symmetric surface distance
+in millimetres (from the voxel spacing), true and predicted volume (mL) and volume error (%).
+Background is never counted. The earlier Keras tool's numbers (categorical cross-entropy and
+its background-including Dice) are reported beside them for continuity, labelled as not
+comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from src_monai.errors import LascError
+from src_monai.evaluation.metrics import format_summary
+from src_monai.evaluation.report import EvalPair, evaluate_pairs, pairs_from_folders, write_report
+from src_monai.io.files import ensure_empty_folder
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``lasc evaluate`` options."""
+    from src_monai.cli.infer import add_prediction_arguments
+
+    parser.add_argument("--out", type=Path, required=True, help="report folder (new or empty)")
+    source = parser.add_argument_group("what to evaluate (a model on data, or label folders)")
+    source.add_argument("--model", type=Path, help="model file: predict the cases of --data")
+    source.add_argument("--data", type=Path, help="MSD-layout dataset")
+    source.add_argument("--split", type=Path, help="split JSON (lasc prepare --folds/--format png)")
+    source.add_argument(
+        "--subset", default=None, help="subset of the split: test, valid, val (with --fold), train"
+    )
+    source.add_argument("--fold", type=int, default=0, help="partition of a k-fold split")
+    source.add_argument("--pred", type=Path, help="folder of predicted label volumes")
+    source.add_argument("--truth", type=Path, help="folder of true label volumes")
+    parser.add_argument("--num-classes", type=int, default=2)
+    add_prediction_arguments(parser)
+    parser.add_argument(
+        "--overwrite", action="store_true", help="write into a non-empty --out (deletes nothing)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``lasc evaluate`` with parsed arguments."""
+    from src_monai.cli.support import drive
+    from src_monai.data.datasets import discover_msd
+    from src_monai.data.splits import load_split
+    from src_monai.inference.predictor import Predictor
+
+    predictor = None
+    if args.pred or args.truth:
+        if not (args.pred and args.truth) or args.model or args.data:
+            raise LascError(None, "give --pred and --truth together, or --model with --data")
+        pairs = pairs_from_folders(args.pred, args.truth)
+        num_classes = args.num_classes
+    elif args.model and args.data:
+        predictor = Predictor.from_checkpoint(args.model, args.device, tri_planar=args.tri_planar)
+        num_classes = predictor.spec.num_classes
+        dataset = discover_msd(args.data)
+        cases = dataset.training
+        if args.split:
+            plan = load_split(args.split, known_cases=dataset.case_ids())
+            subset = args.subset or ("test" if plan.kind == "holdout" else "val")
+            partition = (
+                plan.partitions[args.fold] if 0 <= args.fold < len(plan.partitions) else None
+            )
+            if partition is None or subset not in partition:
+                raise LascError(args.split, f"has no subset {subset!r} in partition {args.fold}")
+            wanted = set(partition[subset])
+            cases = [c for c in cases if c.case_id in wanted]
+        pairs = [EvalPair(c.case_id, None, c.label, c.image) for c in cases]
+    else:
+        raise LascError(None, "give --model with --data, or --pred with --truth")
+    out = ensure_empty_folder(args.out, overwrite=args.overwrite)
+    rows = drive(
+        evaluate_pairs(
+            pairs,
+            num_classes,
+            predictor=predictor,
+            batch_size=args.batch_size,
+            tta=args.tta,
+            postprocess=args.postprocess,
+            tri_planar=args.tri_planar,
+        ),
+        description="evaluate",
+        unit="case",
+    )
+    summary = write_report(out, rows)
+    print(format_summary(summary, len(rows)))
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,124 @@
+"""Inference: a :class:`Predictor` (CLI, napari and tests share it) and ``lasc infer``.
+
+``Predictor.from_checkpoint(path)`` loads a model file; ``predict_volume(volume)`` is a
+generator that yields :class:`~src_monai.progress.Progress` per batch of slices and returns a
+:class:`Prediction`. ``predict_files`` does the whole file path: read, predict, write
+geometry-exact labels, ``summary.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from src_monai.errors import LascError
+from src_monai.inference.files import predict_files
+from src_monai.inference.predictor import Predictor
+from src_monai.io.files import (
+    writable_folder,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def add_prediction_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a model is applied: shared by ``lasc infer`` and ``lasc evaluate``."""
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--batch-size", type=int, default=16, help="slices per batch")
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average over the flips the model was trained with (default: what the model "
+        "recommends)",
+    )
+    parser.add_argument(
+        "--postprocess",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the largest 3D component and fill holes (default: what the model recommends)",
+    )
+    parser.add_argument(
+        "--tri-planar",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="predict along all three axes and average (default: when the model was trained "
+        "for it)",
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``lasc infer`` options."""
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="INPUT",
+        help="scans (.nii.gz, .nii, .nrrd, .mha, ...), PNG slices, or folders",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="model file (.safetensors); default: the bundled model",
+    )
+    add_prediction_arguments(parser)
+    parser.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also write <name>_probability.nii.gz (foreground probability)",
+    )
+    parser.add_argument(
+        "--uncertainty",
+        action="store_true",
+        help="also write <name>_uncertainty.nii.gz (0..1: how much augmented views of the scan "
+        "disagree; about 7x the time) and add its scores to summary.csv",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="keep existing outputs and segment only the missing ones",
+    )
+    parser.add_argument(
+        "--rgb-map",
+        default=None,
+        help='PNG inputs: colour of each class, e.g. "{(0,0,0):0, (255,0,255):1}"',
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``lasc infer`` with parsed arguments."""
+    from src_monai.cli.support import drive
+    from src_monai.legacy.png import parse_rgb_map
+
+    if args.batch_size < 1:
+        raise LascError(None, "--batch-size must be >= 1")
+    rgb_map = parse_rgb_map(args.rgb_map) if args.rgb_map else None
+    writable_folder(args.out)  # before the model loads: fail before any work
+    predictor = Predictor.from_checkpoint(args.model, args.device, tri_planar=args.tri_planar)
+    rows = drive(
+        predict_files(
+            predictor,
+            args.inputs,
+            args.out,
+            batch_size=args.batch_size,
+            tta=args.tta,
+            postprocess=args.postprocess,
+            save_probabilities=args.probabilities,
+            save_uncertainty=args.uncertainty,
+            tri_planar=args.tri_planar,
+            overwrite=args.overwrite,
+            skip_existing=args.skip_existing,
+            rgb_map=rgb_map,
+        ),
+        description="infer",
+        unit="file",
+    )
+    for row in rows:
+        volumes = ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("input", "output"))
+        print(f"{row['output']}: {volumes}")
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,257 @@
+"""Dataset statistics, k-fold split files, and new MSD cases (the correction loop); ``lasc
+prepare``'s core.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from src_monai.data.datasets import MsdDataset, discover_msd
+from src_monai.data.splits import kfold_split, save_split
+from src_monai.errors import DatasetError
+from src_monai.io.files import atomic_destination, ensure_empty_folder, write_json, write_text
+from src_monai.io.scans import Scan, read_labels, read_scan
+from src_monai.legacy.png import DEFAULT_RGB_MAP, RgbMap
+from src_monai.progress import Job, Progress
+
+if TYPE_CHECKING:
+    from src_monai.legacy.png_export import PngIntensity
+
+logger = logging.getLogger(__name__)
+
+
+# The earlier tool sliced along the third array axis (axial for the LASC'13 volumes).
+DEFAULT_SLICE_AXIS = 2
+
+
+@dataclass(frozen=True)
+class CaseStats:
+    """What ``lasc prepare --stats`` reports for one case."""
+
+    case_id: str
+    shape: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    slices: int
+    slices_with_la: int
+    la_voxels: int
+    la_volume_ml: float
+
+
+def slices_first(volume: np.ndarray, axis: int) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(volume, axis, 0))
+
+
+def case_stats_of(case_id: str, labels: Scan, label_slices: np.ndarray) -> CaseStats:
+    """Statistics of one case; ``label_slices`` is ``labels.array`` with slices first."""
+    spacing = labels.geometry.spacing
+    voxels = int(np.count_nonzero(label_slices))
+    return CaseStats(
+        case_id=case_id,
+        shape=labels.geometry.shape,
+        spacing_mm=tuple(round(float(s), 4) for s in spacing),  # type: ignore[arg-type]
+        slices=int(label_slices.shape[0]),
+        slices_with_la=int(label_slices.any(axis=(1, 2)).sum()),
+        la_voxels=voxels,
+        la_volume_ml=round(voxels * float(np.prod(spacing)) / 1000.0, 3),
+    )
+
+
+def compute_stats(
+    dataset: MsdDataset, *, slice_axis: int = DEFAULT_SLICE_AXIS
+) -> Job[list[CaseStats]]:
+    """Per-case statistics of the label volumes. Every image is read too: a damaged scan
+    is reported now, naming it, rather than when training reaches it."""
+    stats = []
+    total = len(dataset.training)
+    for done, case in enumerate(dataset.training, start=1):
+        assert case.label is not None
+        read_scan(case.image)
+        labels = read_labels(case.label, dataset.num_classes)
+        stats.append(case_stats_of(case.case_id, labels, slices_first(labels.array, slice_axis)))
+        yield Progress(case.case_id, done, total)
+    return stats
+
+
+def format_stats_table(stats: Sequence[CaseStats]) -> str:
+    """A plain-text table of the statistics with a summary line."""
+    header = (
+        f"{'case':<10} {'shape':<13} {'spacing (mm)':<20} {'slices':>6} {'LA slices':>9} "
+        f"{'LA volume (mL)':>14}"
+    )
+    lines = [header, "-" * len(header)]
+    for s in stats:
+        spacing = "x".join(f"{v:.3g}" for v in s.spacing_mm)
+        shape = "x".join(str(n) for n in s.shape)
+        lines.append(
+            f"{s.case_id:<10} {shape:<13} {spacing:<20} {s.slices:>6} "
+            f"{s.slices_with_la:>9} {s.la_volume_ml:>14.2f}"
+        )
+    volumes = np.array([s.la_volume_ml for s in stats])
+    lines.append("-" * len(header))
+    lines.append(
+        f"{len(stats)} cases, {sum(s.slices for s in stats)} slices, "
+        f"{sum(s.slices_with_la for s in stats)} with LA; LA volume "
+        f"{volumes.mean():.1f} ± {volumes.std(ddof=1) if len(stats) > 1 else 0.0:.1f} mL "
+        f"(range {volumes.min():.1f}-{volumes.max():.1f})"
+    )
+    return "\n".join(lines)
+
+
+def write_stats(out: Path, stats: Sequence[CaseStats], *, overwrite: bool = False) -> None:
+    """``stats.json``, ``stats.csv`` and the ``stats.png`` chart into ``out``."""
+    rows = [asdict(s) for s in stats]
+    write_json(out / "stats.json", rows, overwrite=overwrite)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "stats.csv", buffer.getvalue(), overwrite=overwrite)
+    with atomic_destination(out / "stats.png", overwrite=overwrite) as temporary:
+        _stats_figure(stats).savefig(temporary, format="png", dpi=100)
+
+
+def _stats_figure(stats: Sequence[CaseStats]):
+    # The object API with an Agg canvas: no pyplot state, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ids = [s.case_id for s in stats]
+    x = np.arange(len(ids))
+    figure = Figure(figsize=(max(6.0, 0.5 * len(ids) + 2), 6), layout="constrained")
+    FigureCanvasAgg(figure)
+    top, bottom = figure.subplots(2, 1, sharex=True)
+    top.bar(x, [s.la_volume_ml for s in stats], color="#b03fb0")
+    top.set_ylabel("LA volume (mL)")
+    top.set_title(f"{len(ids)} cases")
+    bottom.bar(x, [s.slices for s in stats], color="#bbbbbb", label="slices")
+    bottom.bar(x, [s.slices_with_la for s in stats], color="#b03fb0", label="slices with LA")
+    bottom.set_ylabel("slices")
+    bottom.legend(loc="lower right")
+    bottom.set_xticks(x, ids, rotation=60, ha="right")
+    return figure
+
+
+def prepare(
+    data: str | Path,
+    out: str | Path,
+    *,
+    output_format: str = "none",
+    stats: bool = False,
+    folds: int = 0,
+    split_seed: int | None = None,
+    size: int = 512,
+    rgb_map: RgbMap = DEFAULT_RGB_MAP,
+    fractions: Sequence[float] = (0.8, 0.15, 0.05),
+    keep_empty: bool = True,
+    intensity: PngIntensity = "slice-max",
+    slice_axis: int = DEFAULT_SLICE_AXIS,
+    overwrite: bool = False,
+) -> Job[list[CaseStats]]:
+    """Prepare ``data`` (MSD layout) into ``out``: see the module docstring.
+
+    Checks every input (dataset layout, image/label pairs) and the output folder before
+    writing anything.
+    """
+    if output_format not in ("png", "none"):
+        raise ValueError(f"unknown output format {output_format!r}")
+    if slice_axis not in (0, 1, 2):
+        raise DatasetError(None, f"slice_axis must be 0, 1 or 2, got {slice_axis}")
+    dataset = discover_msd(data, verify=True)
+    out = ensure_empty_folder(out, overwrite=overwrite)
+    if output_format == "png":
+        from src_monai.legacy.png_export import export_png_dataset
+
+        seed = 137 if split_seed is None else split_seed
+        case_stats = yield from export_png_dataset(
+            dataset,
+            out,
+            size=size,
+            rgb_map=rgb_map,
+            fractions=fractions,
+            seed=seed,
+            keep_empty=keep_empty,
+            intensity=intensity,
+            slice_axis=slice_axis,
+            overwrite=overwrite,
+        )
+    else:
+        case_stats = yield from compute_stats(dataset, slice_axis=slice_axis)
+    if folds:
+        plan = kfold_split(dataset.case_ids(), folds, seed=0 if split_seed is None else split_seed)
+        save_split(out / "folds.json", plan, overwrite=overwrite)
+    if stats or output_format == "none":
+        write_stats(out, case_stats, overwrite=overwrite)
+    return case_stats
+
+
+def add_msd_case(
+    root: str | Path,
+    name: str,
+    image: np.ndarray,
+    labels: np.ndarray,
+    geometry,
+    class_names: Sequence[str] = ("background", "left atrium"),
+) -> str:
+    """Add one scan and its labels (file axis order, the scan's geometry) to the MSD-layout
+    dataset at ``root``, creating it if needed; returns the case id.
+
+    Nothing is replaced: a name already taken gets ``_2``, ``_3``... The scan and labels are
+    written before ``dataset.json`` lists them, so an interrupted call leaves a dataset that
+    still reads correctly. A dataset with other classes is refused.
+    """
+    from src_monai.io.scans import as_label_array, write_labels, write_volume
+
+    root = Path(root)
+    if image.ndim != 3 or labels.shape != image.shape:
+        raise DatasetError(
+            root, f"scan {image.shape} and labels {labels.shape} must be one 3D shape"
+        )
+    labels = as_label_array(labels, len(class_names), source=f"labels of {name}")
+    manifest = root / "dataset.json"
+    content: dict = {
+        "name": "napari-lasc training set",
+        "description": "scans and corrected labels saved from napari-lasc",
+        "labels": {str(i): n for i, n in enumerate(class_names)},
+        "modality": {"0": "MRI"},
+        "training": [],
+    }
+    if manifest.exists():
+        try:
+            content = json.loads(manifest.read_text(encoding="utf-8"))
+            entries = list(content.get("training", []))
+            taken = {Path(entry["image"]).name.split(".nii")[0] for entry in entries}
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise DatasetError(manifest, f"is not a readable MSD dataset.json ({exc})") from exc
+        declared = content.get("labels", {})
+        if [declared.get(str(i)) for i in range(len(declared))] != list(class_names):
+            raise DatasetError(manifest, f"declares classes {declared}, not {list(class_names)}")
+    elif root.exists() and any(root.iterdir()):
+        raise DatasetError(root, "is neither empty nor an MSD dataset (no dataset.json)")
+    else:
+        taken, entries = set(), []
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._") or "case"
+    case_id, number = stem, 1
+    while case_id in taken or (root / "imagesTr" / f"{case_id}.nii.gz").exists():
+        number += 1
+        case_id = f"{stem}_{number}"
+    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (root / "labelsTr").mkdir(exist_ok=True)
+    write_volume(root / "imagesTr" / f"{case_id}.nii.gz", image, geometry)
+    write_labels(root / "labelsTr" / f"{case_id}.nii.gz", labels, geometry)
+    entries.append(
+        {"image": f"./imagesTr/{case_id}.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"}
+    )
+    write_json(
+        manifest, {**content, "numTraining": len(entries), "training": entries}, overwrite=True
+    )
+    logger.info("added %s to %s (%d cases)", case_id, root, len(entries))
+    return case_id

@@ -1,0 +1,226 @@
+"""Training data in memory: cases read, checked and normalised once; slices drawn and batched."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from src_monai.config import Config, ConfigError
+from src_monai.data.transforms import context_stack, normalise_volume
+from src_monai.errors import DatasetError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class VolumeCase:
+    """A case held in memory: normalised slices first ``(S, H, W)`` and labels."""
+
+    case_id: str
+    slices: torch.Tensor
+    labels: torch.Tensor
+    spacing: tuple[float, float, float]
+    extra_plane: bool = False
+    """A tri-planar model's second or third view of a scan (not a case of its own)."""
+    axcodes: tuple[str, ...] | None = None
+    """Voxel-axis orientation of the scan (``RAS``...), when its file records one."""
+    foreground_slices: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.foreground_slices = np.flatnonzero(self.labels.flatten(1).any(dim=1).numpy())
+
+
+@dataclass
+class TrainingData:
+    train: list[VolumeCase]
+    val: list[VolumeCase]
+    source: str
+    layout: str
+
+
+def detect_layout(root: Path) -> str:
+    if (root / "dataset.json").is_file() or (root / "imagesTr").is_dir():
+        return "msd"
+    if (root / "images").is_dir() or any(
+        (root / s / "images").is_dir() for s in ("train", "valid", "test")
+    ):
+        return "png"
+    raise DatasetError(root, "neither an MSD dataset (imagesTr/) nor a PNG dataset (images/)")
+
+
+def load_training_data(config: Config) -> TrainingData:
+    """Read, check and normalise the training and validation cases (once: kept in memory)."""
+    data = config.data
+    if not data.dataset:
+        raise ConfigError(None, "data.dataset is not set")
+    root = Path(data.dataset)
+    if not root.is_dir():
+        raise DatasetError(root, "dataset folder not found (data.dataset)")
+    layout = detect_layout(root) if data.layout == "auto" else data.layout
+    if layout == "msd":
+        train, val = _msd_cases(config, root)
+    else:
+        train, val = _png_cases(config, root)
+    if not train:
+        raise DatasetError(root, "no training cases")
+    if not val:
+        if not data.split and data.val_fraction > 0:
+            raise DatasetError(root, "no validation cases")
+        logger.warning(
+            "%s: no validation cases: training on all cases; the last epoch is saved as the model",
+            data.split or "data.val_fraction = 0",
+        )
+    logger.info(
+        "data: %d training and %d validation cases (%s layout%s)",
+        sum(not c.extra_plane for c in train),
+        len(val),
+        layout,
+        ", each training scan along 3 axes" if config.data.tri_planar else "",
+    )
+    return TrainingData(train=train, val=val, source=str(root), layout=layout)
+
+
+def _partition(config: Config, case_ids: list[str], source: Path) -> tuple[list[str], list[str]]:
+    from src_monai.data.splits import holdout_split, load_split
+
+    data = config.data
+    if data.split:
+        plan = load_split(data.split, known_cases=case_ids)
+        if not 0 <= data.fold < len(plan.partitions):
+            raise ConfigError(
+                data.split,
+                f"data.fold = {data.fold}: the split has {len(plan.partitions)} partition(s)",
+            )
+        partition = plan.partitions[data.fold]
+        val_key = "val" if "val" in partition else "valid"
+        return list(partition["train"]), list(partition[val_key])
+    plan = holdout_split(
+        case_ids, (1.0 - data.val_fraction, data.val_fraction, 0.0), seed=data.split_seed
+    )
+    return plan.partitions[0]["train"], plan.partitions[0]["valid"]
+
+
+def _msd_cases(config: Config, root: Path) -> tuple[list[VolumeCase], list[VolumeCase]]:
+    from src_monai.data.datasets import discover_msd
+    from src_monai.io.scans import check_pair, read_labels, read_scan
+
+    dataset = discover_msd(root)
+    if dataset.num_classes != config.data.num_classes:
+        raise ConfigError(
+            None,
+            f"data.num_classes = {config.data.num_classes}, but "
+            f"{root}/dataset.json declares {dataset.num_classes} classes",
+        )
+    train_ids, val_ids = _partition(config, dataset.case_ids(), root)
+    by_id = {case.case_id: case for case in dataset.training}
+    axis = config.data.slice_axis
+    # Tri-planar: each training scan is seen along all three axes (one VolumeCase per axis);
+    # validation scans once, along the slice axis (their Dice comes from the fused prediction).
+    train_axes = (axis, *[a for a in range(3) if a != axis]) if config.data.tri_planar else (axis,)
+
+    def load(case_id: str, axes: tuple[int, ...]) -> list[VolumeCase]:
+        case = by_id[case_id]
+        scan, labels = read_scan(case.image), read_labels(case.label, dataset.num_classes)
+        check_pair(scan.geometry, labels.geometry, case.image, case.label)
+        values = normalise_volume(scan.array, config.data.normalisation)
+        spacing = scan.geometry.spacing
+        return [
+            VolumeCase(
+                case_id if along == axis else f"{case_id} axis {along}",
+                torch.from_numpy(np.ascontiguousarray(np.moveaxis(values, along, 0))),
+                torch.from_numpy(np.ascontiguousarray(np.moveaxis(labels.array, along, 0))),
+                (spacing[along], *[s for i, s in enumerate(spacing) if i != along]),
+                extra_plane=along != axis,
+                axcodes=scan.geometry.axcodes if scan.geometry.orientation_known else None,
+            )
+            for along in axes
+        ]
+
+    train = [v for c in train_ids for v in load(c, train_axes)]
+    return train, [v for c in val_ids for v in load(c, (axis,))]
+
+
+def _png_cases(config: Config, root: Path) -> tuple[list[VolumeCase], list[VolumeCase]]:
+    """PNG slices grouped into one pseudo-volume per patient and subset."""
+    if config.data.tri_planar:
+        raise ConfigError(
+            None, f"data.tri_planar needs 3D scans; {root} holds 2D PNG slices (set it false)"
+        )
+    from src_monai.legacy.png import discover_png, parse_rgb_map, read_png_image, read_png_mask
+
+    rgb_map = parse_rgb_map(config.data.rgb_map)
+    slices = discover_png(root)
+    groups: dict[tuple[str | None, str], list] = {}
+    for item in slices:
+        groups.setdefault((item.subset, item.case_id), []).append(item)
+
+    def load(items: list, subset: str | None) -> VolumeCase:
+        items = sorted(items, key=lambda s: (s.slice_index is None, s.slice_index or 0))
+        images = [read_png_image(s.image) for s in items]
+        masks = [read_png_mask(s.mask, rgb_map) for s in items]
+        if len({im.shape for im in images}) != 1:
+            raise DatasetError(
+                items[0].image.parent, f"slices of {items[0].case_id} differ in size"
+            )
+        volume = normalise_volume(np.stack(images), config.data.normalisation)
+        name = items[0].case_id if subset is None else f"{subset}/{items[0].case_id}"
+        return VolumeCase(
+            name, torch.from_numpy(volume), torch.from_numpy(np.stack(masks)), (1.0, 1.0, 1.0)
+        )
+
+    subsets = {subset for subset, _ in groups}
+    if "train" in subsets and "valid" in subsets:
+        train = [load(v, s) for (s, _), v in sorted(groups.items()) if s == "train"]
+        val = [load(v, s) for (s, _), v in sorted(groups.items()) if s == "valid"]
+        return train, val
+    patients = sorted({cid for _, cid in groups})
+    train_ids, val_ids = _partition(config, patients, root)
+    merged: dict[str, list] = {}
+    for (_, cid), items in groups.items():
+        merged.setdefault(cid, []).extend(items)
+    return [load(merged[c], None) for c in train_ids], [load(merged[c], None) for c in val_ids]
+
+
+class SliceSampler:
+    """Draws training slices: foreground slices with probability ``p``, else any slice."""
+
+    def __init__(
+        self, cases: list[VolumeCase], foreground_probability: float, rng: np.random.Generator
+    ) -> None:
+        self.cases = cases
+        self.p = foreground_probability
+        self.rng = rng
+        self.with_foreground = [i for i, c in enumerate(cases) if c.foreground_slices.size]
+
+    def draw(self, count: int) -> list[tuple[int, int]]:
+        picks = []
+        for _ in range(count):
+            if self.with_foreground and self.rng.random() < self.p:
+                index = int(self.rng.choice(self.with_foreground))
+                z = int(self.rng.choice(self.cases[index].foreground_slices))
+            else:
+                index = int(self.rng.integers(len(self.cases)))
+                z = int(self.rng.integers(self.cases[index].slices.shape[0]))
+            picks.append((index, z))
+        return picks
+
+
+def make_batch(
+    cases: list[VolumeCase], picks: list[tuple[int, int]], context: int, transform
+) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = [], []
+    for index, z in picks:
+        case = cases[index]
+        sample = transform(
+            {
+                "image": context_stack(case.slices, [z], context)[0],
+                "label": case.labels[z][None].float(),
+            }
+        )
+        images.append(torch.as_tensor(sample["image"]).float())
+        labels.append(torch.as_tensor(sample["label"]).round().long())
+    return torch.stack(images), torch.stack(labels)

@@ -1,0 +1,1 @@
+"""Evaluation: per-case 3D metrics, reports of many cases, and the demo on the bundled sample."""

@@ -1,0 +1,250 @@
+"""Inference: a :class:`Predictor` (CLI, napari and tests share it) and ``lasc infer``.
+
+``Predictor.from_checkpoint(path)`` loads a model file; ``predict_volume(volume)`` is a
+generator that yields :class:`~src_monai.progress.Progress` per batch of slices and returns a
+:class:`Prediction`. ``predict_files`` does the whole file path: read, predict, write
+geometry-exact labels, ``summary.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from src_monai.errors import LascError
+from src_monai.inference.measure import measure_atrium, quality_flags
+from src_monai.inference.predictor import Predictor
+from src_monai.io.files import (
+    atomic_destination,
+    remove_stale_partials,
+    writable_folder,
+    write_text,
+)
+from src_monai.io.scans import SCAN_SUFFIXES, read_scan, scan_suffix, write_labels, write_volume
+from src_monai.progress import Job, Progress
+
+logger = logging.getLogger(__name__)
+
+
+def find_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
+    """Expand files and folders into (scan files, PNG files), sorted."""
+    scans, pngs = [], []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            children = sorted(
+                p for p in item.iterdir() if p.is_file() and not p.name.startswith(".")
+            )
+            scans += [p for p in children if scan_suffix(p)]
+            pngs += [p for p in children if p.suffix.lower() == ".png"]
+        elif item.is_file() and item.suffix.lower() == ".png":
+            pngs.append(item)
+        elif item.is_file() and scan_suffix(item):
+            scans.append(item)
+        elif not item.exists():
+            raise LascError(item, "input not found")
+        else:
+            raise LascError(item, f"not a scan ({', '.join(SCAN_SUFFIXES)}) or PNG")
+    if not scans and not pngs:
+        raise LascError(", ".join(map(str, inputs)), "no scans or PNG images found")
+    return scans, pngs
+
+
+def output_name(path: Path) -> str:
+    """NIfTI output name for a scan: same name, NIfTI suffix kept, others become .nii.gz."""
+    suffix = scan_suffix(path) or ""
+    return path.name if suffix in (".nii.gz", ".nii") else path.name[: -len(suffix)] + ".nii.gz"
+
+
+def predict_files(
+    predictor: Predictor,
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    batch_size: int = 16,
+    tta: bool | None = None,
+    postprocess: bool | None = None,
+    save_probabilities: bool = False,
+    save_uncertainty: bool = False,
+    tri_planar: bool | None = None,
+    overwrite: bool = False,
+    skip_existing: bool = False,
+    rgb_map: dict | None = None,
+) -> Job[list[dict[str, Any]]]:
+    """Segment scans (and PNG slices) into ``out``; returns the summary rows.
+
+    ``save_uncertainty`` writes ``<name>_uncertainty.nii.gz`` per scan and adds the uncertain
+    volume (% of the LA) and the most uncertain slice to the summary."""
+    scans, pngs = find_inputs(inputs)
+    out = writable_folder(out)
+    for stale in remove_stale_partials(out):
+        logger.info("removed %s, left by an interrupted run", stale.name)
+    targets = [out / output_name(p) for p in scans] + [out / p.name for p in pngs]
+    existing = [t for t in targets if t.exists()]
+    if existing and not (overwrite or skip_existing):
+        raise LascError(
+            existing[0],
+            f"already exists ({len(existing)} outputs exist; use "
+            "--overwrite to replace them or --skip-existing to keep them)",
+        )
+    rows: list[dict[str, Any]] = []
+    total = len(targets)
+    for done, (source, target) in enumerate(zip(scans + pngs, targets, strict=True), start=1):
+        if skip_existing and target.exists():
+            yield Progress(f"{source.name} (kept)", done, total)
+            continue
+        try:
+            if source in scans:
+                row = _predict_scan(
+                    predictor,
+                    source,
+                    target,
+                    batch_size=batch_size,
+                    tta=tta,
+                    postprocess=postprocess,
+                    save_probabilities=save_probabilities,
+                    save_uncertainty=save_uncertainty,
+                    tri_planar=tri_planar,
+                    overwrite=overwrite,
+                )
+            else:
+                row = _predict_png(
+                    predictor, source, target, batch_size, tta, postprocess, overwrite, rgb_map
+                )
+        except LascError as exc:
+            if exc.source is not None:
+                raise
+            raise LascError(source, exc.problem) from exc  # name the file it is about
+        rows.append(row)
+        yield Progress(source.name, done, total)
+    if rows:
+        _write_summary(out / "summary.csv", rows)
+    return rows
+
+
+def _predict_scan(
+    predictor: Predictor,
+    source: Path,
+    target: Path,
+    *,
+    batch_size: int,
+    tta: bool | None,
+    postprocess: bool | None,
+    save_probabilities: bool,
+    save_uncertainty: bool,
+    tri_planar: bool | None,
+    overwrite: bool,
+) -> dict[str, Any]:
+    from src_monai.inference.measure import uncertainty_scores
+    from src_monai.progress import run_to_end
+
+    scan = read_scan(source)
+    prediction = run_to_end(
+        predictor.predict_volume(
+            scan.array,
+            batch_size=batch_size,
+            tta=tta,
+            postprocess=postprocess,
+            probabilities=save_probabilities,
+            uncertainty=save_uncertainty,
+            tri_planar=tri_planar,
+        )
+    )
+    measurements = measure_atrium(
+        prediction.labels, scan.geometry.spacing, slice_axis=predictor.spec.slice_axis
+    )
+    # The area curve and probabilities are derived from the labels and written first: the
+    # labels file, written last, marks the case complete (a killed run's stale extras are
+    # simply replaced; --skip-existing keys on the labels).
+    name = target.name.replace(".nii.gz", "").replace(".nii", "")
+    extras = [target.with_name(f"{name}_area_curve.csv")]
+    write_text(
+        extras[0],
+        "slice,position_mm,area_mm2\n"
+        + "".join(
+            f"{i},{position:.3f},{area:.2f}\n"
+            for i, (position, area) in enumerate(
+                zip(measurements.slice_positions_mm, measurements.slice_areas_mm2, strict=True)
+            )
+        ),
+        overwrite=True,
+    )
+    if save_probabilities and prediction.probabilities is not None:
+        foreground = prediction.probabilities[1:].sum(axis=0).astype(np.float32)
+        extras.append(target.with_name(f"{name}_probability.nii.gz"))
+        write_volume(extras[-1], foreground, scan.geometry, overwrite=True)
+    if prediction.uncertainty is not None:
+        extras.append(target.with_name(f"{name}_uncertainty.nii.gz"))
+        write_volume(extras[-1], prediction.uncertainty, scan.geometry, overwrite=True)
+    try:
+        write_labels(target, prediction.labels, scan.geometry, overwrite=overwrite)
+    except LascError:
+        for extra in extras:  # derived from labels that could not be saved: not a result
+            extra.unlink(missing_ok=True)
+        raise
+    row: dict[str, Any] = {"input": str(source), "output": str(target)}
+    for index, name in enumerate(predictor.spec.class_names[1:], start=1):
+        voxels = int(np.count_nonzero(prediction.labels == index))
+        row[f"{name} volume (mL)"] = round(voxels * scan.geometry.voxel_volume_ml, 3)
+    shape = measurements.row()
+    row["surface (mm²)"] = shape["surface_mm2"]
+    row["sphericity"] = shape["sphericity"]
+    row["largest in-plane diameter (mm)"] = shape["max_diameter_mm"]
+    row["width across it (mm)"] = shape["width_across_mm"]
+    flags = quality_flags(
+        prediction.labels,
+        scan.geometry.spacing,
+        training_spacing=predictor.spec.training_spacing,
+        volume_ml=measurements.volume_ml,
+        axcodes=scan.geometry.axcodes if scan.geometry.orientation_known else None,
+        training_axcodes=predictor.spec.orientation_axcodes,
+    )
+    if prediction.uncertainty is not None:
+        scores = uncertainty_scores(
+            prediction.uncertainty,
+            prediction.labels,
+            scan.geometry.spacing,
+            predictor.spec.slice_axis,
+        )
+        row["uncertain volume (% of LA)"] = round(scores.uncertain_volume_pct, 2)
+        row["most uncertain slice"] = scores.most_uncertain_slice
+    row["QC flags"] = "; ".join(flags) or "ok"
+    for flag in flags:
+        logger.warning("%s: check by eye: %s", source.name, flag)
+    return row
+
+
+def _predict_png(predictor, source, target, batch_size, tta, postprocess, overwrite, rgb_map):
+    from PIL import Image
+
+    from src_monai.legacy.png import DEFAULT_RGB_MAP, colour_mask, read_png_image
+    from src_monai.progress import run_to_end
+
+    image = read_png_image(source).astype(np.float32)
+    volume = np.expand_dims(image, axis=predictor.spec.slice_axis)
+    labels = run_to_end(
+        predictor.predict_volume(volume, batch_size=batch_size, tta=tta, postprocess=postprocess)
+    ).labels
+    labels = np.take(labels, 0, axis=predictor.spec.slice_axis)
+    mask = colour_mask(labels, rgb_map or DEFAULT_RGB_MAP)
+    with atomic_destination(target, overwrite=overwrite) as temporary:
+        Image.fromarray(mask).save(temporary, format="PNG")
+    return {
+        "input": str(source),
+        "output": str(target),
+        "foreground pixels": int(np.count_nonzero(labels)),
+    }
+
+
+def _write_summary(path: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    names = list(dict.fromkeys(key for row in rows for key in row))
+    writer = csv.DictWriter(buffer, fieldnames=names)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue(), overwrite=True)

@@ -1,0 +1,357 @@
+"""Inference: a :class:`Predictor` (CLI, napari and tests share it) and ``lasc infer``.
+
+``Predictor.from_checkpoint(path)`` loads a model file; ``predict_volume(volume)`` is a
+generator that yields :class:`~src_monai.progress.Progress` per batch of slices and returns a
+:class:`Prediction`. ``predict_files`` does the whole file path: read, predict, write
+geometry-exact labels, ``summary.csv``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from src_monai.data.transforms import context_stack, normalise_volume
+from src_monai.errors import LascError
+from src_monai.inference.postprocess import postprocess_labels
+from src_monai.model.files import BUNDLED_MODEL, load_model
+from src_monai.model.spec import ModelSpec
+from src_monai.progress import Job, Progress
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LascError(None, "device cuda requested, but no CUDA GPU is available")
+    if name not in ("cpu", "cuda"):
+        raise LascError(None, f"unknown device {name!r} (auto, cpu or cuda)")
+    return torch.device(name)
+
+
+def check_volume(volume: np.ndarray) -> None:
+    """A 3D volume with some contrast: a blank scan would get a confident-looking guess."""
+    if volume.ndim != 3:
+        raise LascError(None, f"expected a 3D volume, got shape {volume.shape}")
+    if volume.size == 0:
+        raise LascError(None, f"the volume is empty (shape {volume.shape})")
+    low, high = volume.min(), volume.max()
+    if low == high:
+        raise LascError(None, f"the scan is blank (every voxel is {low}): nothing to segment")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Labels in the input volume's shape; class probabilities ``(C, ...)`` when asked for;
+    the uncertainty map (entropy of the mean over augmented views, 0..1) when asked for."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None = None
+    uncertainty: np.ndarray | None = None
+
+
+# Test-time views for the uncertainty map: transforms inside the range the models are trained
+# with (rotations up to 15 degrees, gamma 0.7-1.5), so each view is a fair input; where the views
+# disagree the prediction is unstable. The unchanged input is a view too.
+UNCERTAINTY_VIEWS: tuple[tuple[str, float], ...] = (
+    ("rotate", 10.0),
+    ("rotate", -10.0),
+    ("gamma", 0.8),
+    ("gamma", 1.25),
+)
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    """A MONAI MetaTensor as a plain tensor (its metadata is not needed here)."""
+    return tensor.as_tensor() if hasattr(tensor, "as_tensor") else tensor
+
+
+def normalised_entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    """Entropy over the class axis (first) divided by its maximum, log(classes): 0..1."""
+    p = probabilities.clamp_min(1e-8)
+    return -(p * p.log()).sum(0) / float(np.log(probabilities.shape[0]))
+
+
+class Predictor:
+    """A trained 2D network and its :class:`ModelSpec`: everything needed to apply it to a
+    3D volume. Made from a model file (:meth:`from_checkpoint`) or from a live network and its
+    spec (training's validation and previews), as nnU-Net's predictor is."""
+
+    def __init__(self, network: torch.nn.Module, spec: ModelSpec, device: torch.device) -> None:
+        self.network = network.to(device).eval()
+        self.spec = spec
+        self.device = device
+        self._warned_out_of_memory = False
+        self._batch_limit = 0  # slices per forward pass that fit in memory; 0: no limit seen
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path | None = None, device: str = "auto", *, tri_planar: bool | None = None
+    ) -> Predictor:
+        """Load a model file; ``None`` loads the model bundled with the package.
+
+        ``tri_planar=True`` refuses (naming the file) a model trained on one axis only."""
+        torch_device = resolve_device(device)
+        path = BUNDLED_MODEL if path is None else path
+        network, spec = load_model(path, torch_device)
+        try:
+            spec.planes(tri_planar)
+        except LascError as exc:
+            raise LascError(path, exc.problem) from None
+        return cls(network, spec, torch_device)
+
+    def predict_volume(
+        self,
+        volume: np.ndarray,
+        *,
+        batch_size: int = 16,
+        tta: bool | None = None,
+        postprocess: bool | None = None,
+        probabilities: bool = False,
+        normalised: bool = False,
+        overlap: float = 0.25,
+        uncertainty: bool = False,
+        tri_planar: bool | None = None,
+    ) -> Job[Prediction]:
+        """Segment a 3D volume slice by slice along the model's slice axis.
+
+        ``tta`` averages over flips; ``postprocess`` keeps each class's largest 3D component
+        and fills holes. ``None`` takes what the model's metadata recommends (chosen by
+        cross-validation), else off. ``tri_planar`` (default: when the model was trained for
+        it) also predicts along the other two axes and averages the three probability maps.
+        ``uncertainty`` adds the entropy map over :data:`UNCERTAINTY_VIEWS` (the labels stay
+        those of the plain prediction). ``normalised=True`` skips the per-volume normalisation
+        (the caller did it). Yields progress per batch of slices; returns a
+        :class:`Prediction`.
+        """
+        defaults = self.spec.defaults
+        tta = defaults.tta if tta is None else tta
+        if tta and not self.tta_flip_dims:
+            logger.warning(
+                "test-time augmentation skipped: this model was trained without "
+                "flips, and flipped inputs would mislead it"
+            )
+            tta = False
+        postprocess = defaults.postprocess if postprocess is None else postprocess
+        axes = self.spec.planes(tri_planar)
+        check_volume(volume)
+        values = (
+            volume.astype(np.float32)
+            if normalised
+            else normalise_volume(volume, self.spec.normalisation)
+        )
+        # Labels come straight from the logits unless probabilities are needed: to return,
+        # to fuse planes, or to compare with the augmented views.
+        need_probabilities = probabilities or uncertainty or len(axes) > 1
+        labels = torch.empty(values.shape, dtype=torch.uint8)
+        probs = (
+            torch.zeros((self.spec.num_classes, *values.shape), dtype=torch.float32)
+            if need_probabilities
+            else None
+        )
+        views = torch.zeros_like(probs) if uncertainty and probs is not None else None
+        total = sum(values.shape[axis] for axis in axes)
+        done = 0
+        for axis in axes:
+            slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(values, axis, 0)))
+            try:
+                slices = slices.to(self.device)
+            except torch.OutOfMemoryError:
+                logger.warning(
+                    "the volume does not fit on %s: batches are moved one by one", self.device
+                )
+            count = slices.shape[0]
+            # Views of the outputs with this pass's slice axis first (writes land in place).
+            labels_along = labels.movedim(axis, 0)
+            probs_along = None if probs is None else probs.movedim(axis + 1, 1)
+            views_along = None if views is None else views.movedim(axis + 1, 1)
+            for start in range(0, count, batch_size):
+                stop = min(start + batch_size, count)
+                # Inference mode per batch, never across the yield: grad mode is thread-local,
+                # and the caller's code (or, after a cancel, whatever the worker thread runs
+                # next) must not inherit it from a suspended generator.
+                with torch.inference_mode():
+                    batch = context_stack(slices, range(start, stop), self.spec.context_slices)
+                    scores = self._scores_fitting(
+                        batch, tta=tta, overlap=overlap, softmax=need_probabilities or tta
+                    )
+                    if probs_along is None:
+                        # max(1).indices, not argmax: the same result, far cheaper on CPU.
+                        labels_along[start:stop] = scores.max(1).indices.to("cpu", torch.uint8)
+                    else:
+                        scores = scores.float()
+                        probs_along[:, start:stop] += scores.to("cpu").transpose(0, 1)
+                    if views_along is not None:
+                        scores = scores + self._view_scores(batch, overlap)
+                        views_along[:, start:stop] += scores.to("cpu").transpose(0, 1)
+                done += stop - start
+                plane = f"axis {axis}: " if len(axes) > 1 else ""
+                yield Progress(f"{plane}slices {start + 1}-{stop} of {count}", done, total)
+        uncertainty_map = None
+        if probs is not None:
+            probs /= len(axes)
+            labels = probs.max(0).indices.to(torch.uint8)
+        if views is not None:
+            views /= len(axes) * (1 + len(UNCERTAINTY_VIEWS))
+            uncertainty_map = normalised_entropy(views).numpy()
+        labels_np = labels.numpy()
+        if postprocess:
+            labels_np = postprocess_labels(labels_np, self.spec.num_classes)
+        return Prediction(
+            labels=np.ascontiguousarray(labels_np),
+            probabilities=probs.numpy() if probabilities and probs is not None else None,
+            uncertainty=uncertainty_map,
+        )
+
+    def _view_scores(self, batch: torch.Tensor, overlap: float) -> torch.Tensor:
+        """Summed class probabilities of :data:`UNCERTAINTY_VIEWS` of a batch, each mapped
+        back onto the original slice grid."""
+        from monai.transforms import AdjustContrast, Rotate
+
+        total: torch.Tensor | None = None
+        for kind, amount in UNCERTAINTY_VIEWS:
+            back = None
+            if kind == "rotate":
+                angle = float(np.deg2rad(amount))
+                view = Rotate(angle, keep_size=True, mode="bilinear", padding_mode="zeros")
+                # Back-rotation samples outside the slice at the corners: repeat the border.
+                back = Rotate(-angle, keep_size=True, mode="bilinear", padding_mode="border")
+            else:
+                view = AdjustContrast(amount)
+            scores = self._scores_fitting(
+                torch.stack([_plain(view(x)) for x in batch]),
+                tta=False,
+                overlap=overlap,
+                softmax=True,
+            ).float()
+            if back is not None:
+                scores = torch.stack([_plain(back(x)) for x in scores])
+            total = scores if total is None else total + scores
+        assert total is not None
+        return total
+
+    def predict_slice(
+        self, volume: np.ndarray, index: int, *, tta: bool | None = None, normalised: bool = False
+    ) -> np.ndarray:
+        """Labels of one slice (along the model's slice axis) of a 3D volume: interactive use.
+
+        The whole volume is normalised as in :meth:`predict_volume`, so the slice gets the
+        same labels as it would there (3D post-processing aside, which needs every slice).
+        ``normalised=True``: the caller did that already (and can reuse it slice after slice).
+        A tri-planar model answers from the slice axis alone (one slice has no other planes).
+        """
+        check_volume(volume)
+        count = volume.shape[self.spec.slice_axis]
+        if not 0 <= index < count:
+            raise LascError(None, f"slice {index} is outside 0..{count - 1}")
+        tta = self.spec.defaults.tta if tta is None else tta
+        tta = tta and bool(self.tta_flip_dims)
+        half = self.spec.context_slices // 2
+        # Only the neighbours the context needs, edge slices repeated as in training.
+        wanted = np.clip(np.arange(index - half, index + half + 1), 0, count - 1)
+        values = volume if normalised else normalise_volume(volume, self.spec.normalisation)
+        stack = np.take(values, wanted, axis=self.spec.slice_axis).astype(np.float32, copy=False)
+        batch = torch.from_numpy(np.ascontiguousarray(np.moveaxis(stack, self.spec.slice_axis, 0)))
+        with torch.inference_mode():
+            scores = self._scores_fitting(batch[None], tta=tta, overlap=0.25, softmax=tta)
+            return scores.max(1).indices[0].to("cpu", torch.uint8).numpy()
+
+    @property
+    def tta_flip_dims(self) -> list[tuple[int, ...]]:
+        """Flips used for test-time augmentation: only those the model was trained with.
+
+        A network never shown a mirrored heart fails on one; averaging in such outputs
+        ruins the prediction instead of smoothing it.
+        """
+        return [(3,)] if self.spec.trained_with_flips else []
+
+    def _scores_fitting(self, batch: torch.Tensor, **options: Any) -> torch.Tensor:
+        """:meth:`_scores`, halving the batch when the GPU runs out of memory, and moving to
+        the CPU (with a warning) when even one slice does not fit."""
+        limit = self._batch_limit
+        if limit and batch.shape[0] > limit:  # a size that ran out of memory before
+            return torch.cat([self._scores_fitting(part, **options) for part in batch.split(limit)])
+        batch = batch.to(self.device)
+        try:
+            return self._scores(batch, **options)
+        except torch.OutOfMemoryError:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if batch.shape[0] > 1:
+                if not self._warned_out_of_memory:
+                    logger.warning(
+                        "out of memory on %s with %d slices at once: smaller batches",
+                        self.device,
+                        batch.shape[0],
+                    )
+                    self._warned_out_of_memory = True
+                half = batch.shape[0] // 2
+                self._batch_limit = half
+                return torch.cat(
+                    [
+                        self._scores_fitting(batch[:half], **options),
+                        self._scores_fitting(batch[half:], **options),
+                    ]
+                )
+            if self.device.type == "cpu":
+                raise
+            logger.warning(
+                "out of memory on %s even for one slice: continuing on the CPU", self.device
+            )
+            self.network.to("cpu")
+            self.device = torch.device("cpu")
+            return self._scores(batch.to("cpu"), **options)
+
+    def _scores(
+        self, batch: torch.Tensor, *, tta: bool, overlap: float, softmax: bool
+    ) -> torch.Tensor:
+        flips = self.tta_flip_dims if tta else []
+        logits = self._logits(batch, overlap)
+        if not flips:
+            return torch.softmax(logits.float(), dim=1) if softmax else logits
+        total = torch.softmax(logits.float(), dim=1)
+        for dims in flips:
+            flipped = self._logits(torch.flip(batch, dims), overlap)
+            total += torch.flip(torch.softmax(flipped.float(), dim=1), dims)
+        return total / (1 + len(flips))
+
+    def _logits(self, batch: torch.Tensor, overlap: float) -> torch.Tensor:
+        from monai.inferers import SlidingWindowInferer
+
+        height, width = batch.shape[-2:]
+        patch_height, patch_width = self.spec.patch_size
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.device.type == "cuda"
+            else torch.autocast("cpu", enabled=False)
+        )
+        with autocast:
+            if height > patch_height or width > patch_width:
+                # Larger than the training patch: Gaussian-blended sliding windows, the
+                # earlier tool's tiled inference done properly.
+                inferer = SlidingWindowInferer(
+                    roi_size=(patch_height, patch_width),
+                    sw_batch_size=batch.shape[0],
+                    overlap=overlap,
+                    mode="gaussian",
+                    padding_mode="constant",
+                )
+                return inferer(batch, self.network)
+            # Smaller slices are zero-padded to the training patch, centred, as training did
+            # (MONAI's SpatialPadd): instance normalisation sees the same context. A tri-planar
+            # model's sagittal and coronal slices are such slices.
+            pad_height = (
+                max(patch_height - height, 0) + -max(patch_height, height) % self.spec.divisor
+            )
+            pad_width = max(patch_width - width, 0) + -max(patch_width, width) % self.spec.divisor
+            top, left = pad_height // 2, pad_width // 2
+            padded = torch.nn.functional.pad(batch, (left, pad_width - left, top, pad_height - top))
+            return self.network(padded)[..., top : top + height, left : left + width]

@@ -1,0 +1,134 @@
+"""The model file: a network's weights and its :class:`~src_monai.model.spec.ModelSpec`.
+
+A model file is a ``.safetensors`` file: the weights, plus JSON metadata in its header (the
+architecture config, normalisation, classes, slice axis, spacing, data and split used,
+validation metrics, package version). Loading it runs no code from the file. A plain state
+dict saved with ``torch.save`` is accepted too when a ``.json`` file with the metadata stands
+beside it; it is read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from src_monai import __version__
+from src_monai.errors import LascError
+from src_monai.io.files import atomic_destination
+from src_monai.model.networks import build_network, plain_state_dict
+from src_monai.model.spec import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+
+MODEL_FORMAT = "napari-lasc-model"
+MODEL_FORMAT_VERSION = 1
+METADATA_KEY = "napari_lasc"
+
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+BUNDLED_MODEL = RESOURCES / "left_atrium_2d5.safetensors"
+SAMPLE_SCAN = RESOURCES / "sample_la_016.nii.gz"
+SAMPLE_LABEL = RESOURCES / "sample_la_016_label.nii.gz"
+
+
+class ModelFileError(LascError):
+    """A model file is missing, damaged, unsafe, or disagrees with its metadata."""
+
+
+def save_model(
+    path: str | Path,
+    network: nn.Module,
+    spec: ModelSpec,
+    *,
+    overwrite: bool = True,
+    half: bool = False,
+) -> Path:
+    """Write weights and metadata as one ``.safetensors`` file, atomically.
+
+    ``half`` stores floating-point weights as fp16 (half the size; loading casts them back).
+    """
+    from safetensors.torch import save_file
+
+    metadata = {
+        **spec.to_metadata(),
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "package_version": __version__,
+    }
+    state = plain_state_dict(network)
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    with atomic_destination(path, overwrite=overwrite) as temporary:
+        save_file(state, str(temporary), metadata={METADATA_KEY: json.dumps(metadata)})
+    return Path(path)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec]:
+    """Rebuild the network a model file describes and load its weights (no code is run)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(path, "model file not found")
+    if path.suffix == ".safetensors":
+        state, metadata = _read_safetensors(path)
+    else:
+        state, metadata = _read_state_dict(path)
+    if metadata.get("format") != MODEL_FORMAT:
+        raise ModelFileError(path, "metadata is not a napari-lasc model description")
+    try:
+        spec = ModelSpec.from_metadata(metadata)
+        network = build_network(spec.network, spec.in_channels, spec.num_classes)
+    except (KeyError, TypeError, ValueError, LascError) as exc:
+        raise ModelFileError(path, f"metadata does not describe a network ({exc})") from exc
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelFileError(
+            path, f"weights do not match the architecture in its metadata ({first})"
+        ) from exc
+    network.to(device).eval()
+    return network, spec
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(path, f"not a readable safetensors file ({exc})") from exc
+    try:
+        return state, json.loads(header[METADATA_KEY])
+    except (KeyError, ValueError) as exc:
+        raise ModelFileError(path, "no napari-lasc metadata in the file") from exc
+
+
+def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sidecar = path.with_suffix(".json")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refuses pickles that would run code
+        if "Weights only load failed" in str(exc):
+            problem = (
+                "refused: it holds pickled Python objects, not only tensors, and loading "
+                "it could run code"
+            )
+        else:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            problem = f"refused: not a plain weights file ({first[:160]})"
+        raise ModelFileError(path, problem) from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFileError(path, "not a state dict of tensors")
+    try:
+        metadata = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(sidecar, f"model metadata missing or unreadable ({exc})") from exc
+    return state, metadata

@@ -1,0 +1,240 @@
+"""The typed model spec: what a model file says about its network and how to apply it.
+
+A model file's metadata is JSON (see :mod:`src_monai.model.files`); this is the one place that
+reads and writes its keys, in the manner of nnU-Net's ``PlansManager``. Training makes a spec
+(:meth:`ModelSpec.for_training`), the model file stores it (:meth:`ModelSpec.to_metadata`),
+and the predictor, bundle export, the Train widget and the cross-validation script read it
+(:meth:`ModelSpec.from_metadata`) as typed fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from src_monai.config import Config, ModelConfig, config_from_dict
+from src_monai.errors import LascError
+
+# Default class colours (RGB), background first; the earlier tool's LA magenta.
+DEFAULT_COLOURS = [(0, 0, 0), (255, 0, 255), (0, 255, 255), (255, 255, 0), (0, 255, 0)]
+
+
+@dataclass(frozen=True)
+class InferenceDefaults:
+    """How to apply the model when the user does not say: chosen by cross-validation."""
+
+    tta: bool = False
+    postprocess: bool = False
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """The cross-validated accuracy recorded with a model (``scripts/cross_validate.py``)."""
+
+    folds: int
+    cases: int
+    chosen: str
+    dice_mean: float
+    dice_sd: float
+    hd95_mean: float
+    hd95_sd: float
+    hd95_undefined: int = 0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A 2D (2.5D) segmentation model: its network, its input, its classes, its training.
+
+    ``spacing_mm`` is the median voxel size of the training scans with the slice axis first
+    (as the trainer sees the scans); :attr:`training_spacing` gives it in file axis order.
+    """
+
+    network: ModelConfig
+    num_classes: int
+    slice_axis: int
+    context_slices: int
+    normalisation: str
+    patch_size: tuple[int, int]
+    class_names: tuple[str, ...]
+    class_colours: tuple[tuple[int, int, int], ...] = ()
+    tri_planar: bool = False
+    spacing_mm: tuple[float, float, float] | None = None
+    orientation_axcodes: tuple[str, str, str] | None = None
+    data_layout: str = ""
+    data_source: str = ""
+    split: dict[str, list[str]] = field(default_factory=dict)
+    """Case ids the model was trained (``train``) and validated (``val``) on."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """The whole training config as saved (a record: read here only for its augmentation)."""
+    training: dict[str, Any] = field(default_factory=dict)
+    """Where training stood when saved (epoch, validation Dice)."""
+    inference: InferenceDefaults | None = None
+    cross_validation: CrossValidation | None = None
+    package_version: str = ""
+
+    # ------------------------------------------------------------------ derived
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels: the slice and its neighbours (2.5D context)."""
+        return self.context_slices
+
+    @property
+    def divisor(self) -> int:
+        """Slice sizes the network accepts are multiples of this."""
+        return 2 ** (self.network.levels - 1)
+
+    @property
+    def colours(self) -> list[tuple[int, int, int]]:
+        """One RGB colour per class, background first."""
+        return list(self.class_colours or DEFAULT_COLOURS)[: self.num_classes]
+
+    @property
+    def defaults(self) -> InferenceDefaults:
+        """What to apply by default: the recorded choice, else neither TTA nor
+        post-processing."""
+        return self.inference or InferenceDefaults()
+
+    @property
+    def trained_with_flips(self) -> bool:
+        """Left-right flips were among the training augmentations (TTA may use them)."""
+        return bool(self.config.get("augment", {}).get("flip"))
+
+    @property
+    def training_spacing(self) -> tuple[float, float, float] | None:
+        """Median voxel size (mm) of the training scans in file axis order, if recorded."""
+        if self.spacing_mm is None:
+            return None
+        in_plane = list(self.spacing_mm[1:])
+        in_plane.insert(self.slice_axis, self.spacing_mm[0])
+        return tuple(in_plane)  # type: ignore[return-value]
+
+    def planes(self, tri_planar: bool | None = None) -> tuple[int, ...]:
+        """The axes to predict along: the slice axis, and the other two for tri-planar."""
+        tri_planar = self.tri_planar if tri_planar is None else tri_planar
+        if tri_planar and not self.tri_planar:
+            raise LascError(
+                None,
+                "tri-planar prediction needs a model trained on all three axes "
+                "(data.tri_planar = true); this one saw slices along one axis",
+            )
+        axis = self.slice_axis
+        return (axis, *[a for a in range(3) if a != axis]) if tri_planar else (axis,)
+
+    def with_inference(
+        self, defaults: InferenceDefaults, cross_validation: CrossValidation | None = None
+    ) -> ModelSpec:
+        """This spec with the defaults (and accuracy) that cross-validation chose."""
+        return replace(self, inference=defaults, cross_validation=cross_validation)
+
+    # ------------------------------------------------------------------ making
+
+    @classmethod
+    def for_training(
+        cls,
+        config: Config,
+        *,
+        layout: str,
+        source: str,
+        spacing_mm: Sequence[float] | None,
+        orientation_axcodes: Sequence[str] | None,
+        split: dict[str, list[str]],
+    ) -> ModelSpec:
+        """The spec of a model trained as ``config`` says, on the data described."""
+        data = config.data
+        return cls(
+            network=config.model,
+            num_classes=data.num_classes,
+            slice_axis=data.slice_axis,
+            context_slices=data.context_slices,
+            normalisation=data.normalisation,
+            patch_size=(int(data.patch_size[0]), int(data.patch_size[1])),
+            class_names=tuple(data.class_names),
+            class_colours=tuple(DEFAULT_COLOURS[: data.num_classes]),
+            tri_planar=data.tri_planar,
+            spacing_mm=_floats(spacing_mm),
+            orientation_axcodes=_axcodes(orientation_axcodes),
+            data_layout=layout,
+            data_source=source,
+            split=split,
+            config=config.to_dict(),
+        )
+
+    # ------------------------------------------------------------------ the file's JSON
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, Any]) -> ModelSpec:
+        """Read a model file's metadata; ``KeyError``/``TypeError``/``ValueError`` (or a
+        :class:`LascError`) when it does not describe a model."""
+        data = metadata["data"]
+        if int(metadata.get("in_channels", data["context_slices"])) != int(data["context_slices"]):
+            raise ValueError("in_channels differs from data.context_slices")
+        inference = metadata.get("inference")
+        cross_validation = metadata.get("cross_validation")
+        return cls(
+            network=config_from_dict({"model": metadata["model"]}).model,
+            num_classes=int(metadata["num_classes"]),
+            slice_axis=int(data["slice_axis"]),
+            context_slices=int(data["context_slices"]),
+            normalisation=str(data["normalisation"]),
+            patch_size=(int(data["patch_size"][0]), int(data["patch_size"][1])),
+            class_names=tuple(str(n) for n in data["class_names"]),
+            class_colours=tuple(
+                tuple(int(v) for v in colour) for colour in metadata.get("class_colours") or ()
+            ),
+            tri_planar=bool(data.get("tri_planar", False)),
+            spacing_mm=_floats(metadata.get("spacing_mm")),
+            orientation_axcodes=_axcodes(metadata.get("orientation_axcodes")),
+            data_layout=str(data.get("layout", "")),
+            data_source=str(data.get("source", "")),
+            split=dict(metadata.get("split") or {}),
+            config=dict(metadata.get("config") or {}),
+            training=dict(metadata.get("training") or {}),
+            inference=InferenceDefaults(**inference) if inference else None,
+            cross_validation=CrossValidation(**cross_validation) if cross_validation else None,
+            package_version=str(metadata.get("package_version", "")),
+        )
+
+    def to_metadata(self) -> dict[str, Any]:
+        """The model file's JSON (the keys :meth:`from_metadata` reads)."""
+        metadata: dict[str, Any] = {
+            "model": asdict(self.network),
+            "data": {
+                "slice_axis": self.slice_axis,
+                "tri_planar": self.tri_planar,
+                "context_slices": self.context_slices,
+                "normalisation": self.normalisation,
+                "patch_size": list(self.patch_size),
+                "class_names": list(self.class_names),
+                "layout": self.data_layout,
+                "source": self.data_source,
+            },
+            "in_channels": self.in_channels,
+            "num_classes": self.num_classes,
+            "class_colours": [list(c) for c in self.class_colours],
+            "spacing_mm": list(self.spacing_mm) if self.spacing_mm else None,
+            "orientation_axcodes": list(self.orientation_axcodes)
+            if self.orientation_axcodes
+            else None,
+            "split": self.split,
+            "config": self.config,
+            "training": self.training,
+        }
+        if self.inference is not None:
+            metadata["inference"] = asdict(self.inference)
+        if self.cross_validation is not None:
+            metadata["cross_validation"] = asdict(self.cross_validation)
+        return metadata
+
+
+def _floats(values: Sequence[float] | None) -> tuple[float, float, float] | None:
+    if not values or len(values) != 3:
+        return None
+    return tuple(float(v) for v in values)  # type: ignore[return-value]
+
+
+def _axcodes(codes: Sequence[str] | None) -> tuple[str, str, str] | None:
+    if not codes or len(codes) != 3:
+        return None
+    return tuple(str(c) for c in codes)  # type: ignore[return-value]

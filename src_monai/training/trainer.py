@@ -1,0 +1,532 @@
+"""Training: the :class:`Trainer` and :func:`run_training`, its generator.
+
+``run_training(config)`` yields :class:`~src_monai.progress.Progress` per step and returns a
+:class:`TrainResult`; the CLI (``lasc train``, ``torchrun ... -m src_monai.cli train``),
+napari's Train widget and the tests drive this same code. The trainer is a sequence of small
+hook methods, in the manner of nnU-Net's ``nnUNetTrainer``: :meth:`Trainer.on_train_start`,
+:meth:`~Trainer.train_step`, :meth:`~Trainer.validate`, :meth:`~Trainer.on_epoch_end`,
+:meth:`~Trainer.save_checkpoint` / :meth:`~Trainer.load_checkpoint`. A subclass changes one
+of them without copying the loop. The run folder is described in
+:mod:`src_monai.training.run_folder`.
+
+Randomness is re-seeded at each epoch from (seed, epoch, rank), so a run resumed from its
+last checkpoint continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from src_monai.config import Config, ConfigError, config_from_dict
+from src_monai.data.sampling import (
+    SliceSampler,
+    TrainingData,
+    VolumeCase,
+    load_training_data,
+    make_batch,
+)
+from src_monai.data.transforms import training_transforms
+from src_monai.io.files import writable_folder
+from src_monai.model.networks import build_network, count_parameters, plain_state_dict, unwrap
+from src_monai.model.spec import ModelSpec
+from src_monai.progress import Job, Progress
+from src_monai.training.components import build_loss, build_optimiser, build_scheduler
+from src_monai.training.distributed import init_distributed, write_rank_checksum
+from src_monai.training.run_folder import RunFolder, log_tensorboard, new_run_dir, preview_picks
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    best_dice: float
+    best_epoch: int
+    epochs_done: int
+    stopped: str
+    """``completed``, ``early stopping``, ``time limit``, ``STOP file``, ``stopped`` (the
+    ``stop`` callback) or ``interrupted``."""
+
+    @property
+    def best_model(self) -> Path:
+        return self.run_dir / "checkpoints" / "best.safetensors"
+
+
+@dataclass
+class Progression:
+    """Where a run stands; saved with each checkpoint, so a resumed run continues it."""
+
+    next_epoch: int = 0
+    best_dice: float = -1.0
+    best_epoch: int = -1
+    stale: int = 0
+    """Validations since the best one (early stopping)."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_training(
+    config: Config,
+    *,
+    resume: str | Path | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> Job[TrainResult]:
+    """Train a 2D network as ``config`` says, or continue the run folder ``resume``.
+
+    ``stop`` is asked after every step, like the run folder's STOP file: once it answers
+    True the epoch ends early, is validated and saved, and the run returns (napari's *Stop*).
+    """
+    return (yield from Trainer(config, resume=resume, stop=stop).run())
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + rank * 104_729) % (2**31 - 1)
+
+
+class Trainer:
+    """One training run. :meth:`run` is the loop; the other methods are its hooks."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        resume: str | Path | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> None:
+        self.config = config
+        self.resume = None if resume is None else Path(resume)
+        self.stop = stop
+        self.progression = Progression()
+        self.stopped = "completed"
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> Job[TrainResult]:
+        self.on_train_start()
+        epoch = self.progression.next_epoch - 1
+        try:
+            for epoch in range(self.progression.next_epoch, self.config.train.epochs):
+                losses = yield from self.train_epoch(epoch)
+                row = self.on_epoch_end(epoch, losses)
+                yield self._epoch_report(epoch, row)
+                if self._should_end(row):
+                    break
+        except KeyboardInterrupt:
+            self.stopped = "interrupted"
+            logger.warning(
+                "interrupted: the last completed epoch is saved; continue with "
+                "`lasc train --resume %s`",
+                self.run_folder.path,
+            )
+        finally:
+            self.on_train_end()
+        progression = self.progression
+        return TrainResult(
+            self.run_folder.path,
+            progression.best_dice,
+            progression.best_epoch,
+            epoch + 1,
+            self.stopped,
+        )
+
+    # ------------------------------------------------------------------ set-up
+
+    def on_train_start(self) -> None:
+        """Devices and ranks, the data (read before a run folder exists: a bad dataset
+        leaves nothing), the run folder, the network and its optimiser."""
+        from src_monai.inference.predictor import resolve_device
+
+        self.device = resolve_device(self.config.train.device)
+        self.dist = init_distributed(self.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+        state = self._open_run_folder_or_resume()
+        self.data = load_training_data(self.config)
+        if self.resume is None:
+            runs_dir, name = Path(self.config.train.runs_dir), self.config.train.run_name
+            path = self.dist.share(new_run_dir(runs_dir, name) if self.dist.main else None)
+            self.run_folder = RunFolder(path)
+        self._move_data_to_device()
+        self.spec = self.model_spec(self.data)
+        self.build_network_and_optimiser()
+        if state is not None:
+            self.load_checkpoint(state)
+        elif self.config.train.init_model:
+            load_initial_weights(self.network, self.config)
+        if self.dist.enabled:
+            self.network = torch.nn.parallel.DistributedDataParallel(
+                self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self._set_precision()
+        self.writer = None
+        if self.dist.main:
+            self.run_folder.start(self.config, self.spec.split)
+            logger.info(
+                "run folder %s; %s with %d parameters on %s (%s)",
+                self.run_folder.path,
+                self.config.model.name,
+                count_parameters(self.network),
+                self.device,
+                self.precision,
+            )
+            if self.config.train.tensorboard:
+                self.writer = self.run_folder.tensorboard()
+        self.previews = preview_picks(self.data.val, self.config.train.preview_slices)
+        self.started = time.perf_counter()
+        self.network.train()
+
+    def _open_run_folder_or_resume(self) -> dict[str, Any] | None:
+        """A resumed run's saved state (its config replaces ours); else check that the runs
+        folder is writable before any data is read."""
+        if self.resume is None:
+            if self.dist.main:
+                writable_folder(Path(self.config.train.runs_dir))
+            return None
+        self.run_folder = RunFolder(self.resume)
+        state = self.run_folder.load_resume_state()
+        self.config = config_from_dict(state["config"])
+        if self.dist.main:
+            self.run_folder.clear_stop_request()
+        return state
+
+    def _move_data_to_device(self) -> None:
+        if self.device.type == "cuda" and self.config.train.augment_on_device:
+            # Augmentation then runs on the GPU: MONAI's transforms follow their input's device.
+            for case in self.data.train + self.data.val:
+                case.slices, case.labels = case.slices.to(self.device), case.labels.to(self.device)
+
+    def model_spec(self, data: TrainingData) -> ModelSpec:
+        """The spec saved with every model file of this run."""
+        scans = [c for c in data.train if not c.extra_plane]
+        spacings = np.array([c.spacing for c in scans])
+        codes = {c.axcodes for c in scans}  # checked at inference only when all agree
+        return ModelSpec.for_training(
+            self.config,
+            layout=data.layout,
+            source=data.source,
+            spacing_mm=np.median(spacings, axis=0).tolist() if len(spacings) else None,
+            orientation_axcodes=codes.pop() if len(codes) == 1 else None,
+            split={"train": [c.case_id for c in scans], "val": [c.case_id for c in data.val]},
+        )
+
+    def build_network_and_optimiser(self) -> None:
+        config = self.config
+        torch.manual_seed(config.train.seed)
+        self.network = build_network(
+            config.model, config.data.context_slices, config.data.num_classes
+        ).to(self.device)
+        self.optimiser = build_optimiser(config, self.network.parameters())
+        self.scheduler = build_scheduler(config, self.optimiser)
+        self.loss_function = build_loss(config.train.loss, config.data.num_classes)
+
+    def _set_precision(self) -> None:
+        precision = self.config.train.precision
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        if precision != "fp32" and self.device.type != "cuda":
+            raise ConfigError(None, f"train.precision = {precision!r} needs a CUDA device")
+        self.precision = precision
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+    # ------------------------------------------------------------------ one epoch
+
+    def train_epoch(self, epoch: int) -> Job[list[float]]:
+        """The epoch's steps, each yielding progress; returns their losses."""
+        config = self.config
+        seed = epoch_seed(config.train.seed, epoch, self.dist.rank)
+        torch.manual_seed(seed)
+        sampler = SliceSampler(
+            self.data.train, config.data.foreground_oversample, np.random.default_rng(seed)
+        )
+        transform = training_transforms(config.augment, config.data.patch_size, seed)
+        steps, losses = config.train.steps_per_epoch, []
+        self.epoch_started = time.perf_counter()
+        for step in range(steps):
+            images, labels = make_batch(
+                self.data.train,
+                sampler.draw(config.train.batch_size),
+                config.data.context_slices,
+                transform,
+            )
+            losses.append(self.train_step(images.to(self.device), labels.to(self.device)))
+            self.steps_done = epoch * steps + step + 1
+            yield Progress(
+                f"epoch {epoch + 1}/{config.train.epochs} loss {losses[-1]:.4f}",
+                self.steps_done,
+                config.train.epochs * steps,
+            )
+            if self._stop_asked():
+                break
+        return losses
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """One optimiser step on a batch; returns its loss."""
+        self.optimiser.zero_grad(set_to_none=True)
+        with torch.autocast(
+            self.device.type,
+            dtype=self.autocast_dtype or torch.float32,
+            enabled=self.autocast_dtype is not None,
+        ):
+            loss = self.loss_function(self.network(images), labels)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimiser)
+        else:
+            loss.backward()
+        clip_gradients(self.network, self.config)
+        if self.scaler is not None:
+            self.scaler.step(self.optimiser)
+            self.scaler.update()
+        else:
+            self.optimiser.step()
+        return float(loss.detach())
+
+    def _stop_asked(self) -> bool:
+        """The STOP file (rank 0 looks, every rank learns) or the ``stop`` callback."""
+        if self.dist.share(self.run_folder.stop_requested if self.dist.main else None):
+            self.stopped = "STOP file"
+        elif self.stop is not None and self.stop():
+            self.stopped = "stopped"
+        return self.stopped != "completed"
+
+    # ------------------------------------------------------------------ end of an epoch
+
+    def on_epoch_end(self, epoch: int, losses: list[float]) -> dict[str, Any]:
+        """Validate when due, keep the best model, step the schedule, save the checkpoint;
+        returns the epoch's row of ``metrics.csv``."""
+        train = self.config.train
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": float(np.mean(losses)),
+            "val_dice": "",
+            "lr": self.optimiser.param_groups[0]["lr"],
+        }
+        limit = train.time_limit_minutes * 60
+        self.time_up = self.dist.share(bool(limit) and time.perf_counter() - self.started >= limit)
+        self.validated = bool(self.data.val) and (
+            (epoch + 1) % train.val_every == 0
+            or epoch + 1 == train.epochs
+            or self.stopped != "completed"
+            or self.time_up
+        )
+        mean_dice = self.validate_and_keep_best(epoch) if self.validated else None
+        row["val_dice"] = "" if mean_dice is None else mean_dice
+        self._step_scheduler(mean_dice)
+        row["seconds"] = round(time.perf_counter() - self.epoch_started, 3)
+        self.progression.history.append(row)
+        self.progression.next_epoch = epoch + 1
+        if self.dist.main:
+            self.save_checkpoint(epoch)
+        return row
+
+    def validate_and_keep_best(self, epoch: int) -> float:
+        """Validate (rank 0; every rank learns the mean Dice) and save a new best model."""
+        progression = self.progression
+        mean_dice = None
+        if self.dist.main:
+            scores = self.validate()
+            mean_dice = float(np.mean(list(scores.values())))
+            self.run_folder.append_validation(epoch + 1, scores)
+            if self.previews:
+                self.run_folder.write_preview(epoch + 1, self.preview_rows())
+        mean_dice = self.dist.share(mean_dice)
+        if mean_dice > progression.best_dice:
+            progression.best_dice, progression.best_epoch = mean_dice, epoch + 1
+            progression.stale = 0
+            if self.dist.main:
+                self.save_best({"epoch": epoch + 1, "val_dice": mean_dice})
+        else:
+            progression.stale += 1
+        return mean_dice
+
+    def save_best(self, training: dict[str, Any]) -> None:
+        spec = replace(self.spec, training=training)
+        self.run_folder.save_model("best", self.network, spec)
+
+    def _step_scheduler(self, mean_dice: float | None) -> None:
+        if self.scheduler is None:
+            return
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if mean_dice is not None:
+                self.scheduler.step(mean_dice)
+        else:
+            self.scheduler.step()
+
+    def _epoch_report(self, epoch: int, row: dict[str, Any]) -> Progress:
+        dice = row["val_dice"]
+        logger.info(
+            "epoch %d: loss %.4f%s",
+            epoch + 1,
+            row["train_loss"],
+            f", val Dice {dice:.4f}" if dice != "" else "",
+        )
+        metrics = {"epoch": epoch + 1, "train_loss": row["train_loss"]}
+        if dice != "":
+            metrics["val_dice"] = dice
+        return Progress(
+            f"epoch {epoch + 1}/{self.config.train.epochs} done",
+            self.steps_done,
+            self.config.train.epochs * self.config.train.steps_per_epoch,
+            metrics=metrics,
+        )
+
+    def _should_end(self, row: dict[str, Any]) -> bool:
+        if self.stopped != "completed":
+            return True
+        if self.time_up:
+            self.stopped = "time limit"
+            return True
+        patience = self.config.train.early_stopping_patience
+        if patience and self.validated and self.progression.stale >= patience:
+            self.stopped = "early stopping"
+            return True
+        return False
+
+    def on_train_end(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.dist.enabled:
+            write_rank_checksum(self.run_folder.path, self.network, self.dist)
+
+    # ------------------------------------------------------------------ validation
+
+    def validate(self) -> dict[str, float]:
+        """Mean foreground 3D Dice per validation case (MONAI's Dice, background excluded),
+        from the same predictor as ``lasc infer``."""
+        scores = validate_cases(self.predictor(), self.data.val, self.config)
+        self.network.train()
+        return scores
+
+    def predictor(self, spec: ModelSpec | None = None):
+        """A predictor around the live network (no file written or read)."""
+        from src_monai.inference.predictor import Predictor
+
+        return Predictor(unwrap(self.network), spec or self.spec, self.device)
+
+    def preview_rows(self) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+        """(title, image, truth, prediction) of the fixed preview slices."""
+        # The cached cases are normalised and slices-first: predict them as such.
+        predictor = self.predictor(replace(self.spec, slice_axis=0, normalisation="none"))
+        rows = []
+        for index, z in self.previews:
+            case = self.data.val[index]
+            slices = case.slices.cpu().numpy()
+            predicted = predictor.predict_slice(slices, z, tta=False, normalised=True)
+            truth = case.labels[z].cpu().numpy()
+            rows.append((f"{case.case_id} z={z}", slices[z], truth, predicted))
+        self.network.train()
+        return rows
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, epoch: int) -> None:
+        """``last.safetensors`` and the resume state; with no validation cases, the latest
+        epoch is the model (nothing to choose on)."""
+        progression = self.progression
+        last = {"epoch": epoch + 1, "best_val_dice": progression.best_dice}
+        self.run_folder.save_model("last", self.network, replace(self.spec, training=last))
+        self.run_folder.save_resume_state(
+            {
+                "model": plain_state_dict(self.network),
+                "optimiser": self.optimiser.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "epoch": epoch,
+                "best_dice": progression.best_dice,
+                "best_epoch": progression.best_epoch,
+                "stale": progression.stale,
+                "history": progression.history,
+                "config": self.config.to_dict(),
+            }
+        )
+        self.run_folder.write_metrics(progression.history)
+        if not self.data.val:
+            progression.best_epoch = epoch + 1
+            self.save_best({"epoch": progression.best_epoch, "val_dice": None})
+        if self.writer is not None:
+            log_tensorboard(self.writer, progression.history[-1])
+
+    def load_checkpoint(self, state: dict[str, Any]) -> None:
+        """Continue from a saved state: weights, optimiser, schedule and the progression."""
+        self.network.load_state_dict(state["model"])
+        self.optimiser.load_state_dict(state["optimiser"])
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.progression = Progression(
+            next_epoch=int(state["epoch"]) + 1,
+            best_dice=float(state["best_dice"]),
+            best_epoch=int(state["best_epoch"]),
+            stale=int(state["stale"]),
+            history=state["history"],
+        )
+        logger.info("resuming %s after epoch %d", self.run_folder.path, state["epoch"] + 1)
+
+
+def validate_cases(predictor, cases: list[VolumeCase], config: Config) -> dict[str, float]:
+    """Mean foreground 3D Dice of ``predictor`` on each cached case.
+
+    ``compute_dice`` rather than ``DiceMetric``: the latter all-gathers across ranks when a
+    process group exists, and only rank 0 validates.
+    """
+    from monai.metrics import compute_dice
+    from monai.networks.utils import one_hot
+
+    from src_monai.progress import run_to_end
+
+    # The cached cases are normalised and slices-first: put the slice axis back, so a
+    # tri-planar model's other two planes are cut exactly as in training and inference.
+    axis = predictor.spec.slice_axis
+    scores = {}
+    for case in cases:
+        volume = np.moveaxis(case.slices.cpu().numpy(), 0, axis)
+        labels = run_to_end(predictor.predict_volume(volume, normalised=True)).labels
+        truth = np.moveaxis(case.labels.cpu().numpy(), 0, axis)
+        pred = one_hot(torch.from_numpy(labels).long()[None, None], config.data.num_classes)
+        true = one_hot(torch.from_numpy(truth).long()[None, None], config.data.num_classes)
+        dice = compute_dice(pred, true, include_background=False, ignore_empty=False)
+        scores[case.case_id] = float(dice.mean())
+    return scores
+
+
+def load_initial_weights(network: torch.nn.Module, config: Config) -> None:
+    """Start from a trained model's weights (fine-tuning); its architecture must match."""
+    from src_monai.model.files import BUNDLED_MODEL, load_model
+
+    source = config.train.init_model
+    path = BUNDLED_MODEL if source == "bundled" else Path(source)
+    trained, spec = load_model(path)
+    if (
+        spec.in_channels != config.data.context_slices
+        or spec.num_classes != config.data.num_classes
+    ):
+        raise ConfigError(
+            path,
+            f"train.init_model has {spec.in_channels} input channels and "
+            f"{spec.num_classes} classes; the config asks for "
+            f"{config.data.context_slices} and {config.data.num_classes}",
+        )
+    try:
+        network.load_state_dict(trained.state_dict(), strict=True)
+    except RuntimeError as exc:
+        raise ConfigError(
+            path,
+            "train.init_model's architecture differs from [model] in the config "
+            f"({str(exc).splitlines()[0]})",
+        ) from exc
+    logger.info("initial weights from %s", path)
+
+
+def clip_gradients(network: torch.nn.Module, config: Config) -> None:
+    if config.train.clip_value > 0:
+        torch.nn.utils.clip_grad_value_(network.parameters(), config.train.clip_value)
+    if config.train.clip_norm > 0:
+        torch.nn.utils.clip_grad_norm_(network.parameters(), config.train.clip_norm)

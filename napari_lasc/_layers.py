@@ -36,6 +36,11 @@ def to_layer_axes(volume: np.ndarray) -> np.ndarray:
     return volume.transpose(2, 1, 0)
 
 
+def layer_axis(file_axis: int) -> int:
+    """The napari axis showing a file axis (napari's axes are the file axes reversed)."""
+    return 2 - file_axis
+
+
 def from_layer_axes(data: np.ndarray) -> np.ndarray:
     """napari's ``(z, y, x)`` -> file index order ``(i, j, k)``: a view, no copy."""
     return data.transpose(2, 1, 0)

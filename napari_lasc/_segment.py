@@ -26,16 +26,13 @@ from magicgui.widgets import (
 )
 
 from src_monai.data.prepare import add_msd_case
-from src_monai.data.transforms import normalise_volume
 from src_monai.errors import LascError
 from src_monai.inference.measure import (
     AtriumMeasurements,
     UncertaintyScores,
-    measure_atrium,
-    quality_flags,
-    uncertainty_scores,
 )
 from src_monai.inference.predictor import Predictor, resolve_device
+from src_monai.inference.session import InteractiveSession, VolumeResult
 from src_monai.progress import Progress
 
 from ._area_plot import AreaCurve
@@ -46,6 +43,7 @@ from ._layers import (
     from_layer_axes,
     geometry_kwargs,
     labels_kwargs,
+    layer_axis,
     layer_geometry,
     to_layer_axes,
 )
@@ -58,6 +56,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_TRAINING_SET = Path.home() / "napari-lasc-training-set"
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    """Current-slice mode: the slice (along the model's axis) and its labels."""
+
+    index: int
+    labels: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -164,7 +170,7 @@ class SegmentWidget(Container):
         follow_models(self._model, self)
         self.worker: Any = None
         self.summary: SegmentationSummary | None = None
-        self._normalised_cache: tuple[tuple, np.ndarray] | None = None
+        self._session: tuple[tuple, InteractiveSession] | None = None
         self.measurements: AtriumMeasurements | None = None
         self.quality_flags: list[str] = []
         self._curve_axis = 0
@@ -206,62 +212,26 @@ class SegmentWidget(Container):
         except LascError as exc:
             show_error(str(exc))
             return
-        volume = from_layer_axes(np.asarray(layer.data))
+        point = None
+        if self._current_slice.value:
+            point = np.asarray(layer.world_to_data(self._viewer.dims.point))
         options = {
             "batch_size": int(self._batch_size.value),
             "tta": bool(self._tta.value),
             "postprocess": bool(self._postprocess.value),
+            "uncertainty": bool(self._uncertainty.value),
         }
-        with_uncertainty = bool(self._uncertainty.value)
-        point = None
-        if self._current_slice.value:
-            point = np.asarray(layer.world_to_data(self._viewer.dims.point))
-        geometry = layer_geometry(layer)
-        spacing = geometry.spacing
-        # Orientation only where the layer came with a file's (a bare array has none).
-        known = layer.metadata.get(GEOMETRY_KEY) is geometry and geometry.orientation_known
-        axcodes = geometry.axcodes if known else None
         started = time.perf_counter()
 
         def job():
-            predictor = _predictor(model_path, device)
+            session = self._session_for(layer, _predictor(model_path, device))
             if point is None:
-                prediction = yield from predictor.predict_volume(
-                    volume, uncertainty=with_uncertainty, **options
-                )
-                # Measured here, not in napari's thread: the surface mesh takes a moment.
-                measured = measure_atrium(
-                    prediction.labels, spacing, slice_axis=predictor.spec.slice_axis
-                )
-                flags = quality_flags(
-                    prediction.labels,
-                    spacing,
-                    training_spacing=predictor.spec.training_spacing,
-                    volume_ml=measured.volume_ml,
-                    axcodes=axcodes,
-                    training_axcodes=predictor.spec.orientation_axcodes,
-                )
-                scores = None
-                if prediction.uncertainty is not None:
-                    scores = uncertainty_scores(
-                        prediction.uncertainty,
-                        prediction.labels,
-                        spacing,
-                        predictor.spec.slice_axis,
-                    )
-                checked = (measured, flags, prediction.uncertainty, scores)
-                return predictor, prediction.labels, None, checked
-            # napari axes are the file axes reversed: the model's slice axis is 2 - axis.
-            napari_axis = 2 - predictor.spec.slice_axis
-            index = int(np.clip(np.round(point[napari_axis]), 0, layer.data.shape[napari_axis] - 1))
-            labels = predictor.predict_slice(
-                self._normalised(layer, volume, predictor),
-                index,
-                tta=options["tta"],
-                normalised=True,
-            )
+                return (yield from session.segment_volume(**options))
+            axis = layer_axis(session.slice_axis)
+            index = int(np.clip(np.round(point[axis]), 0, session.slice_count - 1))
+            labels = session.segment_slice(index, tta=options["tta"])
             yield Progress(f"slice {index}", 1, 1)
-            return predictor, labels, index, None
+            return SliceResult(index, labels)
 
         self._set_running(True)
         self.worker = start_job(
@@ -273,14 +243,22 @@ class SegmentWidget(Container):
             on_finished=lambda: self._set_running(False),
         )
 
-    def _normalised(self, layer: Any, volume: np.ndarray, predictor: Predictor) -> np.ndarray:
-        """The layer's volume normalised for the model, reused while the layer's data and
-        the normalisation stay the same: slice after slice answers in a fraction of a
-        second instead of re-normalising the whole scan each time."""
-        key = (id(layer), id(layer.data), volume.shape, predictor.spec.normalisation)
-        if self._normalised_cache is None or self._normalised_cache[0] != key:
-            self._normalised_cache = (key, normalise_volume(volume, predictor.spec.normalisation))
-        return self._normalised_cache[1]
+    def _session_for(self, layer: Any, predictor: Predictor) -> InteractiveSession:
+        """The layer's session, kept while its data and the model stay the same: the scan is
+        normalised once, and slice after slice answers in a fraction of a second."""
+        key = (id(layer), id(layer.data), layer.data.shape, id(predictor))
+        if self._session is None or self._session[0] != key:
+            geometry = layer_geometry(layer)
+            # Orientation only where the layer came with a file's (a bare array has none).
+            known = layer.metadata.get(GEOMETRY_KEY) is geometry and geometry.orientation_known
+            session = InteractiveSession(
+                predictor,
+                from_layer_axes(np.asarray(layer.data)),
+                geometry.spacing,
+                axcodes=geometry.axcodes if known else None,
+            )
+            self._session = (key, session)
+        return self._session[1]
 
     def cancel(self) -> None:
         """Stop the running segmentation at its next batch; no layer is added or changed."""
@@ -306,47 +284,49 @@ class SegmentWidget(Container):
 
     # ------------------------------------------------------------------ results
 
-    def _add_result(self, image: Any, result: tuple, started: float) -> None:
-        predictor, labels, slice_index, checked = result
-        geometry = layer_geometry(image)
-        name = f"{image.name} left atrium"
+    def _add_result(self, image: Any, result: VolumeResult | SliceResult, started: float) -> None:
+        predictor = self._session[1].predictor
+        axis = layer_axis(predictor.spec.slice_axis)
         layer = self._prediction_layer(image)
-        if slice_index is None:
-            data = to_layer_axes(labels)
+        if isinstance(result, VolumeResult):
+            data = np.ascontiguousarray(to_layer_axes(result.prediction.labels))
             if layer is None:
-                layer = self._new_layer(image, name, data, geometry, predictor)
+                layer = self._new_layer(image, data, predictor)
             else:
-                layer.data = np.ascontiguousarray(data)
+                layer.data = data
+            current = None
         else:
-            napari_axis = 2 - predictor.spec.slice_axis
             if layer is None:
-                empty = np.zeros(image.data.shape, dtype=np.uint8)
-                layer = self._new_layer(image, name, empty, geometry, predictor)
+                layer = self._new_layer(image, np.zeros(image.data.shape, np.uint8), predictor)
             region = [slice(None)] * 3
-            region[napari_axis] = slice_index
+            region[axis] = result.index
             # The model's slice (file rows i, columns j) shown with napari's axes reversed.
-            layer.data[tuple(region)] = labels.T
+            layer.data[tuple(region)] = result.labels.T
             layer.refresh()
-        self.summary = summarise(
-            layer,
-            time.perf_counter() - started,
-            None if slice_index is None else (2 - predictor.spec.slice_axis, slice_index),
-        )
+            current = (axis, result.index)
+        self.summary = summarise(layer, time.perf_counter() - started, current)
         text = self.summary.text()
-        if checked is not None:  # a whole volume: measurements and QC flags came with it
-            measured, self.quality_flags, uncertainty_map, self.uncertainty = checked
-            text += "\nQC: " + ("; ".join(self.quality_flags) or "ok")
-            self._curve_layer = layer
-            self._plot_measurements(measured, 2 - predictor.spec.slice_axis)
-            self._go_uncertain.enabled = uncertainty_map is not None
-            if uncertainty_map is not None:
-                self._show_uncertainty(image, uncertainty_map, geometry)
-                text += (
-                    f"\nuncertain volume {self.uncertainty.uncertain_volume_pct:.1f} % of the "
-                    f"LA · most uncertain slice {self.uncertainty.most_uncertain_slice}"
-                )
+        if isinstance(result, VolumeResult):
+            text += self._show_report(image, layer, result, axis)
         self._show(text)
         logger.info("%s", text.replace("\n", " · "))
+
+    def _show_report(self, image: Any, layer: Any, result: VolumeResult, axis: int) -> str:
+        """Area curve, QC flags and the uncertainty map of a whole-volume run; their text."""
+        report = result.report
+        self.quality_flags, self.uncertainty = report.quality_flags, report.uncertainty
+        self._curve_layer = layer
+        self._plot_measurements(report.measurements, axis)
+        uncertainty_map = result.prediction.uncertainty
+        self._go_uncertain.enabled = uncertainty_map is not None
+        text = f"\nQC: {report.flags_text}"
+        if uncertainty_map is not None and report.uncertainty is not None:
+            self._show_uncertainty(image, uncertainty_map, layer_geometry(image))
+            text += (
+                f"\nuncertain volume {report.uncertainty.uncertain_volume_pct:.1f} % of the "
+                f"LA · most uncertain slice {report.uncertainty.most_uncertain_slice}"
+            )
+        return text
 
     def _plot_measurements(self, measured: AtriumMeasurements, napari_axis: int) -> None:
         """Area per slice (a click goes there), sphericity and largest in-plane diameter."""
@@ -472,10 +452,11 @@ class SegmentWidget(Container):
                 return layer
         return None
 
-    def _new_layer(self, image, name, data, geometry, predictor: Predictor):
+    def _new_layer(self, image: Any, data: np.ndarray, predictor: Predictor):
         colours = {i: c for i, c in enumerate(predictor.spec.colours) if i > 0}
-        kwargs = labels_kwargs(geometry, predictor.spec.class_names, colours)
+        kwargs = labels_kwargs(layer_geometry(image), predictor.spec.class_names, colours)
         kwargs["metadata"][PREDICTION_OF_KEY] = image.name
+        name = f"{image.name} left atrium"
         return self._viewer.add_labels(np.ascontiguousarray(data), name=name, **kwargs)
 
 

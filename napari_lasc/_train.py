@@ -104,7 +104,7 @@ def training_config(
         tensorboard=False,
         init_model=str(base_model) if base_model is not None else "",
     )
-    return config_from_dict(raw)
+    return config_from_dict(raw, base_model or BUNDLED_MODEL, saved=True)
 
 
 class TrainWidget(Container):

@@ -137,31 +137,11 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
-    hd_percentile: float = 95.0
-
-
-@dataclass
-class InferConfig:
-    batch_size: int = 16
-    tta: bool = False
-    """Test-time augmentation: average the prediction over flips."""
-    device: str = "auto"
-    overlap: float = 0.25
-    """Sliding-window overlap for slices larger than the training patch."""
-    save_probabilities: bool = False
-    input: str = ""
-    output: str = ""
-
-
-@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    infer: InferConfig = field(default_factory=InferConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,23 +160,39 @@ CHOICES = {
     "train.scheduler": ("plateau", "cosine", "poly", "none"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
-    "infer.device": ("auto", "cpu", "cuda"),
 }
 PATH_KEYS = (
     "data.dataset",
     "data.split",
     "train.runs_dir",
     "train.init_model",
-    "infer.input",
-    "infer.output",
 )
+
+# Sections that earlier versions accepted but nothing read. A config file that still has one
+# is refused with what to do instead; a config saved inside a run folder or a model file by
+# an earlier version just loses them (they never changed anything).
+REMOVED_SECTIONS = {
+    "eval": "[eval] is no longer read (lasc evaluate always reports HD95): delete the section",
+    "infer": "[infer] is no longer read: `lasc infer` takes its inputs, --out, --batch-size, "
+    "--tta, --device and --probabilities on its command line; delete the section",
+}
 
 
 # --------------------------------------------------------------------------- building
 
 
-def config_from_dict(raw: dict[str, Any], source: str | Path | None = None) -> Config:
-    """Build a :class:`Config` from nested dicts, rejecting unknown keys and wrong types."""
+def config_from_dict(
+    raw: dict[str, Any], source: str | Path | None = None, *, saved: bool = False
+) -> Config:
+    """Build a :class:`Config` from nested dicts, rejecting unknown keys and wrong types.
+
+    ``saved``: the dicts come from a run folder or a model file (perhaps written by an earlier
+    version), whose :data:`REMOVED_SECTIONS` are dropped instead of refused.
+    """
+    removed = [name for name in REMOVED_SECTIONS if name in raw]
+    if removed and not saved:
+        raise ConfigError(source, REMOVED_SECTIONS[removed[0]])
+    raw = {name: value for name, value in raw.items() if name not in REMOVED_SECTIONS}
     config = _build(Config, raw, "", source)
     validate(config, source)
     return config
@@ -282,8 +278,6 @@ def validate(config: Config, source: str | Path | None = None) -> None:
         (train.learning_rate > 0, "train.learning_rate must be > 0"),
         (train.val_every >= 1, "train.val_every must be >= 1"),
         (len(config.augment.gamma) == 2, "augment.gamma must be [low, high]"),
-        (config.infer.batch_size >= 1, "infer.batch_size must be >= 1"),
-        (0.0 <= config.infer.overlap < 1.0, "infer.overlap must be in 0..1"),
     ]
     for ok, message in checks:
         if not ok:

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from src_monai.config import Config, ConfigError, apply_overrides, load_config
+from src_monai.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+)
 
 EARLIER_TOOL_INI = """\
 [model]
@@ -121,7 +127,7 @@ def test_overrides(tmp_path):
 
 
 def test_earlier_tool_ini_is_mapped(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         config = load_config(write(tmp_path, "train_eval_infer.config", EARLIER_TOOL_INI))
     assert config.model.name == "UNet"
     assert (config.model.base_filters, config.model.first_kernel_size, config.model.levels) == (
@@ -146,7 +152,8 @@ def test_earlier_tool_ini_is_mapped(tmp_path, caplog):
     assert config.data.patch_size == [512, 512] and config.data.layout == "png"
     assert config.data.dataset == str(tmp_path / "dataset")
     assert config.train.runs_dir == str(tmp_path / "models")
-    assert config.infer.input == str(tmp_path / "mini_test" / "images")
+    images, output = tmp_path / "mini_test" / "images", tmp_path / "mini_test_output"
+    assert f"lasc infer {images} --out {output}" in caplog.text
     assert "(255, 0, 255): 1" in config.data.rgb_map
     warnings = [r.getMessage() for r in caplog.records if "no equivalent" in r.getMessage()]
     assert len(warnings) == 1
@@ -187,3 +194,22 @@ def test_config_round_trips_through_toml(tmp_path):
     path = tmp_path / "saved.toml"
     path.write_text(config.to_toml())
     assert load_config(path) == config
+
+
+@pytest.mark.parametrize("section", ["eval", "infer"])
+def test_removed_section_in_a_config_file_says_what_to_do(tmp_path, section):
+    path = write(tmp_path, "old.toml", f"[{section}]\nbatch_size = 4\n")
+    with pytest.raises(ConfigError, match=rf"old.toml: \[{section}\] is no longer read.*delete"):
+        load_config(path)
+
+
+def test_removed_sections_of_a_saved_config_are_dropped():
+    """Run folders and model files of earlier versions still resume and fine-tune."""
+    raw = {"train": {"epochs": 3}, "eval": {"hd_percentile": 95.0}, "infer": {"tta": False}}
+    config = config_from_dict(raw, "last_state.pt", saved=True)
+    assert config.train.epochs == 3 and set(config.to_dict()) == {
+        "data",
+        "augment",
+        "model",
+        "train",
+    }

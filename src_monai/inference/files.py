@@ -8,8 +8,6 @@ geometry-exact labels, ``summary.csv``.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,16 +16,23 @@ from typing import Any
 import numpy as np
 
 from src_monai.errors import LascError
-from src_monai.inference.measure import measure_atrium, quality_flags
-from src_monai.inference.predictor import Predictor
+from src_monai.inference.predictor import Prediction, Predictor
+from src_monai.inference.report import CaseReport, report_case
 from src_monai.io.files import (
     atomic_destination,
     remove_stale_partials,
     writable_folder,
-    write_text,
 )
-from src_monai.io.scans import SCAN_SUFFIXES, read_scan, scan_suffix, write_labels, write_volume
-from src_monai.progress import Job, Progress
+from src_monai.io.scans import (
+    SCAN_SUFFIXES,
+    ScanGeometry,
+    read_scan,
+    scan_suffix,
+    write_labels,
+    write_volume,
+)
+from src_monai.io.tables import write_csv
+from src_monai.progress import Job, Progress, run_to_end
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +128,7 @@ def predict_files(
         rows.append(row)
         yield Progress(source.name, done, total)
     if rows:
-        _write_summary(out / "summary.csv", rows)
+        write_csv(out / "summary.csv", rows)
     return rows
 
 
@@ -140,9 +145,6 @@ def _predict_scan(
     tri_planar: bool | None,
     overwrite: bool,
 ) -> dict[str, Any]:
-    from src_monai.inference.measure import uncertainty_scores
-    from src_monai.progress import run_to_end
-
     scan = read_scan(source)
     prediction = run_to_end(
         predictor.predict_volume(
@@ -155,68 +157,61 @@ def _predict_scan(
             tri_planar=tri_planar,
         )
     )
-    measurements = measure_atrium(
-        prediction.labels, scan.geometry.spacing, slice_axis=predictor.spec.slice_axis
+    report = report_case(
+        prediction,
+        scan.geometry.spacing,
+        predictor.spec,
+        axcodes=scan.geometry.axcodes if scan.geometry.orientation_known else None,
     )
-    # The area curve and probabilities are derived from the labels and written first: the
-    # labels file, written last, marks the case complete (a killed run's stale extras are
-    # simply replaced; --skip-existing keys on the labels).
+    write_case_outputs(
+        target,
+        prediction,
+        report,
+        scan.geometry,
+        overwrite=overwrite,
+        probabilities=save_probabilities,
+    )
+    for flag in report.quality_flags:
+        logger.warning("%s: check by eye: %s", source.name, flag)
+    return {"input": str(source), "output": str(target), **report.summary_row()}
+
+
+def write_case_outputs(
+    target: Path,
+    prediction: Prediction,
+    report: CaseReport,
+    geometry: ScanGeometry,
+    *,
+    overwrite: bool,
+    probabilities: bool,
+) -> None:
+    """A case's labels and what is derived from them (area curve, probability and
+    uncertainty maps), as one unit: the derived files are written first and the labels last,
+    so the labels file marks the case complete (``--skip-existing`` keys on it); when the
+    labels cannot be written, the derived files are removed."""
     name = target.name.replace(".nii.gz", "").replace(".nii", "")
     extras = [target.with_name(f"{name}_area_curve.csv")]
-    write_text(
-        extras[0],
-        "slice,position_mm,area_mm2\n"
-        + "".join(
-            f"{i},{position:.3f},{area:.2f}\n"
-            for i, (position, area) in enumerate(
-                zip(measurements.slice_positions_mm, measurements.slice_areas_mm2, strict=True)
-            )
-        ),
-        overwrite=True,
-    )
-    if save_probabilities and prediction.probabilities is not None:
+    measurements = report.measurements
+    curve = [
+        {"slice": i, "position_mm": f"{position:.3f}", "area_mm2": f"{area:.2f}"}
+        for i, (position, area) in enumerate(
+            zip(measurements.slice_positions_mm, measurements.slice_areas_mm2, strict=True)
+        )
+    ]
+    write_csv(extras[0], curve, ["slice", "position_mm", "area_mm2"])
+    if probabilities and prediction.probabilities is not None:
         foreground = prediction.probabilities[1:].sum(axis=0).astype(np.float32)
         extras.append(target.with_name(f"{name}_probability.nii.gz"))
-        write_volume(extras[-1], foreground, scan.geometry, overwrite=True)
+        write_volume(extras[-1], foreground, geometry, overwrite=True)
     if prediction.uncertainty is not None:
         extras.append(target.with_name(f"{name}_uncertainty.nii.gz"))
-        write_volume(extras[-1], prediction.uncertainty, scan.geometry, overwrite=True)
+        write_volume(extras[-1], prediction.uncertainty, geometry, overwrite=True)
     try:
-        write_labels(target, prediction.labels, scan.geometry, overwrite=overwrite)
+        write_labels(target, prediction.labels, geometry, overwrite=overwrite)
     except LascError:
         for extra in extras:  # derived from labels that could not be saved: not a result
             extra.unlink(missing_ok=True)
         raise
-    row: dict[str, Any] = {"input": str(source), "output": str(target)}
-    for index, name in enumerate(predictor.spec.class_names[1:], start=1):
-        voxels = int(np.count_nonzero(prediction.labels == index))
-        row[f"{name} volume (mL)"] = round(voxels * scan.geometry.voxel_volume_ml, 3)
-    shape = measurements.row()
-    row["surface (mm²)"] = shape["surface_mm2"]
-    row["sphericity"] = shape["sphericity"]
-    row["largest in-plane diameter (mm)"] = shape["max_diameter_mm"]
-    row["width across it (mm)"] = shape["width_across_mm"]
-    flags = quality_flags(
-        prediction.labels,
-        scan.geometry.spacing,
-        training_spacing=predictor.spec.training_spacing,
-        volume_ml=measurements.volume_ml,
-        axcodes=scan.geometry.axcodes if scan.geometry.orientation_known else None,
-        training_axcodes=predictor.spec.orientation_axcodes,
-    )
-    if prediction.uncertainty is not None:
-        scores = uncertainty_scores(
-            prediction.uncertainty,
-            prediction.labels,
-            scan.geometry.spacing,
-            predictor.spec.slice_axis,
-        )
-        row["uncertain volume (% of LA)"] = round(scores.uncertain_volume_pct, 2)
-        row["most uncertain slice"] = scores.most_uncertain_slice
-    row["QC flags"] = "; ".join(flags) or "ok"
-    for flag in flags:
-        logger.warning("%s: check by eye: %s", source.name, flag)
-    return row
 
 
 def _predict_png(predictor, source, target, batch_size, tta, postprocess, overwrite, rgb_map):
@@ -239,12 +234,3 @@ def _predict_png(predictor, source, target, batch_size, tta, postprocess, overwr
         "output": str(target),
         "foreground pixels": int(np.count_nonzero(labels)),
     }
-
-
-def _write_summary(path: Path, rows: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    names = list(dict.fromkeys(key for row in rows for key in row))
-    writer = csv.DictWriter(buffer, fieldnames=names)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue(), overwrite=True)

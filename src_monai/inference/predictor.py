@@ -324,34 +324,30 @@ class Predictor:
         return total / (1 + len(flips))
 
     def _logits(self, batch: torch.Tensor, overlap: float) -> torch.Tensor:
+        """Logits of a batch of 2.5D slices through MONAI's ``SlidingWindowInferer`` with the
+        training patch as its window, as the exported bundle's ``SliceInferer`` does.
+
+        A slice no larger than the patch is zero-padded to it, centred, as training did
+        (MONAI's ``SpatialPadd``), so instance normalisation sees the same context (a
+        tri-planar model's sagittal and coronal slices are such slices); its one window is
+        taken as is. Larger slices are tiled with Gaussian-blended windows.
+        """
         from monai.inferers import SlidingWindowInferer
 
-        height, width = batch.shape[-2:]
-        patch_height, patch_width = self.spec.patch_size
+        larger = any(
+            size > patch for size, patch in zip(batch.shape[-2:], self.spec.patch_size, strict=True)
+        )
+        inferer = SlidingWindowInferer(
+            roi_size=self.spec.patch_size,
+            sw_batch_size=batch.shape[0],
+            overlap=overlap,
+            mode="gaussian" if larger else "constant",
+            padding_mode="constant",
+        )
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
             if self.device.type == "cuda"
             else torch.autocast("cpu", enabled=False)
         )
         with autocast:
-            if height > patch_height or width > patch_width:
-                # Larger than the training patch: Gaussian-blended sliding windows, the
-                # earlier tool's tiled inference done properly.
-                inferer = SlidingWindowInferer(
-                    roi_size=(patch_height, patch_width),
-                    sw_batch_size=batch.shape[0],
-                    overlap=overlap,
-                    mode="gaussian",
-                    padding_mode="constant",
-                )
-                return inferer(batch, self.network)
-            # Smaller slices are zero-padded to the training patch, centred, as training did
-            # (MONAI's SpatialPadd): instance normalisation sees the same context. A tri-planar
-            # model's sagittal and coronal slices are such slices.
-            pad_height = (
-                max(patch_height - height, 0) + -max(patch_height, height) % self.spec.divisor
-            )
-            pad_width = max(patch_width - width, 0) + -max(patch_width, width) % self.spec.divisor
-            top, left = pad_height // 2, pad_width // 2
-            padded = torch.nn.functional.pad(batch, (left, pad_width - left, top, pad_height - top))
-            return self.network(padded)[..., top : top + height, left : left + width]
+            return _plain(inferer(batch, self.network))

@@ -73,8 +73,6 @@ INI_KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("train", "model_dir"): ("train.runs_dir", str),
     ("train", "num_infer_images"): ("train.preview_slices", int),
     ("mask", "rgb_map"): ("data.rgb_map", lambda m: repr(dict(m))),
-    ("infer", "images_dir"): ("infer.input", str),
-    ("infer", "output_dir"): ("infer.output", str),
 }
 # Keys whose meaning is covered otherwise: image size and folders are handled below.
 _INI_HANDLED = {
@@ -88,6 +86,8 @@ _INI_HANDLED = {
     ("test", "masks_dir"),
     ("train", "epoch_change_infer"),
     ("train", "epoch_change_infer_dir"),
+    ("infer", "images_dir"),
+    ("infer", "output_dir"),
 }
 
 
@@ -140,6 +140,7 @@ def config_from_ini(text: str, source: str | Path) -> Config:
     if raw_config["data"].get("num_classes") and "class_names" not in raw_config["data"]:
         count = raw_config["data"]["num_classes"]
         raw_config["data"]["class_names"] = ["background"] + [f"class {i}" for i in range(1, count)]
+    _point_to_lasc_infer(values, source)
     if ignored:
         logger.warning(
             "%s: keys with no equivalent, ignored: %s", source, ", ".join(sorted(ignored))
@@ -156,3 +157,15 @@ def _png_root(images_dir: str, source) -> str:
             source, f"train.images_dir = {images_dir!r}: expected <dataset>/train/images"
         )
     return str(path.parent.parent)
+
+
+def _point_to_lasc_infer(values: dict[tuple[str, str], Any], source: str | Path) -> None:
+    """The earlier tool's [infer] folders are arguments of ``lasc infer`` here: say how."""
+    images, output = values.get(("infer", "images_dir")), values.get(("infer", "output_dir"))
+    if not images:
+        return
+    base = Path(source).parent
+    command = f"lasc infer {(base / str(images)).resolve()}"
+    if output:
+        command += f" --out {(base / str(output)).resolve()}"
+    logger.info("%s: [infer] of the earlier tool: run `%s --model MODEL`", source, command)

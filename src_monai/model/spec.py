@@ -81,11 +81,6 @@ class ModelSpec:
         return self.context_slices
 
     @property
-    def divisor(self) -> int:
-        """Slice sizes the network accepts are multiples of this."""
-        return 2 ** (self.network.levels - 1)
-
-    @property
     def colours(self) -> list[tuple[int, int, int]]:
         """One RGB colour per class, background first."""
         return list(self.class_colours or DEFAULT_COLOURS)[: self.num_classes]

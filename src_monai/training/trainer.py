@@ -193,7 +193,7 @@ class Trainer:
             return None
         self.run_folder = RunFolder(self.resume)
         state = self.run_folder.load_resume_state()
-        self.config = config_from_dict(state["config"])
+        self.config = config_from_dict(state["config"], self.resume, saved=True)
         if self.dist.main:
             self.run_folder.clear_stop_request()
         return state

@@ -30,7 +30,7 @@ import numpy as np
 from src_monai.data.datasets import discover_msd
 from src_monai.data.splits import SplitPlan, kfold_split, save_split
 from src_monai.evaluation.report import EvalPair, evaluate_pairs
-from src_monai.inference.predictor import Predictor
+from src_monai.inference.predictor import PredictOptions, Predictor
 from src_monai.model.files import load_model, save_model
 from src_monai.model.spec import CrossValidation, InferenceDefaults
 from src_monai.progress import run_to_end
@@ -147,7 +147,10 @@ def main() -> int:
         for variant, (tta, post) in VARIANTS.items():
             for row in run_to_end(
                 evaluate_pairs(
-                    pairs, dataset.num_classes, predictor=predictor, tta=tta, postprocess=post
+                    pairs,
+                    dataset.num_classes,
+                    predictor=predictor,
+                    options=PredictOptions(tta=tta, postprocess=post),
                 )
             ):
                 rows.append(

@@ -13,6 +13,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from src_monai.cli.infer import prediction_options
 from src_monai.errors import LascError
 from src_monai.evaluation.metrics import format_summary
 from src_monai.evaluation.report import EvalPair, evaluate_pairs, pairs_from_folders, write_report
@@ -80,10 +81,7 @@ def run(args: argparse.Namespace) -> int:
             pairs,
             num_classes,
             predictor=predictor,
-            batch_size=args.batch_size,
-            tta=args.tta,
-            postprocess=args.postprocess,
-            tri_planar=args.tri_planar,
+            options=prediction_options(args),
         ),
         description="evaluate",
         unit="case",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from src_monai.errors import LascError
 from src_monai.inference.files import predict_files
-from src_monai.inference.predictor import Predictor
+from src_monai.inference.predictor import PredictOptions, Predictor
 from src_monai.io.files import (
     writable_folder,
 )
@@ -46,6 +46,13 @@ def add_prediction_arguments(parser: argparse.ArgumentParser) -> None:
         help="predict along all three axes and average (default: when the model was trained "
         "for it)",
     )
+
+
+def prediction_options(args: argparse.Namespace) -> PredictOptions:
+    """The options :func:`add_prediction_arguments` added, as the core takes them."""
+    if args.batch_size < 1:
+        raise LascError(None, "--batch-size must be >= 1")
+    return PredictOptions(args.batch_size, args.tta, args.postprocess, args.tri_planar)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,8 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from src_monai.cli.support import drive
     from src_monai.legacy.png import parse_rgb_map
 
-    if args.batch_size < 1:
-        raise LascError(None, "--batch-size must be >= 1")
+    prediction_options(args)  # checked before any work
     rgb_map = parse_rgb_map(args.rgb_map) if args.rgb_map else None
     writable_folder(args.out)  # before the model loads: fail before any work
     predictor = Predictor.from_checkpoint(args.model, args.device, tri_planar=args.tri_planar)
@@ -104,12 +110,9 @@ def run(args: argparse.Namespace) -> int:
             predictor,
             args.inputs,
             args.out,
-            batch_size=args.batch_size,
-            tta=args.tta,
-            postprocess=args.postprocess,
+            options=prediction_options(args),
             save_probabilities=args.probabilities,
             save_uncertainty=args.uncertainty,
-            tri_planar=args.tri_planar,
             overwrite=args.overwrite,
             skip_existing=args.skip_existing,
             rgb_map=rgb_map,

@@ -28,6 +28,7 @@ from src_monai.evaluation.metrics import (
     summarise,
 )
 from src_monai.inference.measure import measure_atrium
+from src_monai.inference.predictor import DEFAULT_OPTIONS, PredictOptions
 from src_monai.io.files import atomic_destination, write_json, write_text
 from src_monai.io.scans import case_id_from_path, check_pair, read_labels, scan_suffix
 from src_monai.progress import Job, Progress
@@ -70,10 +71,7 @@ def evaluate_pairs(
     *,
     predictor=None,
     hd_percentile: float = 95.0,
-    batch_size: int = 16,
-    tta: bool | None = None,
-    postprocess: bool | None = None,
-    tri_planar: bool | None = None,
+    options: PredictOptions = DEFAULT_OPTIONS,
 ) -> Job[list[dict[str, Any]]]:
     """Per-case metric rows; with a ``predictor``, predictions are made from ``image``."""
     from src_monai.io.scans import read_scan
@@ -88,14 +86,7 @@ def evaluate_pairs(
             scan = read_scan(pair.image)
             check_pair(scan.geometry, truth.geometry, pair.image, pair.truth)
             result = run_to_end(
-                predictor.predict_volume(
-                    scan.array,
-                    batch_size=batch_size,
-                    tta=tta,
-                    postprocess=postprocess,
-                    tri_planar=tri_planar,
-                    probabilities=True,
-                )
+                predictor.predict_volume(scan.array, **options.as_kwargs(), probabilities=True)
             )
             prediction, probabilities = result.labels, result.probabilities
         else:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from src_monai.errors import LascError
-from src_monai.inference.predictor import Prediction, Predictor
+from src_monai.inference.predictor import DEFAULT_OPTIONS, Prediction, PredictOptions, Predictor
 from src_monai.inference.report import CaseReport, report_case
 from src_monai.io.files import (
     atomic_destination,
@@ -71,12 +72,9 @@ def predict_files(
     inputs: Sequence[str | Path],
     out: str | Path,
     *,
-    batch_size: int = 16,
-    tta: bool | None = None,
-    postprocess: bool | None = None,
+    options: PredictOptions = DEFAULT_OPTIONS,
     save_probabilities: bool = False,
     save_uncertainty: bool = False,
-    tri_planar: bool | None = None,
     overwrite: bool = False,
     skip_existing: bool = False,
     rgb_map: dict | None = None,
@@ -109,18 +107,13 @@ def predict_files(
                     predictor,
                     source,
                     target,
-                    batch_size=batch_size,
-                    tta=tta,
-                    postprocess=postprocess,
+                    options,
                     save_probabilities=save_probabilities,
                     save_uncertainty=save_uncertainty,
-                    tri_planar=tri_planar,
                     overwrite=overwrite,
                 )
             else:
-                row = _predict_png(
-                    predictor, source, target, batch_size, tta, postprocess, overwrite, rgb_map
-                )
+                row = _predict_png(predictor, source, target, options, overwrite, rgb_map)
         except LascError as exc:
             if exc.source is not None:
                 raise
@@ -136,25 +129,19 @@ def _predict_scan(
     predictor: Predictor,
     source: Path,
     target: Path,
+    options: PredictOptions,
     *,
-    batch_size: int,
-    tta: bool | None,
-    postprocess: bool | None,
     save_probabilities: bool,
     save_uncertainty: bool,
-    tri_planar: bool | None,
     overwrite: bool,
 ) -> dict[str, Any]:
     scan = read_scan(source)
     prediction = run_to_end(
         predictor.predict_volume(
             scan.array,
-            batch_size=batch_size,
-            tta=tta,
-            postprocess=postprocess,
+            **options.as_kwargs(),
             probabilities=save_probabilities,
             uncertainty=save_uncertainty,
-            tri_planar=tri_planar,
         )
     )
     report = report_case(
@@ -214,7 +201,15 @@ def write_case_outputs(
         raise
 
 
-def _predict_png(predictor, source, target, batch_size, tta, postprocess, overwrite, rgb_map):
+def _predict_png(
+    predictor: Predictor,
+    source: Path,
+    target: Path,
+    options: PredictOptions,
+    overwrite: bool,
+    rgb_map: dict | None,
+) -> dict[str, Any]:
+    """One PNG slice of the earlier tool's datasets -> an RGB mask (its ``rgb_map``)."""
     from PIL import Image
 
     from src_monai.legacy.png import DEFAULT_RGB_MAP, colour_mask, read_png_image
@@ -222,9 +217,9 @@ def _predict_png(predictor, source, target, batch_size, tta, postprocess, overwr
 
     image = read_png_image(source).astype(np.float32)
     volume = np.expand_dims(image, axis=predictor.spec.slice_axis)
-    labels = run_to_end(
-        predictor.predict_volume(volume, batch_size=batch_size, tta=tta, postprocess=postprocess)
-    ).labels
+    # One slice has no other planes: a tri-planar model answers from its slice axis.
+    single_plane = replace(options, tri_planar=None)
+    labels = run_to_end(predictor.predict_volume(volume, **single_plane.as_kwargs())).labels
     labels = np.take(labels, 0, axis=predictor.spec.slice_axis)
     mask = colour_mask(labels, rgb_map or DEFAULT_RGB_MAP)
     with atomic_destination(target, overwrite=overwrite) as temporary:

@@ -9,7 +9,7 @@ geometry-exact labels, ``summary.csv``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,25 @@ def check_volume(volume: np.ndarray) -> None:
 
 
 @dataclass(frozen=True)
+class PredictOptions:
+    """How a model is applied to a scan: ``lasc infer``'s and ``lasc evaluate``'s options.
+
+    ``None`` takes what the model file recommends (chosen by cross-validation)."""
+
+    batch_size: int = 16
+    tta: bool | None = None
+    postprocess: bool | None = None
+    tri_planar: bool | None = None
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :meth:`Predictor.predict_volume`."""
+        return asdict(self)
+
+
+DEFAULT_OPTIONS = PredictOptions()
+
+
+@dataclass(frozen=True)
 class Prediction:
     """Labels in the input volume's shape; class probabilities ``(C, ...)`` when asked for;
     the uncertainty map (entropy of the mean over augmented views, 0..1) when asked for."""
@@ -78,6 +97,47 @@ def normalised_entropy(probabilities: torch.Tensor) -> torch.Tensor:
     """Entropy over the class axis (first) divided by its maximum, log(classes): 0..1."""
     p = probabilities.clamp_min(1e-8)
     return -(p * p.log()).sum(0) / float(np.log(probabilities.shape[0]))
+
+
+@dataclass
+class _Scores:
+    """What a prediction accumulates over planes: labels, or class probabilities (and the
+    summed augmented views for the uncertainty map) when those are needed."""
+
+    labels: torch.Tensor
+    probabilities: torch.Tensor | None = None
+    views: torch.Tensor | None = None
+
+    @classmethod
+    def empty(cls, shape: tuple[int, ...], classes: int, *, probabilities: bool, views: bool):
+        labels = torch.empty(shape, dtype=torch.uint8)
+        if not probabilities:
+            return cls(labels)
+        summed = torch.zeros((classes, *shape), dtype=torch.float32)
+        return cls(labels, summed, torch.zeros_like(summed) if views else None)
+
+    def along(self, axis: int) -> _Scores:
+        """Views of the outputs with ``axis`` first (writes land in place)."""
+        return _Scores(
+            self.labels.movedim(axis, 0),
+            None if self.probabilities is None else self.probabilities.movedim(axis + 1, 1),
+            None if self.views is None else self.views.movedim(axis + 1, 1),
+        )
+
+    def finish(self, planes: int, views_per_plane: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Labels (from the mean probabilities, when kept) and the uncertainty map."""
+        labels = self.labels
+        if self.probabilities is not None:
+            self.probabilities /= planes
+            labels = self.probabilities.max(0).indices.to(torch.uint8)
+        uncertainty = None
+        if self.views is not None:
+            self.views /= planes * views_per_plane
+            uncertainty = normalised_entropy(self.views).numpy()
+        return labels.numpy(), uncertainty
+
+    def probabilities_array(self) -> np.ndarray | None:
+        return None if self.probabilities is None else self.probabilities.numpy()
 
 
 class Predictor:
@@ -133,13 +193,7 @@ class Predictor:
         :class:`Prediction`.
         """
         defaults = self.spec.defaults
-        tta = defaults.tta if tta is None else tta
-        if tta and not self.tta_flip_dims:
-            logger.warning(
-                "test-time augmentation skipped: this model was trained without "
-                "flips, and flipped inputs would mislead it"
-            )
-            tta = False
+        tta = self._usable_tta(defaults.tta if tta is None else tta)
         postprocess = defaults.postprocess if postprocess is None else postprocess
         axes = self.spec.planes(tri_planar)
         check_volume(volume)
@@ -150,66 +204,80 @@ class Predictor:
         )
         # Labels come straight from the logits unless probabilities are needed: to return,
         # to fuse planes, or to compare with the augmented views.
-        need_probabilities = probabilities or uncertainty or len(axes) > 1
-        labels = torch.empty(values.shape, dtype=torch.uint8)
-        probs = (
-            torch.zeros((self.spec.num_classes, *values.shape), dtype=torch.float32)
-            if need_probabilities
-            else None
+        scores = _Scores.empty(
+            values.shape,
+            self.spec.num_classes,
+            probabilities=probabilities or uncertainty or len(axes) > 1,
+            views=uncertainty,
         )
-        views = torch.zeros_like(probs) if uncertainty and probs is not None else None
-        total = sum(values.shape[axis] for axis in axes)
-        done = 0
+        total, done = sum(values.shape[axis] for axis in axes), 0
         for axis in axes:
-            slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(values, axis, 0)))
-            try:
-                slices = slices.to(self.device)
-            except torch.OutOfMemoryError:
-                logger.warning(
-                    "the volume does not fit on %s: batches are moved one by one", self.device
-                )
-            count = slices.shape[0]
-            # Views of the outputs with this pass's slice axis first (writes land in place).
-            labels_along = labels.movedim(axis, 0)
-            probs_along = None if probs is None else probs.movedim(axis + 1, 1)
-            views_along = None if views is None else views.movedim(axis + 1, 1)
-            for start in range(0, count, batch_size):
-                stop = min(start + batch_size, count)
-                # Inference mode per batch, never across the yield: grad mode is thread-local,
-                # and the caller's code (or, after a cancel, whatever the worker thread runs
-                # next) must not inherit it from a suspended generator.
-                with torch.inference_mode():
-                    batch = context_stack(slices, range(start, stop), self.spec.context_slices)
-                    scores = self._scores_fitting(
-                        batch, tta=tta, overlap=overlap, softmax=need_probabilities or tta
-                    )
-                    if probs_along is None:
-                        # max(1).indices, not argmax: the same result, far cheaper on CPU.
-                        labels_along[start:stop] = scores.max(1).indices.to("cpu", torch.uint8)
-                    else:
-                        scores = scores.float()
-                        probs_along[:, start:stop] += scores.to("cpu").transpose(0, 1)
-                    if views_along is not None:
-                        scores = scores + self._view_scores(batch, overlap)
-                        views_along[:, start:stop] += scores.to("cpu").transpose(0, 1)
+            along = scores.along(axis)
+            slices = self._slices_on_device(values, axis)
+            for start in range(0, slices.shape[0], batch_size):
+                stop = min(start + batch_size, slices.shape[0])
+                self._predict_batch(slices, start, stop, along, tta=tta, overlap=overlap)
                 done += stop - start
                 plane = f"axis {axis}: " if len(axes) > 1 else ""
-                yield Progress(f"{plane}slices {start + 1}-{stop} of {count}", done, total)
-        uncertainty_map = None
-        if probs is not None:
-            probs /= len(axes)
-            labels = probs.max(0).indices.to(torch.uint8)
-        if views is not None:
-            views /= len(axes) * (1 + len(UNCERTAINTY_VIEWS))
-            uncertainty_map = normalised_entropy(views).numpy()
-        labels_np = labels.numpy()
+                yield Progress(
+                    f"{plane}slices {start + 1}-{stop} of {slices.shape[0]}", done, total
+                )
+        labels, uncertainty_map = scores.finish(len(axes), 1 + len(UNCERTAINTY_VIEWS))
         if postprocess:
-            labels_np = postprocess_labels(labels_np, self.spec.num_classes)
+            labels = postprocess_labels(labels, self.spec.num_classes)
         return Prediction(
-            labels=np.ascontiguousarray(labels_np),
-            probabilities=probs.numpy() if probabilities and probs is not None else None,
+            labels=np.ascontiguousarray(labels),
+            probabilities=scores.probabilities_array() if probabilities else None,
             uncertainty=uncertainty_map,
         )
+
+    def _usable_tta(self, tta: bool) -> bool:
+        if tta and not self.tta_flip_dims:
+            logger.warning(
+                "test-time augmentation skipped: this model was trained without "
+                "flips, and flipped inputs would mislead it"
+            )
+            return False
+        return tta
+
+    def _slices_on_device(self, values: np.ndarray, axis: int) -> torch.Tensor:
+        """The volume with ``axis`` first, on the device when it fits (else batch by batch)."""
+        slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(values, axis, 0)))
+        try:
+            return slices.to(self.device)
+        except torch.OutOfMemoryError:
+            logger.warning(
+                "the volume does not fit on %s: batches are moved one by one", self.device
+            )
+            return slices
+
+    def _predict_batch(
+        self,
+        slices: torch.Tensor,
+        start: int,
+        stop: int,
+        along: _Scores,
+        *,
+        tta: bool,
+        overlap: float,
+    ) -> None:
+        """Predict slices ``start:stop`` into ``along`` (outputs with this pass's axis first)."""
+        # Inference mode per batch, never across a yield: grad mode is thread-local, and the
+        # caller's code (or, after a cancel, whatever the worker thread runs next) must not
+        # inherit it from a suspended generator.
+        with torch.inference_mode():
+            batch = context_stack(slices, range(start, stop), self.spec.context_slices)
+            softmax = along.probabilities is not None or tta
+            scores = self._scores_fitting(batch, tta=tta, overlap=overlap, softmax=softmax)
+            if along.probabilities is None:
+                # max(1).indices, not argmax: the same result, far cheaper on CPU.
+                along.labels[start:stop] = scores.max(1).indices.to("cpu", torch.uint8)
+            else:
+                scores = scores.float()
+                along.probabilities[:, start:stop] += scores.to("cpu").transpose(0, 1)
+            if along.views is not None:
+                scores = scores + self._view_scores(batch, overlap)
+                along.views[:, start:stop] += scores.to("cpu").transpose(0, 1)
 
     def _view_scores(self, batch: torch.Tensor, overlap: float) -> torch.Tensor:
         """Summed class probabilities of :data:`UNCERTAINTY_VIEWS` of a batch, each mapped

@@ -26,79 +26,91 @@ def network_spec(
 
     One description for :func:`build_network` and for the MONAI bundle's ``network_def``.
     """
-    channels = [model.base_filters * 2**level for level in range(model.levels)]
-    strides = [2] * (model.levels - 1)
+    describe = _DESCRIPTIONS.get(model.name)
+    if describe is None:
+        raise ValueError(f"unknown network {model.name!r}")
     common = {"spatial_dims": 2, "in_channels": in_channels, "out_channels": num_classes}
-    if model.name == "UNet":
-        stem = None
-        if model.first_kernel_size != 3 or model.dilation != 1:
-            stem = {
-                "spatial_dims": 2,
-                "in_channels": in_channels,
-                "out_channels": model.base_filters,
-                "kernel_size": model.first_kernel_size,
-                "dilation": model.dilation,
-                "norm": _norm(model.norm),
-                "dropout": model.dropout,
-            }
-        unet = {
-            **common,
-            "in_channels": model.base_filters if stem else in_channels,
-            "channels": channels,
-            "strides": strides,
-            "num_res_units": model.residual_units,
+    arguments, stem = describe(model, common)
+    return model.name, arguments, stem
+
+
+def _levels(model: ModelConfig) -> tuple[list[int], list[int]]:
+    """Filters per level (doubling) and the strides between levels."""
+    channels = [model.base_filters * 2**level for level in range(model.levels)]
+    return channels, [2] * (model.levels - 1)
+
+
+def _unet(model: ModelConfig, common: dict[str, Any]) -> tuple[dict, dict | None]:
+    channels, strides = _levels(model)
+    stem = None
+    if model.first_kernel_size != 3 or model.dilation != 1:
+        stem = {
+            "spatial_dims": 2,
+            "in_channels": common["in_channels"],
+            "out_channels": model.base_filters,
+            "kernel_size": model.first_kernel_size,
+            "dilation": model.dilation,
             "norm": _norm(model.norm),
             "dropout": model.dropout,
         }
-        return "UNet", unet, stem
-    if model.name == "BasicUNet":
-        b = model.base_filters
-        return (
-            "BasicUNet",
-            {
-                **common,
-                "features": [b, b, 2 * b, 4 * b, 8 * b, b],
-                "dropout": model.dropout,
-                "norm": _norm(model.norm) or ["instance", {"affine": True}],
-            },
-            None,
-        )
-    if model.name == "DynUNet":
-        return (
-            "DynUNet",
-            {
-                **common,
-                "kernel_size": [model.first_kernel_size] + [3] * (model.levels - 1),
-                "strides": [1, *strides],
-                "upsample_kernel_size": strides,
-                "filters": channels,
-                "dropout": model.dropout,
-                "norm_name": _norm(model.norm) or "instance",
-                "res_block": model.residual_units > 0,
-            },
-            None,
-        )
-    if model.name == "AttentionUnet":
-        return (
-            "AttentionUnet",
-            {**common, "channels": channels, "strides": strides, "dropout": model.dropout},
-            None,
-        )
-    if model.name == "SegResNet":
-        return (
-            "SegResNet",
-            {
-                "spatial_dims": 2,
-                "in_channels": in_channels,
-                "out_channels": num_classes,
-                "init_filters": model.base_filters,
-                "dropout_prob": model.dropout or None,
-                "blocks_down": [1] + [2] * (model.levels - 2) + [4],
-                "blocks_up": [1] * (model.levels - 1),
-            },
-            None,
-        )
-    raise ValueError(f"unknown network {model.name!r}")
+    unet = {
+        **common,
+        "in_channels": model.base_filters if stem else common["in_channels"],
+        "channels": channels,
+        "strides": strides,
+        "num_res_units": model.residual_units,
+        "norm": _norm(model.norm),
+        "dropout": model.dropout,
+    }
+    return unet, stem
+
+
+def _basic_unet(model: ModelConfig, common: dict[str, Any]) -> tuple[dict, None]:
+    b = model.base_filters
+    return {
+        **common,
+        "features": [b, b, 2 * b, 4 * b, 8 * b, b],
+        "dropout": model.dropout,
+        "norm": _norm(model.norm) or ["instance", {"affine": True}],
+    }, None
+
+
+def _dyn_unet(model: ModelConfig, common: dict[str, Any]) -> tuple[dict, None]:
+    channels, strides = _levels(model)
+    return {
+        **common,
+        "kernel_size": [model.first_kernel_size] + [3] * (model.levels - 1),
+        "strides": [1, *strides],
+        "upsample_kernel_size": strides,
+        "filters": channels,
+        "dropout": model.dropout,
+        "norm_name": _norm(model.norm) or "instance",
+        "res_block": model.residual_units > 0,
+    }, None
+
+
+def _attention_unet(model: ModelConfig, common: dict[str, Any]) -> tuple[dict, None]:
+    channels, strides = _levels(model)
+    return {**common, "channels": channels, "strides": strides, "dropout": model.dropout}, None
+
+
+def _seg_res_net(model: ModelConfig, common: dict[str, Any]) -> tuple[dict, None]:
+    return {
+        **common,
+        "init_filters": model.base_filters,
+        "dropout_prob": model.dropout or None,
+        "blocks_down": [1] + [2] * (model.levels - 2) + [4],
+        "blocks_up": [1] * (model.levels - 1),
+    }, None
+
+
+_DESCRIPTIONS = {
+    "UNet": _unet,
+    "BasicUNet": _basic_unet,
+    "DynUNet": _dyn_unet,
+    "AttentionUnet": _attention_unet,
+    "SegResNet": _seg_res_net,
+}
 
 
 def build_network(model: ModelConfig, in_channels: int, num_classes: int) -> nn.Module:

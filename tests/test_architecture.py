@@ -1,0 +1,51 @@
+"""The house rules that keep the code readable: stages as sub-packages, short functions."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LONGEST_FUNCTION = 80  # lines, decorators included; split longer ones into named steps
+
+# The pipeline in order, one sub-package a stage (README, Architecture).
+STAGES = ("io", "data", "model", "training", "inference", "evaluation", "legacy", "cli")
+
+
+def _functions(package: str):
+    for path in sorted((REPO / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
+                yield path.relative_to(REPO), node.name, node.end_lineno - first + 1
+
+
+def test_no_function_is_longer_than_the_limit():
+    too_long = [
+        f"{path}: {name} ({lines} lines)"
+        for package in ("src_monai", "napari_lasc")
+        for path, name, lines in _functions(package)
+        if lines > LONGEST_FUNCTION
+    ]
+    assert not too_long, "split into named steps: " + "; ".join(too_long)
+
+
+def test_the_core_is_one_sub_package_per_stage():
+    core = REPO / "src_monai"
+    packages = sorted(p.name for p in core.iterdir() if (p / "__init__.py").is_file())
+    assert packages == sorted(STAGES)
+    loose = sorted(p.name for p in core.glob("*.py"))
+    assert loose == ["__init__.py", "config.py", "errors.py", "progress.py"]
+
+
+def test_the_core_never_imports_the_plugin():
+    for path in sorted((REPO / "src_monai").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            for name in names:
+                top = name.split(".")[0]
+                assert top not in {"napari_lasc", "napari", "magicgui", "qtpy"}, f"{path}: {name}"

@@ -116,11 +116,11 @@ def _peak_memory(method: str, height: int, depth: int, device: str, batch_size: 
             f"import sys, resource; sys.path.insert(0, {str(REPO)!r}); "
             f"sys.path.insert(0, {benchmarks!r})",
             "import infer_speed as b",
-            "from src_monai.infer import Predictor",
-            "from src_monai.transforms import normalise_volume",
+            "from src_monai.inference.predictor import Predictor",
+            "from src_monai.data.transforms import normalise_volume",
             f"p = Predictor.from_checkpoint(device={device!r})",
             f"v = normalise_volume(b.sized(b._volumes(1)[0][1], {height}, {depth}), "
-            "p.normalisation)",
+            "p.spec.normalisation)",
             run,
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)",
         ]

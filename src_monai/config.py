@@ -1,9 +1,10 @@
-"""One configuration for training, evaluation and inference.
+"""One configuration for training: ``data``, ``augment``, ``model``, ``train``.
 
-A tree of dataclasses (``data``, ``augment``, ``model``, ``train``, ``eval``, ``infer``) read from
-TOML, or from the earlier Keras tool's INI ``train_eval_infer.config``. Unknown keys and values
-of the wrong type are errors that name the key. Relative paths are taken relative to the
-config file's folder. ``--set section.key=value`` overrides any value.
+A tree of dataclasses read from TOML, or from the earlier Keras tool's INI
+``train_eval_infer.config`` (:mod:`src_monai.legacy.ini`). Unknown keys and values of the
+wrong type are errors that name the key. Relative paths are taken relative to the config
+file's folder. ``--set section.key=value`` overrides any value. Inference options are command
+line options of ``lasc infer``, not config keys.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""``lasc demo``: segment the bundled real sample scan with the bundled model.
-
-Writes, to a new folder, the predicted label volume (NIfTI, the scan's geometry), an overlay
-montage PNG and a summary: LA volume in mL and Dice/HD95 against the bundled ground truth.
-The sample (MSD Task02_Heart la_016) is one of the model's training cases: the numbers show the
-tool works end to end; the cross-validation in docs/MODEL_CARD.md says how well it generalises.
+"""``lasc demo``: segment the bundled real sample scan with the bundled model (see
+:func:`src_monai.evaluation.demo.run_demo` for what it writes).
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
-"""Per-case 3D evaluation with MONAI metrics, and ``lasc evaluate``.
-
-For every case and foreground class: Dice, IoU, HD95 and average symmetric surface distance
-in millimetres (from the voxel spacing), true and predicted volume (mL) and volume error (%).
-Background is never counted. The earlier Keras tool's numbers (categorical cross-entropy and
-its background-including Dice) are reported beside them for continuity, labelled as not
-comparable.
+"""``lasc evaluate``: per-case 3D metrics of a model on a dataset (``--model --data``) or of
+predicted label files against the truth (``--pred --truth``); the core is
+:mod:`src_monai.evaluation`.
 """
 
 from __future__ import annotations
@@ -64,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         cases = dataset.training
         if args.split:
             plan = load_split(args.split, known_cases=dataset.case_ids())
-            subset = args.subset or ("test" if plan.kind == "holdout" else "val")
+            subset = args.subset or ("test" if plan.kind == "holdout" else plan.validation_key)
             partition = (
                 plan.partitions[args.fold] if 0 <= args.fold < len(plan.partitions) else None
             )

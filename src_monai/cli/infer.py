@@ -1,9 +1,5 @@
-"""Inference: a :class:`Predictor` (CLI, napari and tests share it) and ``lasc infer``.
-
-``Predictor.from_checkpoint(path)`` loads a model file; ``predict_volume(volume)`` is a
-generator that yields :class:`~src_monai.progress.Progress` per batch of slices and returns a
-:class:`Prediction`. ``predict_files`` does the whole file path: read, predict, write
-geometry-exact labels, ``summary.csv``.
+"""``lasc infer``: segment scans (or the earlier tool's PNG slices) into an output folder with
+``summary.csv``; also the prediction options ``lasc evaluate`` shares.
 """
 
 from __future__ import annotations

@@ -1,16 +1,6 @@
-"""Training: ``lasc train CONFIG`` and ``torchrun --nproc_per_node N -m src_monai.train CONFIG``.
-
-:func:`run_training` is a generator: it yields :class:`~src_monai.progress.Progress` per step
-and returns a :class:`TrainResult`; the CLI, napari and tests drive the same code.
-
-Each run gets a new folder ``<runs_dir>/<name>`` (an existing one is never reused) holding
-``config.toml``, ``split.json``, ``metrics.csv``, ``validation.csv`` (per-case Dice),
-``curves.png``, ``previews/epoch_NNN.png`` (image | truth | prediction) and ``checkpoints/``:
-``best.safetensors`` (the model file, chosen on mean per-case 3D foreground Dice),
-``last.safetensors`` and ``last_state.pt`` (optimiser, scheduler, epoch: for ``--resume``).
-
-Randomness is re-seeded at each epoch from (seed, epoch, rank), so a run resumed from its
-last checkpoint continues exactly as an uninterrupted one.
+"""``lasc train CONFIG`` (or ``--resume RUN_DIR``); on several GPUs
+``torchrun --nproc_per_node N -m src_monai.cli train CONFIG``. The core is
+:mod:`src_monai.training.trainer`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Dataset statistics, k-fold split files, and new MSD cases (the correction loop); ``lasc
-prepare``'s core.
+"""Dataset statistics, k-fold split files (``lasc prepare``), and new MSD cases added from
+napari (the correction loop).
 """
 
 from __future__ import annotations

@@ -95,13 +95,11 @@ def _partition(config: Config, case_ids: list[str], source: Path) -> tuple[list[
                 data.split,
                 f"data.fold = {data.fold}: the split has {len(plan.partitions)} partition(s)",
             )
-        partition = plan.partitions[data.fold]
-        val_key = "val" if "val" in partition else "valid"
-        return list(partition["train"]), list(partition[val_key])
+        return plan.train_and_validation(data.fold)
     plan = holdout_split(
         case_ids, (1.0 - data.val_fraction, data.val_fraction, 0.0), seed=data.split_seed
     )
-    return plan.partitions[0]["train"], plan.partitions[0]["valid"]
+    return plan.train_and_validation()
 
 
 def _msd_cases(config: Config, root: Path) -> tuple[list[VolumeCase], list[VolumeCase]]:

@@ -28,6 +28,17 @@ class SplitPlan:
     cases: list[str]
     partitions: list[dict[str, list[str]]]
 
+    @property
+    def validation_key(self) -> str:
+        """The name of the validation subset: ``valid`` (hold-out, the earlier tool's
+        folder name) or ``val`` (k-fold)."""
+        return "valid" if self.kind == "holdout" else "val"
+
+    def train_and_validation(self, index: int = 0) -> tuple[list[str], list[str]]:
+        """Training and validation cases of partition ``index`` (a fold)."""
+        partition = self.partitions[index]
+        return list(partition["train"]), list(partition.get(self.validation_key, []))
+
     def to_json(self) -> dict:
         return {
             "kind": self.kind,
@@ -96,6 +107,11 @@ def load_split(path: str | Path, known_cases: Iterable[str] | None = None) -> Sp
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DatasetError(path, f"not a split file ({exc!r})") from exc
     for index, partition in enumerate(plan.partitions):
+        missing = {"train", plan.validation_key} - set(partition)
+        if missing:
+            raise DatasetError(
+                path, f"partition {index} has no {' or '.join(sorted(missing))} list ({plan.kind})"
+            )
         seen: dict[str, str] = {}
         for subset, members in partition.items():
             for case in members:

@@ -1,9 +1,9 @@
-"""``lasc demo``: segment the bundled real sample scan with the bundled model.
+"""The demo: segment the bundled real sample scan with the bundled model.
 
 Writes, to a new folder, the predicted label volume (NIfTI, the scan's geometry), an overlay
 montage PNG and a summary: LA volume in mL and Dice/HD95 against the bundled ground truth.
-The sample (MSD Task02_Heart la_016) is one of the model's training cases: the numbers show the
-tool works end to end; the cross-validation in docs/MODEL_CARD.md says how well it generalises.
+The sample (MSD Task02_Heart la_016) is one of the model's training cases: the numbers show
+the tool works end to end; the cross-validated accuracy is in the model card.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
-"""Per-case 3D evaluation with MONAI metrics, and ``lasc evaluate``.
+"""Per-case 3D metrics with MONAI.
 
 For every case and foreground class: Dice, IoU, HD95 and average symmetric surface distance
 in millimetres (from the voxel spacing), true and predicted volume (mL) and volume error (%).
 Background is never counted. The earlier Keras tool's numbers (categorical cross-entropy and
-its background-including Dice) are reported beside them for continuity, labelled as not
-comparable.
+its background-including Dice) are available beside them, clearly named, for comparison.
 """
 
 from __future__ import annotations

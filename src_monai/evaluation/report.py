@@ -1,10 +1,5 @@
-"""Per-case 3D evaluation with MONAI metrics, and ``lasc evaluate``.
-
-For every case and foreground class: Dice, IoU, HD95 and average symmetric surface distance
-in millimetres (from the voxel spacing), true and predicted volume (mL) and volume error (%).
-Background is never counted. The earlier Keras tool's numbers (categorical cross-entropy and
-its background-including Dice) are reported beside them for continuity, labelled as not
-comparable.
+"""Evaluation of many cases: pairs of prediction (or scan) and truth, their metric rows,
+``per_case.csv``, ``summary.json`` and a box plot.
 """
 
 from __future__ import annotations

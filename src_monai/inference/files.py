@@ -1,9 +1,9 @@
-"""Inference: a :class:`Predictor` (CLI, napari and tests share it) and ``lasc infer``.
+"""``lasc infer``'s file loop: scans and PNG slices in, geometry-exact labels and
+``summary.csv`` out.
 
-``Predictor.from_checkpoint(path)`` loads a model file; ``predict_volume(volume)`` is a
-generator that yields :class:`~src_monai.progress.Progress` per batch of slices and returns a
-:class:`Prediction`. ``predict_files`` does the whole file path: read, predict, write
-geometry-exact labels, ``summary.csv``.
+Each case's labels and derived files (area curve, probability and uncertainty maps) are
+written as one unit; ``summary.csv`` holds each case's :class:`~src_monai.inference.report.
+CaseReport` row.
 """
 
 from __future__ import annotations

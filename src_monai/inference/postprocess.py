@@ -1,4 +1,5 @@
-"""Post-processing of predicted labels."""
+"""Post-processing of predicted labels: each class's largest 3D component, holes filled.
+"""
 
 from __future__ import annotations
 

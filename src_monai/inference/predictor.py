@@ -1,9 +1,9 @@
-"""Inference: a :class:`Predictor` (CLI, napari and tests share it) and ``lasc infer``.
+"""The :class:`Predictor`: a trained 2D network and its spec, applied to 3D volumes.
 
-``Predictor.from_checkpoint(path)`` loads a model file; ``predict_volume(volume)`` is a
-generator that yields :class:`~src_monai.progress.Progress` per batch of slices and returns a
-:class:`Prediction`. ``predict_files`` does the whole file path: read, predict, write
-geometry-exact labels, ``summary.csv``.
+``Predictor.from_checkpoint(path)`` loads a model file (or wraps a live network:
+``Predictor(network, spec, device)``); ``predict_volume(volume)`` is a generator that yields
+:class:`~src_monai.progress.Progress` per batch of slices and returns a :class:`Prediction`;
+``predict_slice`` answers one slice. The CLI, napari and tests share it.
 """
 
 from __future__ import annotations

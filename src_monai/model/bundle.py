@@ -1,4 +1,4 @@
-"""``lasc export-bundle MODEL OUTDIR``: a model as a MONAI bundle that needs none of our code.
+"""A model as a MONAI bundle that needs none of our code (``lasc export-bundle``).
 
 The bundle runs with MONAI alone (``python -m monai.bundle run --config_file
 configs/inference.json``; MONAI's CLI needs ``fire``) and gives the labels ``lasc infer`` gives:
@@ -10,9 +10,9 @@ configs/inference.json``; MONAI's CLI needs ``fire``) and gives the labels ``las
   ``Lambdad`` expression;
 - MONAI's ``SliceInferer`` over the slice axis with the training patch as its window: it pads
   smaller slices to the patch, centred, and tiles larger ones with Gaussian-blended windows,
-  as :class:`src_monai.infer.Predictor` does;
+  as :class:`src_monai.inference.predictor.Predictor` does;
 - argmax, then (when the model's cross-validation chose it) ``KeepLargestConnectedComponentd``
-  and ``FillHolesd``, which :func:`src_monai.infer.postprocess_labels` equals;
+  and ``FillHolesd``, which :func:`src_monai.inference.postprocess.postprocess_labels` equals;
 - ``SaveImaged`` with the scan's affine, as ``<name>_seg.nii.gz``.
 
 The weights are a plain state dict (``models/model.pt``, read with ``weights_only=True``); the

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from src_monai.data.datasets import discover_msd
 from src_monai.data.splits import SplitPlan, kfold_split, save_split
 from src_monai.evaluation.report import EvalPair, evaluate_pairs
 from src_monai.inference.predictor import PredictOptions, Predictor
+from src_monai.io.tables import write_csv
 from src_monai.model.files import load_model, save_model
 from src_monai.model.spec import CrossValidation, InferenceDefaults
 from src_monai.progress import run_to_end
@@ -52,14 +52,6 @@ def launch(name: str, config: Path, overrides: list[str], out: Path) -> subproce
     log = open(out / "logs" / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
     logger.info("start %s", name)
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """Rows of one shape as a CSV file, the first row's keys as the header."""
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def variant_summary(rows: list[dict]) -> dict[str, float]:

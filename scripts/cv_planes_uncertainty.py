@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cross_validate import launch, variant_summary, write_csv
+from cross_validate import launch, variant_summary
 
 from src_monai.data.datasets import discover_msd
 from src_monai.data.splits import kfold_split, save_split
@@ -39,6 +39,7 @@ from src_monai.evaluation.metrics import case_metrics
 from src_monai.inference.measure import uncertainty_scores
 from src_monai.inference.predictor import Predictor
 from src_monai.io.scans import read_labels, read_scan
+from src_monai.io.tables import write_csv
 from src_monai.progress import run_to_end
 
 logger = logging.getLogger("cv_planes_uncertainty")

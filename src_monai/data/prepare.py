@@ -4,8 +4,6 @@ napari (the correction loop).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 from collections.abc import Sequence
@@ -18,8 +16,9 @@ import numpy as np
 from src_monai.data.datasets import MsdDataset, discover_msd
 from src_monai.data.splits import kfold_split, save_split
 from src_monai.errors import DatasetError
-from src_monai.io.files import atomic_destination, ensure_empty_folder, write_json, write_text
+from src_monai.io.files import ensure_empty_folder, write_json
 from src_monai.io.scans import Scan, read_labels, read_scan
+from src_monai.io.tables import new_figure, save_figure, write_csv
 from src_monai.legacy.png import DEFAULT_RGB_MAP, RgbMap
 from src_monai.progress import Job, Progress
 
@@ -110,24 +109,14 @@ def write_stats(out: Path, stats: Sequence[CaseStats], *, overwrite: bool = Fals
     """``stats.json``, ``stats.csv`` and the ``stats.png`` chart into ``out``."""
     rows = [asdict(s) for s in stats]
     write_json(out / "stats.json", rows, overwrite=overwrite)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(out / "stats.csv", buffer.getvalue(), overwrite=overwrite)
-    with atomic_destination(out / "stats.png", overwrite=overwrite) as temporary:
-        _stats_figure(stats).savefig(temporary, format="png", dpi=100)
+    write_csv(out / "stats.csv", rows, list(rows[0]), overwrite=overwrite)
+    save_figure(out / "stats.png", _stats_figure(stats), overwrite=overwrite)
 
 
 def _stats_figure(stats: Sequence[CaseStats]):
-    # The object API with an Agg canvas: no pyplot state, no display needed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     ids = [s.case_id for s in stats]
     x = np.arange(len(ids))
-    figure = Figure(figsize=(max(6.0, 0.5 * len(ids) + 2), 6), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = new_figure(max(6.0, 0.5 * len(ids) + 2), 6)
     top, bottom = figure.subplots(2, 1, sharex=True)
     top.bar(x, [s.la_volume_ml for s in stats], color="#b03fb0")
     top.set_ylabel("LA volume (mL)")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from src_monai.io.files import atomic_destination, write_json, write_text
+from src_monai.io.files import write_json, write_text
+from src_monai.io.tables import new_figure, save_figure
 from src_monai.progress import Job, Progress, run_to_end
 
 
@@ -51,8 +52,8 @@ def run_demo(out: Path | None = None, device: str = "auto") -> Job[dict]:
     write_json(out / "summary.json", summary)
     write_text(out / "summary.txt", "\n".join(f"{k}: {v}" for k, v in summary.items()) + "\n")
     yield Progress("summary written", 3, 4)
-    with atomic_destination(out / "overlay.png") as temporary:
-        _montage(scan.array, prediction.labels, truth.array).savefig(temporary, dpi=80)
+    montage = _montage(scan.array, prediction.labels, truth.array)
+    save_figure(out / "overlay.png", montage, dpi=80, overwrite=False)
     yield Progress("overlay written", 4, 4)
     summary["folder"] = str(out)
     return summary
@@ -65,13 +66,9 @@ def _new_folder(out: Path) -> Path:
 
 
 def _montage(volume: np.ndarray, labels: np.ndarray, truth: np.ndarray):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     slices = np.flatnonzero(truth.any(axis=(0, 1)) | labels.any(axis=(0, 1)))
     picks = slices[np.linspace(0, len(slices) - 1, 8).round().astype(int)] if len(slices) else []
-    figure = Figure(figsize=(12, 6.5), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = new_figure(12, 6.5)
     for axis, z in zip(figure.subplots(2, 4).ravel(), picks, strict=False):
         axis.imshow(np.rot90(volume[:, :, z]), cmap="gray")
         axis.contour(np.rot90(truth[:, :, z]), levels=[0.5], colors="#00ff66", linewidths=1)

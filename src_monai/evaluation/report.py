@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 from collections.abc import Sequence
@@ -24,8 +22,9 @@ from src_monai.evaluation.metrics import (
 )
 from src_monai.inference.measure import measure_atrium
 from src_monai.inference.predictor import DEFAULT_OPTIONS, PredictOptions
-from src_monai.io.files import atomic_destination, write_json, write_text
+from src_monai.io.files import write_json, write_text
 from src_monai.io.scans import case_id_from_path, check_pair, read_labels, scan_suffix
+from src_monai.io.tables import new_figure, save_figure, write_csv
 from src_monai.progress import Job, Progress
 
 logger = logging.getLogger(__name__)
@@ -109,31 +108,22 @@ def evaluate_pairs(
 
 def write_report(out: Path, rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """``per_case.csv``, ``summary.json``, ``summary.txt`` and ``boxplot.png`` in ``out``."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(out / "per_case.csv", buffer.getvalue())
+    write_csv(out / "per_case.csv", rows, list(rows[0]), overwrite=False)
     summary = summarise(rows)
     write_json(out / "summary.json", {"cases": len(rows), "metrics": summary})
     write_text(out / "summary.txt", format_summary(summary, len(rows)) + "\n")
-    with atomic_destination(out / "boxplot.png") as temporary:
-        _boxplot(rows).savefig(temporary, format="png", dpi=100)
+    save_figure(out / "boxplot.png", _boxplot(rows), overwrite=False)
     return summary
 
 
 def _boxplot(rows: Sequence[dict[str, Any]]):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     panels = [
         ("dice", "Dice"),
         ("hd95_mm", "HD95 (mm)"),
         ("asd_mm", "ASD (mm)"),
         ("volume_error_pct", "volume error (%)"),
     ]
-    figure = Figure(figsize=(10, 3.5), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = new_figure(10, 3.5)
     for axis, (key, title) in zip(figure.subplots(1, len(panels)), panels, strict=True):
         values = [r[key] for r in rows if not math.isnan(r.get(key, math.nan))]
         axis.boxplot(values, showmeans=True)

@@ -1,5 +1,4 @@
-"""Post-processing of predicted labels: each class's largest 3D component, holes filled.
-"""
+"""Post-processing of predicted labels: each class's largest 3D component, holes filled."""
 
 from __future__ import annotations
 

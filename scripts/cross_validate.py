@@ -143,6 +143,8 @@ def main() -> int:
                     dataset.num_classes,
                     predictor=predictor,
                     options=PredictOptions(tta=tta, postprocess=post),
+                    # A crop model alone is scored on the crop around the true atrium.
+                    true_box=bool(predictor.spec.crop_size),
                 )
             ):
                 rows.append(

@@ -52,6 +52,17 @@ class DataConfig:
     """Neighbouring slices given as channels (odd; 1 is plain 2D, 3 or 5 is 2.5D)."""
     patch_size: list[int] = field(default_factory=lambda: [256, 256])
     """Training crop; slices are padded to it when smaller."""
+    downsample: int = 1
+    """Shrink slices in-plane by this factor before the network sees them (a localiser: stage
+    1 of the two-stage model finds the atrium at low resolution); 1: full resolution."""
+    crop_size: int = 0
+    """Train on square crops of this size around the atrium instead of whole slices (0: whole
+    slices). Such a model segments the box a localiser (or the user) gives it."""
+    crop_jitter: int = 20
+    """Crop centres are drawn up to this many voxels from the atrium's box centre."""
+    crop_slice_margin: int = 5
+    """Crops come from the atrium's slice range widened by this many slices each side; at
+    inference the same margin around the box is segmented, the rest is background."""
     foreground_oversample: float = 0.67
     """Probability that a training slice is drawn from slices holding a foreground class."""
     normalisation: str = "zscore"
@@ -268,6 +279,15 @@ def validate(config: Config, source: str | Path | None = None) -> None:
             len(data.class_names) == data.num_classes,
             "data.class_names must name each of data.num_classes classes",
         ),
+        (
+            data.crop_size == 0 or (data.crop_size >= 16 and not data.tri_planar),
+            "data.crop_size must be 0 or >= 16, and crops are for single-axis models",
+        ),
+        (data.crop_jitter >= 0 and data.crop_slice_margin >= 0, "crop margins must be >= 0"),
+        (
+            data.downsample >= 1 and (data.downsample == 1 or not data.crop_size),
+            "data.downsample must be >= 1, and 1 for a crop model",
+        ),
         (model.levels >= 2, "model.levels must be >= 2"),
         (model.base_filters >= 1, "model.base_filters must be >= 1"),
         (model.first_kernel_size % 2 == 1, "model.first_kernel_size must be odd"),
@@ -284,10 +304,12 @@ def validate(config: Config, source: str | Path | None = None) -> None:
         if not ok:
             raise ConfigError(source, message)
     patch_divisor = 2 ** (model.levels - 1)
-    if any(size % patch_divisor for size in data.patch_size):
+    sizes = [*data.patch_size, *([data.crop_size] if data.crop_size else [])]
+    if any(size % patch_divisor for size in sizes):
         raise ConfigError(
             source,
-            f"data.patch_size {data.patch_size} must be divisible by {patch_divisor} "
+            f"data.patch_size {data.patch_size} and data.crop_size {data.crop_size} must be "
+            f"divisible by {patch_divisor} "
             f"(2 ** (model.levels - 1))",
         )
 

@@ -42,6 +42,32 @@ class TrainingData:
     layout: str
 
 
+def shrink_slices(slices: torch.Tensor, factor: int) -> torch.Tensor:
+    """``(S, H, W)`` intensities averaged over ``factor`` x ``factor`` blocks (edges padded by
+    repetition to a multiple of ``factor``)."""
+    padded = _pad_to_multiple(slices.float()[:, None], factor)
+    return torch.nn.functional.avg_pool2d(padded, factor)[:, 0]
+
+
+def shrink_labels(labels: torch.Tensor, factor: int) -> torch.Tensor:
+    """``(S, H, W)`` labels, a block taking the largest class in it: a shrunk atrium still
+    covers every block it touches (its box then holds the whole atrium)."""
+    padded = _pad_to_multiple(labels.float()[:, None], factor)
+    return torch.nn.functional.max_pool2d(padded, factor)[:, 0].to(labels.dtype)
+
+
+def _pad_to_multiple(batch: torch.Tensor, factor: int) -> torch.Tensor:
+    height, width = batch.shape[-2:]
+    pad = (0, -width % factor, 0, -height % factor)
+    return torch.nn.functional.pad(batch, pad, mode="replicate") if any(pad) else batch
+
+
+def shrink_case(case: VolumeCase, factor: int) -> None:
+    """A case at a localiser's resolution (its ``spacing`` stays the scan's)."""
+    case.slices = shrink_slices(case.slices, factor)
+    case.labels = shrink_labels(case.labels, factor)
+
+
 def detect_layout(root: Path) -> str:
     if (root / "dataset.json").is_file() or (root / "imagesTr").is_dir():
         return "msd"
@@ -74,6 +100,9 @@ def load_training_data(config: Config) -> TrainingData:
             "%s: no validation cases: training on all cases; the last epoch is saved as the model",
             data.split or "data.val_fraction = 0",
         )
+    if data.downsample > 1:
+        for case in train + val:
+            shrink_case(case, data.downsample)
     logger.info(
         "data: %d training and %d validation cases (%s layout%s)",
         sum(not c.extra_plane for c in train),

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from src_monai.data.crops import AtriumBox
 from src_monai.errors import LascError
 from src_monai.evaluation.metrics import (
     case_metrics,
@@ -66,8 +67,12 @@ def evaluate_pairs(
     predictor=None,
     hd_percentile: float = 95.0,
     options: PredictOptions = DEFAULT_OPTIONS,
+    true_box: bool = False,
 ) -> Job[list[dict[str, Any]]]:
-    """Per-case metric rows; with a ``predictor``, predictions are made from ``image``."""
+    """Per-case metric rows; with a ``predictor``, predictions are made from ``image``.
+
+    ``true_box``: a crop model segments the box around the true atrium (its stage alone,
+    as validation during training does); rows say so in ``box``."""
     from src_monai.io.scans import read_scan
     from src_monai.progress import run_to_end
 
@@ -79,8 +84,14 @@ def evaluate_pairs(
             assert pair.image is not None
             scan = read_scan(pair.image)
             check_pair(scan.geometry, truth.geometry, pair.image, pair.truth)
+            box = None
+            if true_box:
+                axis = predictor.spec.slice_axis
+                box = AtriumBox.around(np.moveaxis(truth.array, axis, 0))
             result = run_to_end(
-                predictor.predict_volume(scan.array, **options.as_kwargs(), probabilities=True)
+                predictor.predict_volume(
+                    scan.array, **options.as_kwargs(), probabilities=True, box=box
+                )
             )
             prediction, probabilities = result.labels, result.probabilities
         else:
@@ -89,6 +100,8 @@ def evaluate_pairs(
             check_pair(predicted.geometry, truth.geometry, pair.prediction, pair.truth)
             prediction = predicted.array
         row: dict[str, Any] = {"case": pair.case_id}
+        if true_box:
+            row["box"] = "true atrium"
         row.update(
             case_metrics(
                 prediction, truth.array, truth.geometry.spacing, num_classes, hd_percentile

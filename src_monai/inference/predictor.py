@@ -9,13 +9,15 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from src_monai.data.crops import AtriumBox, crop_origin, crop_plane
+from src_monai.data.sampling import shrink_slices
 from src_monai.data.transforms import context_stack, normalise_volume
 from src_monai.errors import LascError
 from src_monai.inference.postprocess import postprocess_labels
@@ -75,6 +77,8 @@ class Prediction:
     labels: np.ndarray
     probabilities: np.ndarray | None = None
     uncertainty: np.ndarray | None = None
+    localised: bool | None = None
+    """A two-stage model's: whether its localiser found the atrium (``None``: one stage)."""
 
 
 # Test-time views for the uncertainty map: transforms inside the range the models are trained
@@ -140,12 +144,52 @@ class _Scores:
         return None if self.probabilities is None else self.probabilities.numpy()
 
 
+def _paste(
+    inner: Prediction,
+    axis: int,
+    kept: tuple[int, int],
+    into: tuple[int, int],
+    box: AtriumBox,
+    shape: tuple[int, int, int],
+) -> Prediction:
+    """A crop's prediction (file axes, slice axis ``axis``) placed into certain background of
+    the slices-first ``shape``: crop slices ``kept`` become slices ``into``. The result is
+    slices first."""
+    size = next(n for i, n in enumerate(inner.labels.shape) if i != axis)  # square crops
+    top, left = crop_origin(box.centre, size)
+    _, height, width = shape
+    y0, y1, x0, x1 = max(top, 0), min(top + size, height), max(left, 0), min(left + size, width)
+    source = (slice(*kept), slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
+    target = (slice(*into), slice(y0, y1), slice(x0, x1))
+
+    def place(array: np.ndarray | None, fill: float) -> np.ndarray | None:
+        if array is None:
+            return None
+        out = np.full(shape, fill, dtype=array.dtype)
+        out[target] = np.moveaxis(array, axis, 0)[source]
+        return out
+
+    probabilities = None
+    if inner.probabilities is not None:
+        per_class = [place(p, 1.0 if c == 0 else 0.0) for c, p in enumerate(inner.probabilities)]
+        probabilities = np.stack(per_class)
+    return Prediction(
+        labels=place(inner.labels, 0),
+        probabilities=probabilities,
+        uncertainty=place(inner.uncertainty, 0.0),
+    )
+
+
 class Predictor:
     """A trained 2D network and its :class:`ModelSpec`: everything needed to apply it to a
     3D volume. Made from a model file (:meth:`from_checkpoint`) or from a live network and its
     spec (training's validation and previews), as nnU-Net's predictor is."""
 
     def __init__(self, network: torch.nn.Module, spec: ModelSpec, device: torch.device) -> None:
+        self.localiser: Predictor | None = None
+        if spec.localiser is not None:  # a two-stage model: network holds both stages
+            self.localiser = Predictor(network.localiser, spec.localiser, device)
+            network = network.segmenter
         self.network = network.to(device).eval()
         self.spec = spec
         self.device = device
@@ -180,6 +224,8 @@ class Predictor:
         overlap: float = 0.25,
         uncertainty: bool = False,
         tri_planar: bool | None = None,
+        box: AtriumBox | None = None,
+        localise: bool = True,
     ) -> Job[Prediction]:
         """Segment a 3D volume slice by slice along the model's slice axis.
 
@@ -189,9 +235,45 @@ class Predictor:
         it) also predicts along the other two axes and averages the three probability maps.
         ``uncertainty`` adds the entropy map over :data:`UNCERTAINTY_VIEWS` (the labels stay
         those of the plain prediction). ``normalised=True`` skips the per-volume normalisation
-        (the caller did it). Yields progress per batch of slices; returns a
-        :class:`Prediction`.
+        (the caller did it). ``box`` (slices-first voxel coordinates, see
+        :class:`~src_monai.data.crops.AtriumBox`): a crop model segments only the crop around
+        it over the box's slices plus the model's margin; the rest is background. Yields
+        progress per batch of slices; returns a :class:`Prediction`.
         """
+        if self.spec.downsample > 1:
+            raise LascError(
+                None, "this model is a localiser (stage 1): it finds the atrium's box, see localise"
+            )
+        options = {
+            "batch_size": batch_size,
+            "tta": tta,
+            "postprocess": postprocess,
+            "probabilities": probabilities,
+            "normalised": normalised,
+            "overlap": overlap,
+            "uncertainty": uncertainty,
+        }
+        if box is None and localise and self.localiser is not None:
+            return (yield from self._predict_two_stage(volume, options))
+        if box is not None:
+            return (yield from self._predict_in_box(volume, box, **options))
+        return (yield from self._predict_slices(volume, tri_planar=tri_planar, **options))
+
+    def _predict_slices(
+        self,
+        volume: np.ndarray,
+        *,
+        batch_size: int,
+        tta: bool | None,
+        postprocess: bool | None,
+        probabilities: bool,
+        normalised: bool,
+        overlap: float,
+        uncertainty: bool,
+        tri_planar: bool | None,
+    ) -> Job[Prediction]:
+        """Every slice of the volume along the model's axis (and the other two when
+        tri-planar), whole slices tiled by the network's window."""
         defaults = self.spec.defaults
         tta = self._usable_tta(defaults.tta if tta is None else tta)
         postprocess = defaults.postprocess if postprocess is None else postprocess
@@ -229,6 +311,81 @@ class Predictor:
             labels=np.ascontiguousarray(labels),
             probabilities=scores.probabilities_array() if probabilities else None,
             uncertainty=uncertainty_map,
+        )
+
+    def _predict_two_stage(self, volume: np.ndarray, options: dict[str, Any]) -> Job[Prediction]:
+        """Stage 1 finds the atrium's box, stage 2 segments the crop around it; when stage 1
+        finds none, stage 2 segments whole slices (its windows tiled) and says so."""
+        assert self.localiser is not None
+        box = yield from self.localiser.localise(
+            volume, normalised=options["normalised"], batch_size=options["batch_size"]
+        )
+        if box is None:
+            logger.warning("the localiser found no left atrium: whole slices are segmented instead")
+            whole = yield from self.predict_volume(volume, **options, localise=False)
+            return replace(whole, localised=False)
+        boxed = yield from self._predict_in_box(volume, box, **options)
+        return replace(boxed, localised=True)
+
+    def _predict_in_box(
+        self, volume: np.ndarray, box: AtriumBox, *, normalised: bool, postprocess, **options
+    ) -> Job[Prediction]:
+        """:meth:`predict_volume` on the crop around ``box`` (with the neighbours its first
+        and last slices need as context), pasted into a background volume."""
+        check_volume(volume)
+        spec, axis = self.spec, self.spec.slice_axis
+        values = volume if normalised else normalise_volume(volume, spec.normalisation)
+        slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(values, axis, 0)))
+        count, half = slices.shape[0], spec.context_slices // 2
+        first, stop = box.slice_range(spec.crop_slice_margin, count)
+        lower, upper = max(first - half, 0), min(stop + half, count)
+        size = spec.patch_size[0]
+        crop = crop_plane(slices[lower:upper].float(), box.centre, size)
+        inner = yield from self.predict_volume(
+            np.moveaxis(crop.numpy(), 0, axis),
+            normalised=True,
+            postprocess=False,
+            tri_planar=False,
+            localise=False,
+            **options,
+        )
+        kept = (first - lower, stop - lower)
+        pasted = _paste(inner, axis, kept, (first, stop), box, tuple(slices.shape))
+        labels = np.moveaxis(pasted.labels, 0, axis)
+        if spec.defaults.postprocess if postprocess is None else postprocess:
+            labels = postprocess_labels(labels, spec.num_classes)
+        return Prediction(
+            labels=np.ascontiguousarray(labels),
+            probabilities=None
+            if pasted.probabilities is None
+            else np.moveaxis(pasted.probabilities, 1, axis + 1),
+            uncertainty=None
+            if pasted.uncertainty is None
+            else np.moveaxis(pasted.uncertainty, 0, axis),
+        )
+
+    def localise(
+        self, volume: np.ndarray, *, normalised: bool = False, batch_size: int = 16
+    ) -> Job[AtriumBox | None]:
+        """Stage 1: the atrium's box (slices-first voxels of ``volume``) from a localiser's
+        low-resolution prediction, its largest 3D component; ``None`` when it finds none."""
+        spec, axis = self.spec, self.spec.slice_axis
+        if spec.downsample < 2:
+            raise LascError(None, "this model is not a localiser (data.downsample = 1)")
+        check_volume(volume)
+        values = volume if normalised else normalise_volume(volume, spec.normalisation)
+        slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(values, axis, 0)))
+        small = shrink_slices(slices, spec.downsample).numpy()
+        at_its_resolution = Predictor(self.network, replace(spec, downsample=1), self.device)
+        coarse = yield from at_its_resolution.predict_volume(
+            np.moveaxis(small, 0, axis), normalised=True, batch_size=batch_size, postprocess=True
+        )
+        box = AtriumBox.around(np.moveaxis(coarse.labels, axis, 0) == 1)
+        if box is None:
+            return None
+        f, (_, height, width) = spec.downsample, slices.shape
+        return AtriumBox(
+            box.z0, box.z1, box.y0 * f, min(box.y1 * f, height), box.x0 * f, min(box.x1 * f, width)
         )
 
     def _usable_tta(self, tta: bool) -> bool:

@@ -74,6 +74,8 @@ def report_case(
         axcodes=axcodes,
         training_axcodes=spec.orientation_axcodes,
     )
+    if prediction.localised is False:
+        flags.insert(0, "the localiser found no atrium: whole slices were segmented")
     voxel_ml = float(np.prod([float(s) for s in spacing])) / 1000.0
     volumes = {
         name: round(int(np.count_nonzero(labels == index)) * voxel_ml, 3)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,45 @@ def save_model(
     return Path(path)
 
 
+class TwoStageNetwork(nn.Module):
+    """Both networks of a two-stage model, saved in one file (``localiser.*`` and
+    ``segmenter.*`` weights)."""
+
+    def __init__(self, localiser: nn.Module, segmenter: nn.Module) -> None:
+        super().__init__()
+        self.localiser = localiser
+        self.segmenter = segmenter
+
+
+def build_model_network(spec: ModelSpec) -> nn.Module:
+    """The network (or, for a two-stage spec, both networks) a spec describes."""
+    network = build_network(spec.network, spec.in_channels, spec.num_classes)
+    if spec.localiser is None:
+        return network
+    stage_one = spec.localiser
+    localiser = build_network(stage_one.network, stage_one.in_channels, stage_one.num_classes)
+    return TwoStageNetwork(localiser, network)
+
+
+def combine_stages(
+    localiser_path: str | Path, segmenter_path: str | Path, out: str | Path, *, half: bool = False
+) -> Path:
+    """One two-stage model file from a localiser's (stage 1) and a crop model's (stage 2)."""
+    localiser, localiser_spec = load_model(localiser_path)
+    segmenter, segmenter_spec = load_model(segmenter_path)
+    if localiser_spec.downsample < 2:
+        raise ModelFileError(localiser_path, "is not a localiser (data.downsample = 1)")
+    if not segmenter_spec.crop_size:
+        raise ModelFileError(segmenter_path, "is not a crop model (data.crop_size = 0)")
+    if (localiser_spec.normalisation, localiser_spec.slice_axis) != (
+        segmenter_spec.normalisation,
+        segmenter_spec.slice_axis,
+    ):
+        raise ModelFileError(localiser_path, "normalisation or slice axis differs from stage 2's")
+    spec = replace(segmenter_spec, localiser=localiser_spec)
+    return save_model(out, TwoStageNetwork(localiser, segmenter), spec, half=half)
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec]:
     """Rebuild the network a model file describes and load its weights (no code is run)."""
     path = Path(path)
@@ -81,7 +121,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         raise ModelFileError(path, "metadata is not a napari-lasc model description")
     try:
         spec = ModelSpec.from_metadata(metadata)
-        network = build_network(spec.network, spec.in_channels, spec.num_classes)
+        network = build_model_network(spec)
     except (KeyError, TypeError, ValueError, LascError) as exc:
         raise ModelFileError(path, f"metadata does not describe a network ({exc})") from exc
     try:

@@ -59,6 +59,12 @@ class ModelSpec:
     class_names: tuple[str, ...]
     class_colours: tuple[tuple[int, int, int], ...] = ()
     tri_planar: bool = False
+    downsample: int = 1
+    """A localiser (stage 1): sees slices shrunk in-plane by this factor."""
+    crop_size: int = 0
+    """A crop model (stage 2): segments a ``crop_size`` square around the atrium's box."""
+    crop_slice_margin: int = 0
+    """Slices segmented beyond the box's range on each side (a crop model)."""
     spacing_mm: tuple[float, float, float] | None = None
     orientation_axcodes: tuple[str, str, str] | None = None
     data_layout: str = ""
@@ -72,6 +78,8 @@ class ModelSpec:
     inference: InferenceDefaults | None = None
     cross_validation: CrossValidation | None = None
     package_version: str = ""
+    localiser: ModelSpec | None = None
+    """Stage 1 of a two-stage model (this spec is then stage 2, a crop model)."""
 
     # ------------------------------------------------------------------ derived
 
@@ -144,10 +152,15 @@ class ModelSpec:
             slice_axis=data.slice_axis,
             context_slices=data.context_slices,
             normalisation=data.normalisation,
-            patch_size=(int(data.patch_size[0]), int(data.patch_size[1])),
+            patch_size=(data.crop_size, data.crop_size)
+            if data.crop_size
+            else (int(data.patch_size[0]), int(data.patch_size[1])),
             class_names=tuple(data.class_names),
             class_colours=tuple(DEFAULT_COLOURS[: data.num_classes]),
             tri_planar=data.tri_planar,
+            downsample=data.downsample,
+            crop_size=data.crop_size,
+            crop_slice_margin=data.crop_slice_margin if data.crop_size else 0,
             spacing_mm=_floats(spacing_mm),
             orientation_axcodes=_axcodes(orientation_axcodes),
             data_layout=layout,
@@ -179,6 +192,9 @@ class ModelSpec:
                 tuple(int(v) for v in colour) for colour in metadata.get("class_colours") or ()
             ),
             tri_planar=bool(data.get("tri_planar", False)),
+            downsample=int(data.get("downsample", 1)),
+            crop_size=int(data.get("crop_size", 0)),
+            crop_slice_margin=int(data.get("crop_slice_margin", 0)),
             spacing_mm=_floats(metadata.get("spacing_mm")),
             orientation_axcodes=_axcodes(metadata.get("orientation_axcodes")),
             data_layout=str(data.get("layout", "")),
@@ -189,6 +205,7 @@ class ModelSpec:
             inference=InferenceDefaults(**inference) if inference else None,
             cross_validation=CrossValidation(**cross_validation) if cross_validation else None,
             package_version=str(metadata.get("package_version", "")),
+            localiser=cls.from_metadata(metadata["localiser"]) if "localiser" in metadata else None,
         )
 
     def to_metadata(self) -> dict[str, Any]:
@@ -198,6 +215,12 @@ class ModelSpec:
             "data": {
                 "slice_axis": self.slice_axis,
                 "tri_planar": self.tri_planar,
+                **({"downsample": self.downsample} if self.downsample > 1 else {}),
+                **(
+                    {"crop_size": self.crop_size, "crop_slice_margin": self.crop_slice_margin}
+                    if self.crop_size
+                    else {}
+                ),
                 "context_slices": self.context_slices,
                 "normalisation": self.normalisation,
                 "patch_size": list(self.patch_size),
@@ -220,6 +243,8 @@ class ModelSpec:
             metadata["inference"] = asdict(self.inference)
         if self.cross_validation is not None:
             metadata["cross_validation"] = asdict(self.cross_validation)
+        if self.localiser is not None:
+            metadata["localiser"] = self.localiser.to_metadata()
         return metadata
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from src_monai.config import Config, ConfigError, config_from_dict
+from src_monai.data.crops import AtriumBox, CropSampler, augment_batch, make_crop_batch
 from src_monai.data.sampling import (
     SliceSampler,
     TrainingData,
@@ -245,19 +246,11 @@ class Trainer:
         config = self.config
         seed = epoch_seed(config.train.seed, epoch, self.dist.rank)
         torch.manual_seed(seed)
-        sampler = SliceSampler(
-            self.data.train, config.data.foreground_oversample, np.random.default_rng(seed)
-        )
-        transform = training_transforms(config.augment, config.data.patch_size, seed)
+        next_batch = self.batch_maker(seed)
         steps, losses = config.train.steps_per_epoch, []
         self.epoch_started = time.perf_counter()
         for step in range(steps):
-            images, labels = make_batch(
-                self.data.train,
-                sampler.draw(config.train.batch_size),
-                config.data.context_slices,
-                transform,
-            )
+            images, labels = next_batch()
             losses.append(self.train_step(images.to(self.device), labels.to(self.device)))
             self.steps_done = epoch * steps + step + 1
             yield Progress(
@@ -268,6 +261,32 @@ class Trainer:
             if self._stop_asked():
                 break
         return losses
+
+    def batch_maker(self, seed: int) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+        """This epoch's source of training batches: whole slices with MONAI's transforms,
+        or (``data.crop_size``) crops around the atrium augmented as whole batches."""
+        data, rng = self.config.data, np.random.default_rng(seed)
+        size, count = data.crop_size, self.config.train.batch_size
+        if size:
+            sampler = CropSampler(
+                self.data.train,
+                jitter=data.crop_jitter,
+                slice_margin=data.crop_slice_margin,
+                rng=rng,
+            )
+            generator = torch.Generator().manual_seed(seed)
+
+            def crops() -> tuple[torch.Tensor, torch.Tensor]:
+                picks = sampler.draw(count)
+                images, labels = make_crop_batch(self.data.train, picks, size, data.context_slices)
+                return augment_batch(images, labels, self.config.augment, generator)
+
+            return crops
+        slices = SliceSampler(self.data.train, data.foreground_oversample, rng)
+        transform = training_transforms(self.config.augment, data.patch_size, seed)
+        return lambda: make_batch(
+            self.data.train, slices.draw(count), data.context_slices, transform
+        )
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         """One optimiser step on a batch; returns its loss."""
@@ -403,7 +422,9 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Mean foreground 3D Dice per validation case (MONAI's Dice, background excluded),
         from the same predictor as ``lasc infer``."""
-        scores = validate_cases(self.predictor(), self.data.val, self.config)
+        # The cached cases of a localiser are shrunk already: predict them as they are.
+        spec = replace(self.spec, downsample=1)
+        scores = validate_cases(self.predictor(spec), self.data.val, self.config)
         self.network.train()
         return scores
 
@@ -416,7 +437,9 @@ class Trainer:
     def preview_rows(self) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
         """(title, image, truth, prediction) of the fixed preview slices."""
         # The cached cases are normalised and slices-first: predict them as such.
-        predictor = self.predictor(replace(self.spec, slice_axis=0, normalisation="none"))
+        predictor = self.predictor(
+            replace(self.spec, slice_axis=0, normalisation="none", downsample=1)
+        )
         rows = []
         for index, z in self.previews:
             case = self.data.val[index]
@@ -488,7 +511,10 @@ def validate_cases(predictor, cases: list[VolumeCase], config: Config) -> dict[s
     scores = {}
     for case in cases:
         volume = np.moveaxis(case.slices.cpu().numpy(), 0, axis)
-        labels = run_to_end(predictor.predict_volume(volume, normalised=True)).labels
+        # A crop model is validated on the crop around the true atrium (stage 2 alone).
+        box = AtriumBox.around(case.labels.cpu()) if predictor.spec.crop_size else None
+        job = predictor.predict_volume(volume, normalised=True, box=box)
+        labels = run_to_end(job).labels
         truth = np.moveaxis(case.labels.cpu().numpy(), 0, axis)
         pred = one_hot(torch.from_numpy(labels).long()[None, None], config.data.num_classes)
         true = one_hot(torch.from_numpy(truth).long()[None, None], config.data.num_classes)

@@ -1,0 +1,220 @@
+"""Crops around the left atrium: the boxes, the training crops, and their augmentation.
+
+The atrium fills a small part of each slice (over LASC'13 its box is at most 54 x 79 voxels
+in-plane), so the segmenting network learns on fixed-size crops around it: many times more
+slices per second than on whole slices. Crops are drawn with their centre jittered about the
+box centre (the localiser's box is never exact) and from slices within the box's range plus a
+margin (so the network also learns where the atrium ends). Augmentation runs on whole batches
+in torch (one affine grid for the batch), which on a CPU is far cheaper than per-sample
+transforms.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from src_monai.config import AugmentConfig
+from src_monai.data.sampling import VolumeCase
+from src_monai.data.transforms import context_stack
+
+
+@dataclass(frozen=True)
+class AtriumBox:
+    """A box in a slices-first voxel grid ``(S, H, W)``: ``[z0, z1)``, ``[y0, y1)``,
+    ``[x0, x1)``."""
+
+    z0: int
+    z1: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @classmethod
+    def around(cls, mask: np.ndarray | torch.Tensor) -> AtriumBox | None:
+        """The bounding box of a ``(S, H, W)`` mask's non-zero voxels; ``None`` when empty."""
+        mask = torch.as_tensor(mask) != 0
+        if not bool(mask.any()):
+            return None
+        ranges = []
+        for axis in range(3):
+            others = tuple(a for a in range(3) if a != axis)
+            hits = torch.nonzero(mask.any(dim=others)).flatten()
+            ranges += [int(hits[0]), int(hits[-1]) + 1]
+        return cls(*ranges)
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        """In-plane centre ``(y, x)`` in voxels."""
+        return (self.y0 + self.y1) / 2.0, (self.x0 + self.x1) / 2.0
+
+    def slice_range(self, margin: int, count: int) -> tuple[int, int]:
+        """``[first, stop)`` slices of the box widened by ``margin``, within ``0..count``."""
+        return max(self.z0 - margin, 0), min(self.z1 + margin, count)
+
+
+def crop_at(
+    slices: torch.Tensor,
+    z: list[int] | np.ndarray,
+    centre: tuple[float, float],
+    size: int,
+    context: int,
+) -> torch.Tensor:
+    """``(B, context, size, size)`` 2.5D crops of ``(S, H, W)`` slices centred at ``centre``;
+    outside the slices is zero (the normalised mean), as training's padding."""
+    stack = context_stack(slices, z, context)
+    return crop_plane(stack, centre, size)
+
+
+def crop_plane(stack: torch.Tensor, centre: tuple[float, float], size: int) -> torch.Tensor:
+    """The ``size`` x ``size`` window of ``(..., H, W)`` centred at ``centre``, zero-padded."""
+    height, width = stack.shape[-2:]
+    top, left = crop_origin(centre, size)
+    y0, y1 = max(top, 0), min(top + size, height)
+    x0, x1 = max(left, 0), min(left + size, width)
+    out = stack.new_zeros((*stack.shape[:-2], size, size))
+    if y1 > y0 and x1 > x0:
+        out[..., y0 - top : y1 - top, x0 - left : x1 - left] = stack[..., y0:y1, x0:x1]
+    return out
+
+
+def crop_origin(centre: tuple[float, float], size: int) -> tuple[int, int]:
+    """Top-left corner of the ``size`` window centred at ``centre`` (may lie outside)."""
+    return round(centre[0] - size / 2), round(centre[1] - size / 2)
+
+
+class CropSampler:
+    """Draws training crops: a case, a slice within its atrium's range plus ``slice_margin``,
+    and a centre jittered by up to ``jitter`` voxels about the atrium's box centre."""
+
+    def __init__(
+        self,
+        cases: list[VolumeCase],
+        *,
+        jitter: int,
+        slice_margin: int,
+        rng: np.random.Generator,
+    ) -> None:
+        self.cases = cases
+        self.jitter = jitter
+        self.slice_margin = slice_margin
+        self.rng = rng
+        self.boxes = [AtriumBox.around(case.labels) for case in cases]
+        self.with_atrium = [i for i, box in enumerate(self.boxes) if box is not None]
+        if not self.with_atrium:
+            raise ValueError("no training case holds the atrium: nothing to crop around")
+
+    def draw(self, count: int) -> list[tuple[int, int, tuple[float, float]]]:
+        picks = []
+        for _ in range(count):
+            index = int(self.rng.choice(self.with_atrium))
+            box = self.boxes[index]
+            assert box is not None
+            first, stop = box.slice_range(self.slice_margin, self.cases[index].slices.shape[0])
+            z = int(self.rng.integers(first, stop))
+            dy, dx = self.rng.uniform(-self.jitter, self.jitter, size=2)
+            picks.append((index, z, (box.centre[0] + dy, box.centre[1] + dx)))
+        return picks
+
+
+def make_crop_batch(
+    cases: list[VolumeCase],
+    picks: list[tuple[int, int, tuple[float, float]]],
+    size: int,
+    context: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``(B, context, size, size)`` and labels ``(B, 1, size, size)`` of the picks."""
+    images, labels = [], []
+    for index, z, centre in picks:
+        case = cases[index]
+        images.append(crop_at(case.slices, [z], centre, size, context)[0])
+        labels.append(crop_plane(case.labels[z][None], centre, size))
+    return torch.stack(images).float(), torch.stack(labels).long()
+
+
+def augment_batch(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    augment: AugmentConfig,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The augmentation of :func:`~src_monai.data.transforms.training_transforms`, batched:
+    rotation and scaling (one affine grid; images bilinear, labels nearest), left-right flips
+    when enabled, gamma, contrast and Gaussian noise, each drawn per sample with
+    ``augment.probability``."""
+    if not augment.enabled:
+        return images, labels
+    batch = images.shape[0]
+    grid = _affine_grid(images, augment, generator)
+    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    labels = F.grid_sample(
+        labels.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
+    ).long()
+    images = _intensity(images, augment, generator)
+    if augment.noise_std > 0:
+        noisy = _chance(batch, augment.probability, generator, images.device)
+        noise = torch.randn(images.shape, generator=generator, device=images.device)
+        images = images + noisy[:, None, None, None] * noise * augment.noise_std
+    return images, labels
+
+
+def _chance(count: int, probability: float, generator: torch.Generator, device) -> torch.Tensor:
+    """1.0 for the samples a transform applies to (each with ``probability``), else 0.0."""
+    draw = torch.rand(count, generator=generator, device=device)
+    return (draw < probability).float()
+
+
+def _uniform(
+    count: int, low: float, high: float, generator: torch.Generator, device
+) -> torch.Tensor:
+    return low + (high - low) * torch.rand(count, generator=generator, device=device)
+
+
+def _affine_grid(
+    images: torch.Tensor, augment: AugmentConfig, generator: torch.Generator
+) -> torch.Tensor:
+    batch, device = images.shape[0], images.device
+    p = augment.probability
+    limit = math.radians(augment.rotate_degrees)
+    angle = _uniform(batch, -limit, limit, generator, device) * _chance(batch, p, generator, device)
+    scaled = _chance(batch, p, generator, device)
+    scale = 1.0 + _uniform(batch, -augment.scale, augment.scale, generator, device) * scaled
+    flip = torch.ones(batch, device=device)
+    if augment.flip:
+        flip = 1.0 - 2.0 * _chance(batch, 0.5, generator, device)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [
+            torch.stack([cos * flip, -sin, torch.zeros_like(cos)], dim=1),
+            torch.stack([sin * flip, cos, torch.zeros_like(cos)], dim=1),
+        ],
+        dim=1,
+    )
+    return F.affine_grid(theta, list(images.shape), align_corners=False)
+
+
+def _intensity(
+    images: torch.Tensor, augment: AugmentConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """Gamma on each sample's own range (as MONAI's ``AdjustContrast``), then contrast."""
+    batch, device, p = images.shape[0], images.device, augment.probability
+    low, high = augment.gamma
+    gamma = _uniform(batch, low, high, generator, device)
+    use_gamma = _chance(batch, p, generator, device).bool()
+    if bool(use_gamma.any()):
+        flat = images.flatten(1)
+        minimum = flat.min(dim=1).values[:, None, None, None]
+        span = (flat.max(dim=1).values[:, None, None, None] - minimum).clamp_min(1e-8)
+        adjusted = ((images - minimum) / span).clamp_min(0) ** gamma[:, None, None, None]
+        adjusted = adjusted * span + minimum
+        images = torch.where(use_gamma[:, None, None, None], adjusted, images)
+    if augment.contrast > 0:
+        factor = 1.0 + _uniform(batch, -augment.contrast, augment.contrast, generator, device)
+        factor = torch.where(_chance(batch, p, generator, device).bool(), factor, 1.0)
+        images = images * factor[:, None, None, None]
+    return images

@@ -1,0 +1,114 @@
+"""The two-stage model: a localiser's box, then the crop model inside it; one model file."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_msd_dataset, tiny_config
+
+from src_monai.data.crops import AtriumBox
+from src_monai.errors import LascError
+from src_monai.inference.predictor import Predictor
+from src_monai.inference.report import report_case
+from src_monai.io.scans import read_labels, read_scan
+from src_monai.model.files import ModelFileError, combine_stages, load_model, save_model
+from src_monai.progress import run_to_end
+from src_monai.training.trainer import run_training
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    """A tiny localiser and a tiny crop model trained on the same synthetic cases."""
+    root = tmp_path_factory.mktemp("two_stage")
+    dataset = make_msd_dataset(root / "data", cases=4)
+    localiser = run_to_end(
+        run_training(
+            tiny_config(
+                dataset,
+                root / "runs",
+                data={"downsample": 2, "patch_size": [16, 16]},
+                train={"epochs": 6, "steps_per_epoch": 10, "learning_rate": 0.01},
+            )
+        )
+    )
+    segmenter = run_to_end(
+        run_training(
+            tiny_config(
+                dataset,
+                root / "runs",
+                data={"crop_size": 16, "crop_jitter": 2, "crop_slice_margin": 1},
+            )
+        )
+    )
+    model = combine_stages(localiser.best_model, segmenter.best_model, root / "two.safetensors")
+    return dataset, localiser.best_model, segmenter.best_model, model
+
+
+def test_one_file_holds_both_stages(stages):
+    _, localiser_path, segmenter_path, model = stages
+    network, spec = load_model(model)
+    assert spec.crop_size == 16 and spec.localiser is not None
+    assert spec.localiser.downsample == 2
+    alone, _ = load_model(segmenter_path)
+    for name, value in alone.state_dict().items():
+        assert torch.equal(network.segmenter.state_dict()[name], value)
+    with pytest.raises(ModelFileError, match="not a localiser"):
+        combine_stages(segmenter_path, segmenter_path, model.with_name("wrong.safetensors"))
+    with pytest.raises(ModelFileError, match="not a crop model"):
+        combine_stages(localiser_path, localiser_path, model.with_name("wrong.safetensors"))
+
+
+def test_two_stage_prediction_is_the_crop_model_inside_the_localisers_box(stages):
+    dataset, localiser_path, segmenter_path, model = stages
+    two_stage = Predictor.from_checkpoint(model, "cpu")
+    localiser = Predictor.from_checkpoint(localiser_path, "cpu")
+    segmenter = Predictor.from_checkpoint(segmenter_path, "cpu")
+    scan = read_scan(dataset / "imagesTr" / "case_002.nii.gz")
+    prediction = run_to_end(two_stage.predict_volume(scan.array, postprocess=False))
+    assert prediction.localised is True
+    box = run_to_end(localiser.localise(scan.array))
+    by_hand = run_to_end(segmenter.predict_volume(scan.array, box=box, postprocess=False))
+    np.testing.assert_array_equal(prediction.labels, by_hand.labels)
+    first, stop = box.slice_range(1, scan.array.shape[2])
+    assert not prediction.labels[:, :, :first].any() and not prediction.labels[:, :, stop:].any()
+
+
+def test_a_localiser_that_finds_nothing_falls_back_to_whole_slices_and_says_so(
+    stages, tmp_path, caplog
+):
+    dataset, localiser_path, segmenter_path, _ = stages
+    blind, spec = load_model(localiser_path)
+    last = [m for m in blind.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)]
+    with torch.no_grad():  # the last layer answers "background" everywhere
+        last[-1].weight.zero_()
+        last[-1].bias.copy_(torch.tensor([10.0, -10.0]))
+    blind_path = save_model(tmp_path / "blind.safetensors", blind, spec)
+    model = combine_stages(blind_path, segmenter_path, tmp_path / "two.safetensors")
+    predictor = Predictor.from_checkpoint(model, "cpu")
+    scan = read_scan(dataset / "imagesTr" / "case_001.nii.gz")
+    with caplog.at_level(logging.WARNING):
+        prediction = run_to_end(predictor.predict_volume(scan.array, postprocess=False))
+    assert prediction.localised is False
+    assert "found no left atrium" in caplog.text
+    segmenter = Predictor.from_checkpoint(segmenter_path, "cpu")
+    whole = run_to_end(segmenter.predict_volume(scan.array, postprocess=False))
+    np.testing.assert_array_equal(prediction.labels, whole.labels)
+    report = report_case(prediction, scan.geometry.spacing, predictor.spec)
+    assert "the localiser found no atrium" in report.flags_text
+
+
+def test_localiser_alone_is_not_a_segmenter(stages):
+    _, localiser_path, _, _ = stages
+    localiser = Predictor.from_checkpoint(localiser_path, "cpu")
+    with pytest.raises(LascError, match="localiser"):
+        run_to_end(localiser.predict_volume(np.random.default_rng(0).normal(size=(24, 20, 8))))
+
+
+def test_true_box_contains_the_truth(stages):
+    dataset, *_ = stages
+    truth = read_labels(dataset / "labelsTr" / "case_000.nii.gz").array
+    box = AtriumBox.around(np.moveaxis(truth, 2, 0))
+    assert box is not None and np.moveaxis(truth, 2, 0)[box.z0 : box.z1].sum() == truth.sum()

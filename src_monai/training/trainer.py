@@ -274,7 +274,9 @@ class Trainer:
                 slice_margin=data.crop_slice_margin,
                 rng=rng,
             )
-            generator = torch.Generator().manual_seed(seed)
+            # On the cases' device: on a GPU the crops are cut and augmented there.
+            device = self.data.train[0].slices.device
+            generator = torch.Generator(device=device).manual_seed(seed)
 
             def crops() -> tuple[torch.Tensor, torch.Tensor]:
                 picks = sampler.draw(count)

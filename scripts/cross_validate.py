@@ -129,6 +129,9 @@ def main() -> int:
         return 1
     train_seconds = time.perf_counter() - started
 
+    if load_model(out / "runs" / "fold0" / "checkpoints" / "best.safetensors")[1].downsample > 1:
+        logger.info("localisers find boxes: score them with scripts/cv_two_stage.py")
+        return 0
     rows = []
     by_case = {c.case_id: c for c in dataset.training}
     for k, partition in enumerate(folds.partitions):

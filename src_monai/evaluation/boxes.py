@@ -1,0 +1,66 @@
+"""How well a localiser (stage 1) finds the atrium: its box against the true one.
+
+What matters to stage 2 is that the crop it segments (the box's centre, the crop size, the
+box's slices plus the model's margin) holds every atrium voxel; the box itself is reported
+too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from src_monai.data.crops import AtriumBox, crop_origin
+from src_monai.evaluation.report import EvalPair
+from src_monai.inference.predictor import Predictor
+from src_monai.io.scans import check_pair, read_labels, read_scan
+from src_monai.progress import Job, Progress
+
+
+def atrium_outside_crop(
+    truth: np.ndarray, box: AtriumBox, crop_size: int, slice_margin: int
+) -> int:
+    """Atrium voxels of a slices-first ``truth`` that the crop around ``box`` leaves out."""
+    count = truth.shape[0]
+    first, stop = box.slice_range(slice_margin, count)
+    top, left = crop_origin(box.centre, crop_size)
+    inside = np.zeros(truth.shape, bool)
+    inside[first:stop, max(top, 0) : top + crop_size, max(left, 0) : left + crop_size] = True
+    return int(np.count_nonzero((truth != 0) & ~inside))
+
+
+def box_rows(
+    localiser: Predictor, pairs: Sequence[EvalPair], *, crop_size: int, slice_margin: int
+) -> Job[list[dict[str, Any]]]:
+    """Per case: the localiser's box, whether it holds the true box, and the atrium voxels
+    the stage-2 crop around it would miss."""
+    rows = []
+    axis = localiser.spec.slice_axis
+    for done, pair in enumerate(pairs, start=1):
+        assert pair.image is not None
+        scan, truth = read_scan(pair.image), read_labels(pair.truth)
+        check_pair(scan.geometry, truth.geometry, pair.image, pair.truth)
+        box = yield from localiser.localise(scan.array)
+        true = np.moveaxis(truth.array, axis, 0)
+        true_box = AtriumBox.around(true)
+        row: dict[str, Any] = {"case": pair.case_id, "found": box is not None}
+        if box is not None and true_box is not None:
+            row["box"] = f"{box.z0}:{box.z1},{box.y0}:{box.y1},{box.x0}:{box.x1}"
+            row["true_box"] = (
+                f"{true_box.z0}:{true_box.z1},{true_box.y0}:{true_box.y1},"
+                f"{true_box.x0}:{true_box.x1}"
+            )
+            row["box_holds_atrium"] = (
+                box.z0 <= true_box.z0
+                and box.z1 >= true_box.z1
+                and box.y0 <= true_box.y0
+                and box.y1 >= true_box.y1
+                and box.x0 <= true_box.x0
+                and box.x1 >= true_box.x1
+            )
+            row["voxels_outside_crop"] = atrium_outside_crop(true, box, crop_size, slice_margin)
+        rows.append(row)
+        yield Progress(pair.case_id, done, len(pairs))
+    return rows

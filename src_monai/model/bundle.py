@@ -83,6 +83,12 @@ def bundle_configs(spec: ModelSpec) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _check_exportable(spec: ModelSpec) -> None:
+    if spec.localiser is not None or spec.crop_size or spec.downsample > 1:
+        raise LascError(
+            None,
+            "two-stage models (and their stages alone) cannot be exported yet: the bundle "
+            "predicts whole slices; export a single-stage model",
+        )
     if spec.tri_planar:
         raise LascError(
             None,

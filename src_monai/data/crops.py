@@ -48,6 +48,21 @@ class AtriumBox:
             ranges += [int(hits[0]), int(hits[-1]) + 1]
         return cls(*ranges)
 
+    def contains(self, other: AtriumBox) -> bool:
+        """``other`` lies wholly inside this box."""
+        return (
+            self.z0 <= other.z0
+            and self.z1 >= other.z1
+            and self.y0 <= other.y0
+            and self.y1 >= other.y1
+            and self.x0 <= other.x0
+            and self.x1 >= other.x1
+        )
+
+    def text(self) -> str:
+        """``z0:z1,y0:y1,x0:x1``."""
+        return f"{self.z0}:{self.z1},{self.y0}:{self.y1},{self.x0}:{self.x1}"
+
     @property
     def centre(self) -> tuple[float, float]:
         """In-plane centre ``(y, x)`` in voxels."""

@@ -47,19 +47,8 @@ def box_rows(
         true_box = AtriumBox.around(true)
         row: dict[str, Any] = {"case": pair.case_id, "found": box is not None}
         if box is not None and true_box is not None:
-            row["box"] = f"{box.z0}:{box.z1},{box.y0}:{box.y1},{box.x0}:{box.x1}"
-            row["true_box"] = (
-                f"{true_box.z0}:{true_box.z1},{true_box.y0}:{true_box.y1},"
-                f"{true_box.x0}:{true_box.x1}"
-            )
-            row["box_holds_atrium"] = (
-                box.z0 <= true_box.z0
-                and box.z1 >= true_box.z1
-                and box.y0 <= true_box.y0
-                and box.y1 >= true_box.y1
-                and box.x0 <= true_box.x0
-                and box.x1 >= true_box.x1
-            )
+            row["box"], row["true_box"] = box.text(), true_box.text()
+            row["box_holds_atrium"] = box.contains(true_box)
             row["voxels_outside_crop"] = atrium_outside_crop(true, box, crop_size, slice_margin)
         rows.append(row)
         yield Progress(pair.case_id, done, len(pairs))

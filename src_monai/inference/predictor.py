@@ -317,8 +317,12 @@ class Predictor:
         """Stage 1 finds the atrium's box, stage 2 segments the crop around it; when stage 1
         finds none, stage 2 segments whole slices (its windows tiled) and says so."""
         assert self.localiser is not None
+        if not options["normalised"]:  # once for both stages (one scheme: combine_stages)
+            check_volume(volume)
+            volume = normalise_volume(volume, self.spec.normalisation)
+            options = {**options, "normalised": True}
         box = yield from self.localiser.localise(
-            volume, normalised=options["normalised"], batch_size=options["batch_size"]
+            volume, normalised=True, batch_size=options["batch_size"]
         )
         if box is None:
             logger.warning("the localiser found no left atrium: whole slices are segmented instead")

@@ -6,8 +6,9 @@
 1. Writes ``folds.json`` (k folds by patient, seed 0) and ``all.json`` (every case in training).
 2. Trains one model per fold and the final model on all cases, ``--parallel`` at a time, each
    as ``python -m src_monai.cli train CONFIG --set ...`` (logs in ``OUT/logs``).
-3. Evaluates each fold's best checkpoint on its held-out patients with and without test-time
-   augmentation and post-processing: per-case 3D Dice and HD95 (mm) in ``cv_per_case.csv``,
+3. Evaluates each fold's last checkpoint on its held-out patients (not the best on validation:
+   the folds validate on those same patients, and the final model has nothing to choose on)
+   with and without test-time augmentation and post-processing: per-case 3D Dice and HD95 (mm) in ``cv_per_case.csv``,
    means in ``cv_summary.json``. The variant with the best mean Dice (then HD95) is chosen.
 4. Writes ``OUT/model.safetensors``: the final model, fp16, whose metadata recommends the
    chosen inference variant and records the cross-validation.
@@ -129,14 +130,14 @@ def main() -> int:
         return 1
     train_seconds = time.perf_counter() - started
 
-    if load_model(out / "runs" / "fold0" / "checkpoints" / "best.safetensors")[1].downsample > 1:
+    if load_model(out / "runs" / "fold0" / "checkpoints" / "last.safetensors")[1].downsample > 1:
         logger.info("localisers find boxes: score them with scripts/cv_two_stage.py")
         return 0
     rows = []
     by_case = {c.case_id: c for c in dataset.training}
     for k, partition in enumerate(folds.partitions):
         predictor = Predictor.from_checkpoint(
-            out / "runs" / f"fold{k}" / "checkpoints" / "best.safetensors", args.device
+            out / "runs" / f"fold{k}" / "checkpoints" / "last.safetensors", args.device
         )
         pairs = [EvalPair(c, None, by_case[c].label, by_case[c].image) for c in partition["val"]]
         for variant, (tta, post) in VARIANTS.items():

@@ -39,7 +39,7 @@ VARIANTS = {"plain": False, "post": True}  # name: post-processing
 
 
 def fold_models(folder: Path, fold: int) -> Path:
-    return folder / "runs" / f"fold{fold}" / "checkpoints" / "best.safetensors"
+    return folder / "runs" / f"fold{fold}" / "checkpoints" / "last.safetensors"
 
 
 def mean_sd(values: list[float]) -> dict[str, float]:

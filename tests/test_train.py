@@ -71,7 +71,8 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def test_resume_after_a_stop_gives_the_uninterrupted_result(tmp_path, msd_dataset):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_after_a_stop_gives_the_uninterrupted_result(tmp_path, msd_dataset, ema_decay):
     sections = {
         "train": {
             "epochs": 3,
@@ -79,6 +80,7 @@ def test_resume_after_a_stop_gives_the_uninterrupted_result(tmp_path, msd_datase
             "preview_slices": 0,
             "scheduler": "cosine",
             "run_name": "straight",
+            "ema_decay": ema_decay,
         },
         "model": {"dropout": 0.1},
     }
@@ -101,6 +103,23 @@ def test_resume_after_a_stop_gives_the_uninterrupted_result(tmp_path, msd_datase
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert _losses(straight.run_dir) == _losses(interrupted)
+
+
+def test_weight_averaging_saves_the_average_not_the_last_step(tmp_path, msd_dataset):
+    config = tiny_config(
+        msd_dataset,
+        tmp_path / "runs",
+        train={"epochs": 1, "steps_per_epoch": 3, "preview_slices": 0, "ema_decay": 0.5},
+    )
+    run = run_to_end(run_training(config)).run_dir
+    state = torch.load(run / "checkpoints" / "last_state.pt", weights_only=True)
+    saved = _weights(run / "checkpoints" / "last.safetensors")
+    assert int(state["averaged"]["n_averaged"]) == 3
+    differs = 0
+    for name, value in saved.items():
+        assert torch.equal(value, state["averaged"][f"module.{name}"]), name
+        differs += not torch.equal(value, state["model"][name])
+    assert differs > 0  # the live network's last step is not what was saved
 
 
 def _epochs(run: Path) -> list[str]:

@@ -228,6 +228,17 @@ class Trainer:
         self.optimiser = build_optimiser(config, self.network.parameters())
         self.scheduler = build_scheduler(config, self.optimiser)
         self.loss_function = build_loss(config.train.loss, config.data.num_classes)
+        self.averaged = None
+        if config.train.ema_decay:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.averaged = AveragedModel(
+                self.network, multi_avg_fn=get_ema_multi_avg_fn(config.train.ema_decay)
+            )
+
+    def model_to_use(self) -> torch.nn.Module:
+        """The weights validated and saved: the moving average when there is one."""
+        return self.averaged.module if self.averaged is not None else unwrap(self.network)
 
     def _set_precision(self) -> None:
         precision = self.config.train.precision
@@ -310,6 +321,8 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimiser.step()
+        if self.averaged is not None:
+            self.averaged.update_parameters(unwrap(self.network))
         return float(loss.detach())
 
     def _stop_asked(self) -> bool:
@@ -372,7 +385,7 @@ class Trainer:
 
     def save_best(self, training: dict[str, Any]) -> None:
         spec = replace(self.spec, training=training)
-        self.run_folder.save_model("best", self.network, spec)
+        self.run_folder.save_model("best", self.model_to_use(), spec)
 
     def _step_scheduler(self, mean_dice: float | None) -> None:
         if self.scheduler is None:
@@ -434,7 +447,7 @@ class Trainer:
         """A predictor around the live network (no file written or read)."""
         from src_monai.inference.predictor import Predictor
 
-        return Predictor(unwrap(self.network), spec or self.spec, self.device)
+        return Predictor(self.model_to_use(), spec or self.spec, self.device)
 
     def preview_rows(self) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
         """(title, image, truth, prediction) of the fixed preview slices."""
@@ -459,10 +472,11 @@ class Trainer:
         epoch is the model (nothing to choose on)."""
         progression = self.progression
         last = {"epoch": epoch + 1, "best_val_dice": progression.best_dice}
-        self.run_folder.save_model("last", self.network, replace(self.spec, training=last))
+        self.run_folder.save_model("last", self.model_to_use(), replace(self.spec, training=last))
         self.run_folder.save_resume_state(
             {
                 "model": plain_state_dict(self.network),
+                "averaged": None if self.averaged is None else self.averaged.state_dict(),
                 "optimiser": self.optimiser.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                 "epoch": epoch,
@@ -483,6 +497,8 @@ class Trainer:
     def load_checkpoint(self, state: dict[str, Any]) -> None:
         """Continue from a saved state: weights, optimiser, schedule and the progression."""
         self.network.load_state_dict(state["model"])
+        if self.averaged is not None and state.get("averaged"):
+            self.averaged.load_state_dict(state["averaged"])
         self.optimiser.load_state_dict(state["optimiser"])
         if self.scheduler is not None and state.get("scheduler"):
             self.scheduler.load_state_dict(state["scheduler"])

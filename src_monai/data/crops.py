@@ -12,6 +12,7 @@ transforms.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,6 +68,16 @@ class AtriumBox:
     def centre(self) -> tuple[float, float]:
         """In-plane centre ``(y, x)`` in voxels."""
         return (self.y0 + self.y1) / 2.0, (self.x0 + self.x1) / 2.0
+
+    def scaled(self, factors: Sequence[float], shape: Sequence[int]) -> AtriumBox:
+        """The same region on a grid ``factors`` times as fine per axis (slices first) whose
+        shape is ``shape``: starts rounded down, ends up, so it never shrinks."""
+        edges = []
+        for (start, stop), factor, size in zip(
+            ((self.z0, self.z1), (self.y0, self.y1), (self.x0, self.x1)), factors, shape, strict=True
+        ):
+            edges += [max(0, math.floor(start * factor)), min(size, math.ceil(stop * factor))]
+        return AtriumBox(*edges)
 
     def slice_range(self, margin: int, count: int) -> tuple[int, int]:
         """``[first, stop)`` slices of the box widened by ``margin``, within ``0..count``."""

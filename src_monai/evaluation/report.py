@@ -90,7 +90,11 @@ def evaluate_pairs(
                 box = AtriumBox.around(np.moveaxis(truth.array, axis, 0))
             result = run_to_end(
                 predictor.predict_volume(
-                    scan.array, **options.as_kwargs(), probabilities=True, box=box
+                    scan.array,
+                    **options.as_kwargs(),
+                    probabilities=True,
+                    box=box,
+                    spacing=scan.geometry.spacing,
                 )
             )
             prediction, probabilities = result.labels, result.probabilities

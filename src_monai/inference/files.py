@@ -140,6 +140,7 @@ def _predict_scan(
         predictor.predict_volume(
             scan.array,
             **options.as_kwargs(),
+            spacing=scan.geometry.spacing,
             probabilities=save_probabilities,
             uncertainty=save_uncertainty,
         )

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,12 @@ from src_monai.data.sampling import shrink_slices
 from src_monai.data.transforms import context_stack, normalise_volume
 from src_monai.errors import LascError
 from src_monai.inference.postprocess import postprocess_labels
+from src_monai.inference.resample import (
+    resample_channels,
+    resample_labels,
+    resample_volume,
+    resampled_shape,
+)
 from src_monai.model.files import BUNDLED_MODEL, load_model
 from src_monai.model.spec import ModelSpec
 from src_monai.progress import Job, Progress
@@ -79,6 +86,10 @@ class Prediction:
     uncertainty: np.ndarray | None = None
     localised: bool | None = None
     """A two-stage model's: whether its localiser found the atrium (``None``: one stage)."""
+    box: AtriumBox | None = None
+    """The box stage 2 segmented (slices-first voxels of the input), when it had one."""
+    resampled_to: tuple[int, ...] | None = None
+    """The grid the network saw when the scan was resampled to the training voxel size."""
 
 
 # Test-time views for the uncertainty map: transforms inside the range the models are trained
@@ -90,6 +101,11 @@ UNCERTAINTY_VIEWS: tuple[tuple[str, float], ...] = (
     ("gamma", 0.8),
     ("gamma", 1.25),
 )
+
+
+def _slices_first(values: Sequence, axis: int) -> tuple:
+    """Per-axis ``values`` in file order, reordered as ``np.moveaxis(volume, axis, 0)``."""
+    return (values[axis], *(v for a, v in enumerate(values) if a != axis))
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:
@@ -226,6 +242,7 @@ class Predictor:
         tri_planar: bool | None = None,
         box: AtriumBox | None = None,
         localise: bool = True,
+        spacing: Sequence[float] | None = None,
     ) -> Job[Prediction]:
         """Segment a 3D volume slice by slice along the model's slice axis.
 
@@ -237,8 +254,11 @@ class Predictor:
         those of the plain prediction). ``normalised=True`` skips the per-volume normalisation
         (the caller did it). ``box`` (slices-first voxel coordinates, see
         :class:`~src_monai.data.crops.AtriumBox`): a crop model segments only the crop around
-        it over the box's slices plus the model's margin; the rest is background. Yields
-        progress per batch of slices; returns a :class:`Prediction`.
+        it over the box's slices plus the model's margin; the rest is background. ``spacing``
+        (the volume's voxel size, file axis order): a scan whose voxel size differs from the
+        training scans' is resampled to theirs and the prediction back (see
+        :mod:`~src_monai.inference.resample`). Yields progress per batch of slices; returns a
+        :class:`Prediction` in the input's shape.
         """
         if self.spec.downsample > 1:
             raise LascError(
@@ -253,6 +273,15 @@ class Predictor:
             "overlap": overlap,
             "uncertainty": uncertainty,
         }
+        if spacing is not None:
+            check_volume(volume)
+            shape = resampled_shape(volume.shape, spacing, self.spec.training_spacing)
+            if shape is not None:
+                return (
+                    yield from self._predict_resampled(
+                        volume, shape, box=box, localise=localise, tri_planar=tri_planar, **options
+                    )
+                )
         if box is None and localise and self.localiser is not None:
             return (yield from self._predict_two_stage(volume, options))
         if box is not None:
@@ -313,6 +342,39 @@ class Predictor:
             uncertainty=uncertainty_map,
         )
 
+    def _predict_resampled(
+        self, volume: np.ndarray, shape: tuple[int, ...], *, box: AtriumBox | None, **options
+    ) -> Job[Prediction]:
+        """:meth:`predict_volume` on the volume resampled to ``shape`` (the training voxel
+        size), its outputs resampled back to the volume's own grid."""
+        original = volume.shape
+        logger.info(
+            "voxel size differs from the training scans': the %s grid is resampled to %s "
+            "for the network and its prediction back",
+            "x".join(map(str, original)),
+            "x".join(map(str, shape)),
+        )
+        axis = self.spec.slice_axis
+        to_model = _slices_first([n / o for n, o in zip(shape, original, strict=True)], axis)
+        if box is not None:
+            box = box.scaled(to_model, _slices_first(shape, axis))
+        inner = yield from self.predict_volume(
+            resample_volume(volume, shape), box=box, spacing=None, **options
+        )
+        back = [1.0 / f for f in to_model]
+        return replace(
+            inner,
+            labels=resample_labels(inner.labels, self.spec.num_classes, original),
+            probabilities=None
+            if inner.probabilities is None
+            else resample_channels(inner.probabilities, original),
+            uncertainty=None
+            if inner.uncertainty is None
+            else resample_channels(inner.uncertainty[None], original)[0],
+            box=None if inner.box is None else inner.box.scaled(back, _slices_first(original, axis)),
+            resampled_to=tuple(shape),
+        )
+
     def _predict_two_stage(self, volume: np.ndarray, options: dict[str, Any]) -> Job[Prediction]:
         """Stage 1 finds the atrium's box, stage 2 segments the crop around it; when stage 1
         finds none, stage 2 segments whole slices (its windows tiled) and says so."""
@@ -366,6 +428,7 @@ class Predictor:
             uncertainty=None
             if pasted.uncertainty is None
             else np.moveaxis(pasted.uncertainty, 0, axis),
+            box=box,
         )
 
     def localise(

@@ -68,6 +68,7 @@ class InteractiveSession:
             postprocess=postprocess,
             uncertainty=uncertainty,
             normalised=True,
+            spacing=self.spacing,
         )
         report = report_case(prediction, self.spacing, self.predictor.spec, axcodes=self.axcodes)
         return VolumeResult(prediction, report)

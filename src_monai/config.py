@@ -346,24 +346,97 @@ def _parse_literal(text: str) -> Any:
 # --------------------------------------------------------------------------- files
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a TOML config or the earlier tool's INI ``train_eval_infer.config``."""
+# A two-stage config: what both stages share at the top, each stage's own values in a table of
+# its name (``[localiser.data]``, ``[segmenter.train]``, ...) merged over the shared ones.
+STAGES = ("localiser", "segmenter")
+# The run folder holds both stages' folders: it is named once, for both.
+SHARED_ONLY_KEYS = ("train.runs_dir", "train.run_name")
+
+
+def load_config(
+    path: str | Path, overrides: list[str] | None = None, *, stage: str | None = None
+) -> Config:
+    """Read a TOML config or the earlier tool's INI ``train_eval_infer.config``.
+
+    A two-stage TOML (with ``[localiser]`` and ``[segmenter]`` tables) gives the config of
+    ``stage``; overrides then read ``section.key=value`` (both stages) or
+    ``stage.section.key=value`` (that stage alone)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(path, "config file not found")
     text = _read_text(path)
-    if path.suffix.lower() == ".toml":
-        try:
-            raw = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(path, f"not valid TOML ({exc})") from exc
-        config = config_from_dict(raw, path)
-    else:
+    if path.suffix.lower() != ".toml":
         from src_monai.legacy.ini import config_from_ini
 
-        config = config_from_ini(text, path)
-    config = _resolve_paths(config, path.parent)
+        config = _resolve_paths(config_from_ini(text, path), path.parent)
+        return apply_overrides(config, overrides) if overrides else config
+    raw = _read_toml(text, path)
+    stages = [name for name in STAGES if name in raw]
+    if stages and stage is None:
+        raise ConfigError(
+            path,
+            "is a two-stage config ([localiser] and [segmenter]): `lasc train` trains both "
+            "stages; elsewhere pick one stage",
+        )
+    overrides = list(overrides or [])
+    if stage is not None:
+        raw = stage_dict(raw, stage, path)
+        overrides = _stage_overrides(overrides, stage)
+    config = _resolve_paths(config_from_dict(raw, path), path.parent)
     return apply_overrides(config, overrides) if overrides else config
+
+
+def is_two_stage_config(path: str | Path) -> bool:
+    """Whether ``path`` is a TOML config with stage tables (see :data:`STAGES`)."""
+    path = Path(path)
+    if path.suffix.lower() != ".toml" or not path.is_file():
+        return False
+    raw = _read_toml(_read_text(path), path)
+    return any(name in raw for name in STAGES)
+
+
+def stage_dict(raw: dict[str, Any], stage: str, source: str | Path | None) -> dict[str, Any]:
+    """One stage's config dicts: the shared sections with the stage's table merged over."""
+    missing = [name for name in STAGES if not isinstance(raw.get(name), dict)]
+    if missing:
+        raise ConfigError(source, f"a two-stage config needs a [{missing[0]}] table")
+    if stage not in STAGES:
+        raise ConfigError(source, f"unknown stage {stage!r} (stages: {', '.join(STAGES)})")
+    merged = {name: dict(value) for name, value in raw.items() if name not in STAGES}
+    for section, values in raw[stage].items():
+        if not isinstance(values, dict):
+            raise ConfigError(source, f"{stage}.{section} must be a table")
+        for name in values:
+            if f"{section}.{name}" in SHARED_ONLY_KEYS:
+                raise ConfigError(
+                    source, f"{stage}.{section}.{name}: set {section}.{name} once, for both stages"
+                )
+        merged[section] = {**merged.get(section, {}), **values}
+    return merged
+
+
+def _stage_overrides(overrides: list[str], stage: str) -> list[str]:
+    """``stage.section.key=value`` for this stage as ``section.key=value``; other stages'
+    dropped; ``section.key=value`` kept (both stages)."""
+    kept = []
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        parts = key.split(".")
+        if len(parts) == 3:
+            if parts[0] not in STAGES:
+                raise ConfigError("--set", f"unknown stage {parts[0]!r} in {item!r}")
+            if parts[0] == stage:
+                kept.append(item.strip()[len(stage) + 1 :])
+        else:
+            kept.append(item)
+    return kept
+
+
+def _read_toml(text: str, path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, f"not valid TOML ({exc})") from exc
 
 
 def _read_text(path: Path) -> str:

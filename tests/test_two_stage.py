@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -121,3 +122,98 @@ def test_bundle_export_refuses_a_two_stage_model_in_one_line(stages, tmp_path):
     with pytest.raises(LascError, match="two-stage models .* cannot be exported yet"):
         export_bundle(model, tmp_path / "bundle")
     assert not (tmp_path / "bundle").exists()
+
+
+def _two_stage_toml(dataset, runs) -> str:
+    import tomli_w
+
+    from conftest import TINY_TRAINING
+
+    shared = {name: dict(values) for name, values in TINY_TRAINING.items()}
+    shared["data"]["dataset"] = str(dataset)
+    shared["train"].update(runs_dir=str(runs), run_name="both", preview_slices=1)
+    shared["localiser"] = {
+        "data": {"downsample": 2, "patch_size": [16, 16]},
+        "train": {"epochs": 2, "learning_rate": 0.01},
+    }
+    shared["segmenter"] = {
+        "data": {"crop_size": 16, "crop_jitter": 2, "crop_slice_margin": 1},
+        "train": {"epochs": 3, "ema_decay": 0.5},
+    }
+    return tomli_w.dumps(shared)
+
+
+def test_lasc_train_trains_both_stages_from_one_config_and_resumes_after_stop(tmp_path):
+    import subprocess
+
+    from conftest import LASC
+
+    dataset = make_msd_dataset(tmp_path / "data", cases=4)
+    config = tmp_path / "two.toml"
+    config.write_text(_two_stage_toml(dataset, tmp_path / "runs"))
+    parent = tmp_path / "runs" / "both"
+    # Stop at once in the second stage: the localiser finishes, the segmenter waits.
+    stop = subprocess.Popen(
+        [LASC, "train", str(config), "--set", "segmenter.train.epochs=30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    import time
+
+    deadline = time.time() + 240
+    while not (parent / "segmenter" / "checkpoints" / "last_state.pt").exists():
+        assert time.time() < deadline and stop.poll() is None, stop.stdout.read()
+        time.sleep(0.2)
+    (parent / "STOP").touch()
+    output, _ = stop.communicate(timeout=240)
+    assert stop.returncode == 0, output
+    assert "continue with `lasc train --resume" in output
+    assert not (parent / "model.safetensors").exists()
+    assert json.loads((parent / "stages.json").read_text()) == {"localiser": "completed"}
+    localiser_weights = (parent / "localiser" / "checkpoints" / "best.safetensors").read_bytes()
+
+    resumed = subprocess.run(
+        [LASC, "train", "--resume", str(parent)], capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "model (both stages)" in resumed.stdout
+    # The localiser was not trained again; the segmenter ran its 30 epochs in total.
+    assert (parent / "localiser" / "checkpoints" / "best.safetensors").read_bytes() == (
+        localiser_weights
+    )
+    epochs = (parent / "segmenter" / "metrics.csv").read_text().splitlines()[1:]
+    assert len(epochs) == 30
+    for stage in ("localiser", "segmenter"):
+        assert (parent / stage / "curves.png").is_file() and (parent / stage / "previews").is_dir()
+    network, spec = load_model(parent / "model.safetensors")
+    assert spec.localiser is not None and spec.localiser.downsample == 2
+    assert spec.crop_size == 16 and spec.context_slices == 3
+    assert spec.config["train"]["ema_decay"] == 0.5
+    scan = read_scan(dataset / "imagesTr" / "case_001.nii.gz")
+    prediction = run_to_end(Predictor(network, spec, torch.device("cpu")).predict_volume(scan.array))
+    assert prediction.labels.shape == scan.array.shape
+
+
+def test_a_two_stage_config_is_refused_where_one_stage_is_expected(tmp_path):
+    from src_monai.config import ConfigError, load_config
+
+    config = tmp_path / "two.toml"
+    config.write_text(_two_stage_toml(tmp_path, tmp_path / "runs"))
+    with pytest.raises(ConfigError, match="two-stage config"):
+        load_config(config)
+    segmenter = load_config(config, ["segmenter.train.epochs=7", "train.seed=3"], stage="segmenter")
+    localiser = load_config(config, ["segmenter.train.epochs=7", "train.seed=3"], stage="localiser")
+    assert (segmenter.train.epochs, localiser.train.epochs) == (7, 2)
+    assert segmenter.train.seed == localiser.train.seed == 3
+    assert segmenter.data.crop_size == 16 and localiser.data.downsample == 2
+    config.write_text(
+        config.read_text() + '\n[segmenter.extra]\nrun_name = "x"\n'
+    )
+    with pytest.raises(ConfigError, match="unknown key extra"):
+        load_config(config, stage="segmenter")
+    config.write_text(_two_stage_toml(tmp_path, tmp_path / "runs").replace(
+        "[segmenter.train]", '[segmenter.train]\nrun_name = "mine"'
+    ))
+    with pytest.raises(ConfigError, match="set train.run_name once, for both stages"):
+        load_config(config, stage="segmenter")

@@ -10,9 +10,10 @@ import logging
 import os
 from pathlib import Path
 
-from src_monai.config import Config, load_config
+from src_monai.config import STAGES, Config, is_two_stage_config, load_config
 from src_monai.errors import LascError
 from src_monai.training.trainer import run_training
+from src_monai.training.two_stage import run_two_stage_training
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
                 None,
                 "--resume continues a run with its own config: give no CONFIG, --set or --seed",
             )
+        if (args.resume / "stages.toml").is_file():
+            job = run_two_stage_training(resume=args.resume)
+            return _report_two_stage(drive(job, description="train"))
         config = Config()
     elif args.config is None:
         raise LascError(None, "give a CONFIG file (or --resume RUN_DIR)")
@@ -61,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
         overrides = list(args.overrides) + (
             [f"train.seed={args.seed}"] if args.seed is not None else []
         )
+        if is_two_stage_config(args.config):
+            configs = {stage: load_config(args.config, overrides, stage=stage) for stage in STAGES}
+            return _report_two_stage(drive(run_two_stage_training(configs), description="train"))
         config = load_config(args.config, overrides)
     result = drive(run_training(config, resume=args.resume), description="train")
     if int(os.environ.get("RANK", "0")) == 0:
@@ -70,5 +77,19 @@ def run(args: argparse.Namespace) -> int:
             else "no validation cases: the model is the last epoch"
         )
         print(f"{result.stopped} after {result.epochs_done} epoch(s); {quality}")
+        print(f"run folder: {result.run_dir}")
+    return EXIT_INTERRUPTED if result.stopped == "interrupted" else 0
+
+
+def _report_two_stage(result) -> int:
+    from src_monai.cli.support import EXIT_INTERRUPTED
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        for stage, stage_result in result.stages.items():
+            print(f"{stage}: {stage_result.stopped} after {stage_result.epochs_done} epoch(s)")
+        if result.model is not None:
+            print(f"model (both stages): {result.model}")
+        else:
+            print(f"stopped ({result.stopped}); continue with `lasc train --resume {result.run_dir}`")
         print(f"run folder: {result.run_dir}")
     return EXIT_INTERRUPTED if result.stopped == "interrupted" else 0

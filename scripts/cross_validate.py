@@ -8,8 +8,9 @@
    as ``python -m src_monai.cli train CONFIG --set ...`` (logs in ``OUT/logs``).
 3. Evaluates each fold's last checkpoint on its held-out patients (not the best on validation:
    the folds validate on those same patients, and the final model has nothing to choose on)
-   with and without test-time augmentation and post-processing: per-case 3D Dice and HD95 (mm) in ``cv_per_case.csv``,
-   means in ``cv_summary.json``. The variant with the best mean Dice (then HD95) is chosen.
+   with and without test-time augmentation and post-processing: per-case 3D Dice and HD95
+   (mm) in ``cv_per_case.csv``, means in ``cv_summary.json``. The variant with the best mean
+   Dice (then HD95) is chosen.
 4. Writes ``OUT/model.safetensors``: the final model, fp16, whose metadata recommends the
    chosen inference variant and records the cross-validation.
 """

@@ -32,7 +32,7 @@ def test_voxel_sizes_near_the_training_spacing_are_left_alone():
 
 def test_labels_survive_a_round_trip_through_a_coarser_grid():
     z, y, x = np.mgrid[:40, :64, :64]
-    ball = (((z - 20) / 12.0) ** 2 + ((y - 30) / 20.0) ** 2 + ((x - 34) / 16.0) ** 2 <= 1)
+    ball = ((z - 20) / 12.0) ** 2 + ((y - 30) / 20.0) ** 2 + ((x - 34) / 16.0) ** 2 <= 1
     labels = ball.astype(np.uint8)
     coarse = resample_labels(labels, 2, (20, 32, 32))
     back = resample_labels(coarse, 2, labels.shape)
@@ -64,7 +64,9 @@ def test_a_half_voxel_scan_is_segmented_at_the_training_spacing_in_its_own_geome
         predictor.predict_volume(native.array, spacing=native.geometry.spacing)
     ).labels
     fine_shape = (512, 512, native.array.shape[2])
-    fine = Resize(fine_shape, mode="trilinear")(torch.from_numpy(native.array[None].astype(np.float32)))
+    fine = Resize(fine_shape, mode="trilinear")(
+        torch.from_numpy(native.array[None].astype(np.float32))
+    )
     affine = native.geometry.affine.copy()
     affine[:3, :2] /= 2.0  # half the voxel size in-plane; the corner voxel's centre moves
     affine[:3, 3] -= (affine[:3, 0] + affine[:3, 1]) / 2.0  # by a quarter voxel, kept in place

@@ -77,6 +77,32 @@ def test_two_stage_prediction_is_the_crop_model_inside_the_localisers_box(stages
     assert not prediction.labels[:, :, :first].any() and not prediction.labels[:, :, stop:].any()
 
 
+def test_current_slice_mode_reuses_the_localisation_and_equals_the_volume(stages):
+    from src_monai.inference.session import InteractiveSession
+
+    dataset, *_, model = stages
+    predictor = Predictor.from_checkpoint(model, "cpu")
+    scan = read_scan(dataset / "imagesTr" / "case_003.nii.gz")
+    calls = []
+    localise = predictor.localiser.localise
+    predictor.localiser.localise = lambda *a, **k: (
+        calls.append(1),
+        (yield from localise(*a, **k)),
+    )[1]
+    session = InteractiveSession(predictor, scan.array, scan.geometry.spacing)
+    whole = run_to_end(predictor.predict_volume(scan.array, postprocess=False)).labels
+    slices = [session.segment_slice(i) for i in range(scan.array.shape[2])]
+    assert len(calls) == 2  # once for the volume above, once for every slice of the session
+    assert session.localised is True and session.box is not None
+    np.testing.assert_array_equal(np.stack(slices, axis=2), whole)
+    narrow = AtriumBox(6, 7, 0, 24, 0, 20)  # margin 1: slices 5-7; slice 0 is background
+    assert not predictor.predict_slice(scan.array, 0, box=narrow).any()
+    assert predictor.predict_slice(scan.array, 6, box=narrow).shape == scan.array.shape[:2]
+    # A whole volume afterwards keeps the session's box in step with its own localisation.
+    result = run_to_end(session.segment_volume(postprocess=False))
+    assert session.box == result.prediction.box and len(calls) == 3
+
+
 def test_a_localiser_that_finds_nothing_falls_back_to_whole_slices_and_says_so(
     stages, tmp_path, caplog
 ):
@@ -126,7 +152,6 @@ def test_bundle_export_refuses_a_two_stage_model_in_one_line(stages, tmp_path):
 
 def _two_stage_toml(dataset, runs) -> str:
     import tomli_w
-
     from conftest import TINY_TRAINING
 
     shared = {name: dict(values) for name, values in TINY_TRAINING.items()}
@@ -191,7 +216,9 @@ def test_lasc_train_trains_both_stages_from_one_config_and_resumes_after_stop(tm
     assert spec.crop_size == 16 and spec.context_slices == 3
     assert spec.config["train"]["ema_decay"] == 0.5
     scan = read_scan(dataset / "imagesTr" / "case_001.nii.gz")
-    prediction = run_to_end(Predictor(network, spec, torch.device("cpu")).predict_volume(scan.array))
+    prediction = run_to_end(
+        Predictor(network, spec, torch.device("cpu")).predict_volume(scan.array)
+    )
     assert prediction.labels.shape == scan.array.shape
 
 
@@ -207,13 +234,38 @@ def test_a_two_stage_config_is_refused_where_one_stage_is_expected(tmp_path):
     assert (segmenter.train.epochs, localiser.train.epochs) == (7, 2)
     assert segmenter.train.seed == localiser.train.seed == 3
     assert segmenter.data.crop_size == 16 and localiser.data.downsample == 2
-    config.write_text(
-        config.read_text() + '\n[segmenter.extra]\nrun_name = "x"\n'
-    )
+    config.write_text(config.read_text() + '\n[segmenter.extra]\nrun_name = "x"\n')
     with pytest.raises(ConfigError, match="unknown key extra"):
         load_config(config, stage="segmenter")
-    config.write_text(_two_stage_toml(tmp_path, tmp_path / "runs").replace(
-        "[segmenter.train]", '[segmenter.train]\nrun_name = "mine"'
-    ))
+    config.write_text(
+        _two_stage_toml(tmp_path, tmp_path / "runs").replace(
+            "[segmenter.train]", '[segmenter.train]\nrun_name = "mine"'
+        )
+    )
     with pytest.raises(ConfigError, match="set train.run_name once, for both stages"):
         load_config(config, stage="segmenter")
+
+
+def test_a_finer_scan_is_resampled_for_volume_and_slices_alike(stages):
+    """A scan at half the training voxel size in-plane: the session's slices (resampled once,
+    box reused) agree with its whole-volume prediction, both in the scan's own grid."""
+    from monai.transforms import Resize
+
+    from src_monai.inference.session import InteractiveSession
+
+    dataset, *_, model = stages
+    predictor = Predictor.from_checkpoint(model, "cpu")
+    scan = read_scan(dataset / "imagesTr" / "case_003.nii.gz")
+    x, y, z = scan.array.shape
+    fine = np.asarray(
+        Resize((2 * x, 2 * y, z), mode="trilinear")(scan.array[None].astype(np.float32))
+    )[0]
+    spacing = (scan.geometry.spacing[0] / 2, scan.geometry.spacing[1] / 2, scan.geometry.spacing[2])
+    session = InteractiveSession(predictor, fine, spacing)
+    result = run_to_end(session.segment_volume(postprocess=False))
+    assert result.prediction.resampled_to == scan.array.shape
+    assert result.prediction.labels.shape == fine.shape and result.prediction.labels.any()
+    slices = np.stack([session.segment_slice(i) for i in range(z)], axis=2)
+    agreement = (slices == result.prediction.labels).mean()
+    assert agreement > 0.99
+    assert session.box is not None and session.box.y1 <= 2 * x

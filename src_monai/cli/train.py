@@ -90,6 +90,8 @@ def _report_two_stage(result) -> int:
         if result.model is not None:
             print(f"model (both stages): {result.model}")
         else:
-            print(f"stopped ({result.stopped}); continue with `lasc train --resume {result.run_dir}`")
+            print(
+                f"stopped ({result.stopped}); continue with `lasc train --resume {result.run_dir}`"
+            )
         print(f"run folder: {result.run_dir}")
     return EXIT_INTERRUPTED if result.stopped == "interrupted" else 0

@@ -74,7 +74,10 @@ class AtriumBox:
         shape is ``shape``: starts rounded down, ends up, so it never shrinks."""
         edges = []
         for (start, stop), factor, size in zip(
-            ((self.z0, self.z1), (self.y0, self.y1), (self.x0, self.x1)), factors, shape, strict=True
+            ((self.z0, self.z1), (self.y0, self.y1), (self.x0, self.x1)),
+            factors,
+            shape,
+            strict=True,
         ):
             edges += [max(0, math.floor(start * factor)), min(size, math.ceil(stop * factor))]
         return AtriumBox(*edges)

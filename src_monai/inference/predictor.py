@@ -103,7 +103,7 @@ UNCERTAINTY_VIEWS: tuple[tuple[str, float], ...] = (
 )
 
 
-def _slices_first(values: Sequence, axis: int) -> tuple:
+def slices_first(values: Sequence, axis: int) -> tuple:
     """Per-axis ``values`` in file order, reordered as ``np.moveaxis(volume, axis, 0)``."""
     return (values[axis], *(v for a, v in enumerate(values) if a != axis))
 
@@ -355,9 +355,9 @@ class Predictor:
             "x".join(map(str, shape)),
         )
         axis = self.spec.slice_axis
-        to_model = _slices_first([n / o for n, o in zip(shape, original, strict=True)], axis)
+        to_model = slices_first([n / o for n, o in zip(shape, original, strict=True)], axis)
         if box is not None:
-            box = box.scaled(to_model, _slices_first(shape, axis))
+            box = box.scaled(to_model, slices_first(shape, axis))
         inner = yield from self.predict_volume(
             resample_volume(volume, shape), box=box, spacing=None, **options
         )
@@ -371,7 +371,7 @@ class Predictor:
             uncertainty=None
             if inner.uncertainty is None
             else resample_channels(inner.uncertainty[None], original)[0],
-            box=None if inner.box is None else inner.box.scaled(back, _slices_first(original, axis)),
+            box=None if inner.box is None else inner.box.scaled(back, slices_first(original, axis)),
             resampled_to=tuple(shape),
         )
 
@@ -531,7 +531,13 @@ class Predictor:
         return total
 
     def predict_slice(
-        self, volume: np.ndarray, index: int, *, tta: bool | None = None, normalised: bool = False
+        self,
+        volume: np.ndarray,
+        index: int,
+        *,
+        tta: bool | None = None,
+        normalised: bool = False,
+        box: AtriumBox | None = None,
     ) -> np.ndarray:
         """Labels of one slice (along the model's slice axis) of a 3D volume: interactive use.
 
@@ -539,22 +545,36 @@ class Predictor:
         same labels as it would there (3D post-processing aside, which needs every slice).
         ``normalised=True``: the caller did that already (and can reuse it slice after slice).
         A tri-planar model answers from the slice axis alone (one slice has no other planes).
+        ``box`` (a crop model's, slices-first): only the crop around it is segmented, and a
+        slice outside its range plus the model's margin is background, as in the volume.
         """
         check_volume(volume)
-        count = volume.shape[self.spec.slice_axis]
+        axis = self.spec.slice_axis
+        count = volume.shape[axis]
         if not 0 <= index < count:
             raise LascError(None, f"slice {index} is outside 0..{count - 1}")
         tta = self.spec.defaults.tta if tta is None else tta
         tta = tta and bool(self.tta_flip_dims)
         half = self.spec.context_slices // 2
+        plane = tuple(n for a, n in enumerate(volume.shape) if a != axis)
+        if box is not None:
+            first, stop = box.slice_range(self.spec.crop_slice_margin, count)
+            if not first <= index < stop:
+                return np.zeros(plane, np.uint8)
         # Only the neighbours the context needs, edge slices repeated as in training.
         wanted = np.clip(np.arange(index - half, index + half + 1), 0, count - 1)
         values = volume if normalised else normalise_volume(volume, self.spec.normalisation)
-        stack = np.take(values, wanted, axis=self.spec.slice_axis).astype(np.float32, copy=False)
-        batch = torch.from_numpy(np.ascontiguousarray(np.moveaxis(stack, self.spec.slice_axis, 0)))
+        stack = np.take(values, wanted, axis=axis).astype(np.float32, copy=False)
+        batch = torch.from_numpy(np.ascontiguousarray(np.moveaxis(stack, axis, 0)))[None]
+        if box is not None:
+            batch = crop_plane(batch, box.centre, self.spec.patch_size[0])
         with torch.inference_mode():
-            scores = self._scores_fitting(batch[None], tta=tta, overlap=0.25, softmax=tta)
-            return scores.max(1).indices[0].to("cpu", torch.uint8).numpy()
+            scores = self._scores_fitting(batch, tta=tta, overlap=0.25, softmax=tta)
+            labels = scores.max(1).indices[0].to("cpu", torch.uint8).numpy()
+        if box is None:
+            return labels
+        one = Prediction(labels=labels[None])
+        return _paste(one, 0, (0, 1), (0, 1), box, (1, *plane)).labels[0]
 
     @property
     def tta_flip_dims(self) -> list[tuple[int, ...]]:

@@ -90,9 +90,7 @@ def run_two_stage_training(
     return TwoStageResult(parent, results, "completed")
 
 
-def _train_stage(
-    parent: Path, stage: str, number: int, config: Config, stop
-) -> Job[TrainResult]:
+def _train_stage(parent: Path, stage: str, number: int, config: Config, stop) -> Job[TrainResult]:
     """One stage as an ordinary run in ``parent/stage`` (resumed when it has a checkpoint; a
     folder left before its first epoch ended is kept, and the stage starts in ``stage-2``)."""
     folder = _resumable_folder(parent, stage)

@@ -1,26 +1,31 @@
-"""Inference speed: the project's Predictor against MONAI's SliceInferer, same model and input.
+"""Inference speed: ``lasc infer`` against plain MONAI (``SliceInferer`` + the tutorial UNet).
 
-    .venv/bin/python benchmarks/infer_speed.py [--cases 3] [--repeats 5] [--device cpu]
+    .venv/bin/python benchmarks/infer_speed.py [--cases 4] [--repeats 3] [--device cpu]
 
-For each real case (``../shared/data/lasc13``, else the bundled sample) the same normalised,
-context-stacked input tensor goes through
+1. **Whole processes** on the first ``--cases`` real scans of ``../shared/data/lasc13``, timed
+   from start to exit, the two interleaved ``--repeats`` rounds:
+   * **baseline**: ``benchmarks/monai_baseline.py``: MONAI's ``LoadImage``, percentile clip
+     and z-score, ``SliceInferer`` over whole slices with the tutorial 2D UNet (the weights of
+     the single-stage model shipped until the two-stage one, ``tests/data/``),
+     ``AsDiscrete(argmax=True)``, ``SaveImage``;
+   * **lasc infer** with ``--model`` (default: the bundled model), everything it does by
+     default (post-processing, measurements, QC, summary).
+   Dice of both against the truth, per case (these cases are training cases of both bundled
+   models: the Dice shows the fast path is not broken; held-out figures are in the model card).
+2. **Model time** in one process on a 256x256x130 scan (la_003): the project's
+   ``predict_volume`` (normalised input, no post-processing) and the baseline's
+   ``SliceInferer`` on the same normalised volume.
+3. **Peak memory** of ``predict_volume`` on a 320x320x130 volume (a real case zero-padded),
+   in a fresh process, for the project's model and the baseline's.
 
-* **baseline**: ``monai.inferers.SliceInferer(roi_size=(H, W), sw_batch_size=1,
-  spatial_dim=2)`` then ``AsDiscrete(argmax=True)``, the canonical MONAI way to run a 2D
-  network over a 3D volume;
-* **project**: ``Predictor.predict_volume(normalised=True, postprocess=False)``.
-
-Both use the bundled model and weights in one process; the labels must agree on >= 99.9 %
-of voxels. Also measured: a 256x256x130 and a 320x320x130 volume (a real case padded and
-repeated), the whole ``lasc infer`` file path with its I/O share, and peak memory of each
-method in a fresh process. Prints a table and writes
-``benchmarks/results/infer_speed_<device>.json``.
+Prints tables and writes ``benchmarks/results/infer_speed_<device>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -34,6 +39,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 LASC13 = REPO.parent / "shared" / "data" / "lasc13"
+BASELINE_MODEL = REPO / "tests" / "data" / "single_stage_2d5_v1.safetensors"
+LASC = str(Path(sys.executable).with_name("lasc"))
 
 
 def _volumes(count: int) -> list[tuple[str, np.ndarray]]:
@@ -103,25 +110,19 @@ def _summary(times: list[float]) -> dict[str, float]:
     }
 
 
-def _peak_memory(method: str, height: int, depth: int, device: str, batch_size: int) -> float:
-    """Peak resident memory (MB) of one method on one volume size, in a fresh process."""
-    benchmarks = str(REPO / "benchmarks")
-    run = (
-        "b.baseline_labels(p, v)"
-        if method == "baseline"
-        else f"b.project_labels(p, v, {batch_size})"
-    )
+def _peak_memory(model: str, height: int, depth: int, device: str, batch_size: int) -> float:
+    """Peak resident memory (MB) of ``predict_volume`` with ``model`` on one volume size, in a
+    fresh process."""
     code = "\n".join(
         [
             f"import sys, resource; sys.path.insert(0, {str(REPO)!r}); "
-            f"sys.path.insert(0, {benchmarks!r})",
+            f"sys.path.insert(0, {str(REPO / 'benchmarks')!r})",
             "import infer_speed as b",
             "from src_monai.inference.predictor import Predictor",
-            "from src_monai.data.transforms import normalise_volume",
-            f"p = Predictor.from_checkpoint(device={device!r})",
-            f"v = normalise_volume(b.sized(b._volumes(1)[0][1], {height}, {depth}), "
-            "p.spec.normalisation)",
-            run,
+            "from src_monai.progress import run_to_end",
+            f"p = Predictor.from_checkpoint({model!r}, device={device!r})",
+            f"v = b.sized(b._volumes(1)[0][1], {height}, {depth})",
+            f"run_to_end(p.predict_volume(v, batch_size={batch_size}))",
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)",
         ]
     )
@@ -131,134 +132,161 @@ def _peak_memory(method: str, height: int, depth: int, device: str, batch_size: 
     return int(output.split()[-1]) / 1024  # ru_maxrss is in KiB on Linux
 
 
-def file_path_timing(repeats: int, device: str) -> dict[str, float]:
-    """``lasc infer``'s own steps on a real file: read, predict (normalise included), write."""
-    from src_monai.inference.predictor import Predictor
-    from src_monai.io.scans import read_scan, write_labels
-    from src_monai.model.files import SAMPLE_SCAN
-    from src_monai.progress import run_to_end
-
-    path = sorted((LASC13 / "imagesTr").glob("*.nii.gz"))[0] if LASC13.exists() else SAMPLE_SCAN
-    predictor = Predictor.from_checkpoint(device=device)
-    reads, predicts, writes = [], [], []
-    with tempfile.TemporaryDirectory() as folder:
-        for attempt in range(repeats + 1):
-            started = time.perf_counter()
-            scan = read_scan(path)
-            read_done = time.perf_counter()
-            labels = run_to_end(predictor.predict_volume(scan.array)).labels
-            predict_done = time.perf_counter()
-            write_labels(Path(folder) / f"{attempt}.nii.gz", labels, scan.geometry)
-            written = time.perf_counter()
-            if attempt:  # the first round warms up
-                reads.append(read_done - started)
-                predicts.append(predict_done - read_done)
-                writes.append(written - predict_done)
-    read, predict, write = (statistics.median(x) for x in (reads, predicts, writes))
+def whole_processes(scans: list[Path], model: str, device: str, repeats: int) -> dict:
+    """Both processes on ``scans``, interleaved, ``repeats`` rounds; seconds and Dice."""
+    commands = {
+        "baseline": [
+            sys.executable,
+            str(REPO / "benchmarks" / "monai_baseline.py"),
+            str(BASELINE_MODEL),
+            "{out}",
+            *map(str, scans),
+        ],
+        "lasc infer": [
+            LASC,
+            "infer",
+            *map(str, scans),
+            "--out",
+            "{out}",
+            "--model",
+            model,
+            "--device",
+            device,
+        ],
+    }
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    dice: dict[str, dict[str, float]] = {}
+    for round_ in range(repeats):
+        for name, command in commands.items():
+            with tempfile.TemporaryDirectory() as out:
+                started = time.perf_counter()
+                subprocess.run(
+                    [part.replace("{out}", out) for part in command],
+                    check=True,
+                    capture_output=True,
+                )
+                times[name].append(time.perf_counter() - started)
+                if round_ == 0:
+                    dice[name] = _dice_against_truth(Path(out), scans)
     return {
-        "file": path.name,
-        "read_s": read,
-        "predict_with_postprocess_s": predict,
-        "write_s": write,
-        "total_s": read + predict + write,
-        "io_share": (read + write) / (read + predict + write),
+        name: {**_summary(times[name]), "times_s": times[name], "dice": dice[name]}
+        for name in commands
+    }
+
+
+def _dice_against_truth(out: Path, scans: list[Path]) -> dict[str, float]:
+    from src_monai.evaluation.metrics import case_metrics
+    from src_monai.io.scans import read_labels
+
+    scores = {}
+    for scan in scans:
+        truth = read_labels(LASC13 / "labelsTr" / scan.name, 2)
+        predicted = read_labels(out / scan.name, 2)
+        scores[scan.name.split(".")[0]] = case_metrics(
+            predicted.array, truth.array, truth.geometry.spacing, 2
+        )["dice"]
+    return scores
+
+
+def model_time(model: str, device: str, repeats: int, batch_size: int) -> dict:
+    """Model time on la_003 (256x256x130): the project's predictor vs SliceInferer."""
+    from src_monai.data.transforms import normalise_volume
+    from src_monai.inference.predictor import Predictor
+    from src_monai.io.scans import read_scan
+
+    volume = read_scan(LASC13 / "imagesTr" / "la_003.nii.gz").array
+    project = Predictor.from_checkpoint(model, device)
+    baseline = Predictor.from_checkpoint(BASELINE_MODEL, device)
+    values = normalise_volume(volume, project.spec.normalisation)
+    ours, _ = _timed(lambda: project_labels(project, values, batch_size), repeats, project.device)
+    theirs, _ = _timed(lambda: baseline_labels(baseline, values), repeats, baseline.device)
+    return {
+        "shape": "x".join(map(str, volume.shape)),
+        "project": _summary(ours),
+        "baseline": _summary(theirs),
+        "speedup": statistics.median(theirs) / statistics.median(ours),
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--cases", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", default="bundled", help="the model lasc infer uses")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
+    from src_monai.model.files import BUNDLED_MODEL
 
-    from src_monai.data.transforms import normalise_volume
-    from src_monai.inference.predictor import Predictor
-
-    predictor = Predictor.from_checkpoint(device=args.device)
-    device = predictor.device
-    cases = [(name, volume) for name, volume in _volumes(args.cases)]
-    base_volume = cases[0][1]
-    cases += [
-        ("256x256x130", sized(base_volume, 256, 130)),
-        ("320x320x130", sized(base_volume, 320, 130)),
-    ]
-    rows = []
-    for name, volume in cases:
-        values = normalise_volume(volume, predictor.spec.normalisation)
-        base_times, base = _timed(
-            lambda values=values: baseline_labels(predictor, values), args.repeats, device
-        )
-        ours_times, ours = _timed(
-            lambda values=values: project_labels(predictor, values, args.batch_size),
-            args.repeats,
-            device,
-        )
-        agreement = float(np.mean(base == ours))
-        row = {
-            "case": name,
-            "shape": "x".join(map(str, volume.shape)),
-            "baseline": _summary(base_times),
-            "project": _summary(ours_times),
-            "speedup": statistics.median(base_times) / statistics.median(ours_times),
-            "voxel_agreement": agreement,
-        }
-        rows.append(row)
-        print(
-            f"{name:>12} {row['shape']:>12}  baseline {row['baseline']['median_s']:7.3f} s  "
-            f"project {row['project']['median_s']:7.3f} s  x{row['speedup']:.2f}  "
-            f"agree {100 * agreement:.3f} %",
-            flush=True,
-        )
+    model = str(BUNDLED_MODEL) if args.model == "bundled" else args.model
+    scans = sorted((LASC13 / "imagesTr").glob("*.nii.gz"))[: args.cases]
+    if not scans:
+        print(f"no scans in {LASC13 / 'imagesTr'}", file=sys.stderr)
+        return 2
+    load = os.getloadavg()[0]
+    processes = whole_processes(scans, model, args.device, args.repeats)
+    timing = model_time(model, args.device, args.repeats, args.batch_size)
     results = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": platform.processor() or platform.machine(),
-        "device": str(device)
-        + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""),
+        "cpus": os.cpu_count(),
+        "load_average_1min_at_start": load,
+        "device": args.device,
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "batch_size": args.batch_size,
+        "model": Path(model).name,
+        "baseline_model": BASELINE_MODEL.name,
+        "scans": [s.name for s in scans],
         "repeats": args.repeats,
-        "rows": rows,
-        "file_path": file_path_timing(args.repeats, args.device),
+        "whole_process": processes,
+        "whole_process_speedup": processes["baseline"]["median_s"]
+        / processes["lasc infer"]["median_s"],
+        "model_time_256x256x130": timing,
     }
     if not args.no_memory:
         results["peak_memory_mb_320x320x130"] = {
-            method: _peak_memory(method, 320, 130, args.device, args.batch_size)
-            for method in ("baseline", "project")
+            "project": _peak_memory(model, 320, 130, args.device, args.batch_size),
+            "baseline": _peak_memory(str(BASELINE_MODEL), 320, 130, args.device, args.batch_size),
         }
-    out = args.out or REPO / "benchmarks" / "results" / f"infer_speed_{device.type}.json"
+    out = args.out or REPO / "benchmarks" / "results" / f"infer_speed_{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    print()
-    print("| case | shape | SliceInferer (s) | project (s) | speed-up | agreement |")
-    print("|---|---|---|---|---|---|")
-    for row in rows:
-        print(
-            f"| {row['case']} | {row['shape']} | {row['baseline']['median_s']:.3f} "
-            f"({row['baseline']['min_s']:.3f}-{row['baseline']['max_s']:.3f}) | "
-            f"{row['project']['median_s']:.3f} ({row['project']['min_s']:.3f}-"
-            f"{row['project']['max_s']:.3f}) | x{row['speedup']:.2f} | "
-            f"{100 * row['voxel_agreement']:.3f} % |"
-        )
-    file_path = results["file_path"]
+    _print_tables(results)
+    print(f"wrote {out}")
+    return 0
+
+
+def _print_tables(results: dict) -> None:
+    processes = results["whole_process"]
     print(
-        f"\nlasc infer steps on {file_path['file']}: read {file_path['read_s']:.3f} s, predict "
-        f"{file_path['predict_with_postprocess_s']:.3f} s, write {file_path['write_s']:.3f} s; "
-        f"I/O {100 * file_path['io_share']:.0f} %"
+        f"\nwhole processes on {len(results['scans'])} scans, {results['repeats']} rounds "
+        f"(load {results['load_average_1min_at_start']:.2f} at start)"
+    )
+    print("| process | median s (min-max) | mean Dice | per case |")
+    print("|---|---|---|---|")
+    for name, row in processes.items():
+        dice = row["dice"]
+        print(
+            f"| {name} | {row['median_s']:.2f} ({row['min_s']:.2f}-{row['max_s']:.2f}) | "
+            f"{statistics.mean(dice.values()):.3f} | "
+            + ", ".join(f"{case} {value:.3f}" for case, value in dice.items())
+            + " |"
+        )
+    print(f"speed-up of lasc infer as a whole process: x{results['whole_process_speedup']:.2f}")
+    timing = results["model_time_256x256x130"]
+    print(
+        f"\nmodel time, {timing['shape']}: project {timing['project']['median_s']:.3f} s, "
+        f"SliceInferer {timing['baseline']['median_s']:.3f} s (x{timing['speedup']:.2f})"
     )
     if "peak_memory_mb_320x320x130" in results:
         memory = results["peak_memory_mb_320x320x130"]
         print(
-            f"peak memory 320x320x130: baseline {memory['baseline']:.0f} MB, "
-            f"project {memory['project']:.0f} MB"
+            f"peak memory 320x320x130: project {memory['project']:.0f} MB, "
+            f"baseline {memory['baseline']:.0f} MB"
         )
-    print(f"wrote {out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,14 +1,14 @@
 """The "Train model" widget: train or fine-tune on layer pairs or a dataset folder.
 
 Image + Labels layer pairs are saved (geometry kept) as an MSD-layout dataset beside the
-run, then the headless trainer runs in a worker: the same ``run_training`` as
-``lasc train``, with its run folder, checkpoints and curves. *Stop* ends the current epoch,
+run, then the headless trainer runs in a worker: the same training as ``lasc train``
+(:mod:`src_monai.training.plan`: both stages of a two-stage model, or stage 2 alone when
+fine-tuning), with its run folders, checkpoints and curves. *Stop* ends the current epoch,
 validates and saves; the trained model is then listed in the Segment widget.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 from dataclasses import dataclass
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FileEdit,
@@ -27,15 +28,15 @@ from magicgui.widgets import (
     create_widget,
 )
 
-from src_monai.config import Config, config_from_dict
 from src_monai.data.prepare import add_msd_case
 from src_monai.errors import LascError
 from src_monai.inference.predictor import resolve_device
 from src_monai.io.scans import as_label_array
-from src_monai.model.files import load_model
 from src_monai.progress import Progress
+from src_monai.training.plan import training_plan
 from src_monai.training.run_folder import new_run_dir
-from src_monai.training.trainer import TrainResult, run_training
+from src_monai.training.trainer import TrainResult
+from src_monai.training.two_stage import TwoStageResult
 
 from ._layers import check_scan_layer, from_layer_axes, layer_geometry
 from ._models import MODELS, follow_models
@@ -49,8 +50,6 @@ logger = logging.getLogger(__name__)
 LAYER_PAIRS, DATASET_FOLDER = "image + labels layers", "dataset folder (MSD or PNG)"
 RANDOM_START = "none: random initial weights"
 DEFAULT_RUNS = Path.home() / "napari-lasc-runs"
-# Below this many cases a held-out validation case would leave too little to train on.
-MIN_CASES_FOR_VALIDATION = 4
 
 
 @dataclass(frozen=True)
@@ -68,43 +67,6 @@ def export_pairs(pairs: list[TrainingPair], folder: Path, class_names: list[str]
     for pair in pairs:
         add_msd_case(folder, pair.name, pair.image, pair.labels, pair.geometry, class_names)
     return folder
-
-
-def training_config(
-    base_model: Path | None,
-    dataset: Path,
-    runs_dir: Path,
-    *,
-    epochs: int,
-    steps_per_epoch: int,
-    batch_size: int,
-    device: str,
-    cases: int | None,
-) -> Config:
-    """The bundled model's recipe (or a base model's own), pointed at ``dataset``.
-
-    ``base_model`` given: its weights are the starting point (fine-tuning) and its recipe
-    is kept so the architecture matches. ``cases`` known and few: no validation split.
-    """
-    from src_monai.model.files import BUNDLED_MODEL
-
-    _, spec = load_model(base_model or BUNDLED_MODEL)
-    raw = copy.deepcopy(spec.config)
-    raw["data"].update(dataset=str(dataset), split="", fold=0, layout="auto")
-    if cases is not None and cases < MIN_CASES_FOR_VALIDATION:
-        raw["data"]["val_fraction"] = 0.0
-    raw["train"].update(
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        batch_size=batch_size,
-        device=device,
-        runs_dir=str(runs_dir),
-        run_name="",
-        time_limit_minutes=0.0,
-        tensorboard=False,
-        init_model=str(base_model) if base_model is not None else "",
-    )
-    return config_from_dict(raw, base_model or BUNDLED_MODEL, saved=True)
 
 
 class TrainWidget(Container):
@@ -125,6 +87,12 @@ class TrainWidget(Container):
         self._epochs = SpinBox(label="epochs", min=1, max=10_000, value=10)
         self._steps = SpinBox(label="steps per epoch", min=1, max=100_000, value=50)
         self._batch_size = SpinBox(label="batch size", min=1, max=1024, value=8)
+        self._localiser_too = CheckBox(
+            label="also fine-tune stage 1",
+            value=False,
+            tooltip="For a two-stage model: fine-tune the localiser as well as the segmenter "
+            "(else the starting model's localiser is kept)",
+        )
         self._device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
         self._runs_dir = FileEdit(label="runs folder", mode="d", value=DEFAULT_RUNS)
         self._start = PushButton(text="Train")
@@ -145,6 +113,7 @@ class TrainWidget(Container):
                 self._epochs,
                 self._steps,
                 self._batch_size,
+                self._localiser_too,
                 self._device,
                 self._runs_dir,
                 Container(widgets=[self._start, self._stop], layout="horizontal", labels=False),
@@ -233,6 +202,7 @@ class TrainWidget(Container):
             "steps_per_epoch": int(self._steps.value),
             "batch_size": int(self._batch_size.value),
             "device": self._device.value,
+            "localiser_too": bool(self._localiser_too.value),
         }
         self._stop_requested.clear()
         self.history = []
@@ -244,8 +214,8 @@ class TrainWidget(Container):
                 staging = new_run_dir(runs_dir, "layers-dataset")
                 folder = export_pairs(pairs, staging / "data", ["background", "left atrium"])
             cases = len(pairs) if pairs else _msd_case_count(folder)
-            config = training_config(base, folder, runs_dir, cases=cases, **options)
-            return (yield from run_training(config, stop=self._stop_requested.is_set))
+            plan = training_plan(base, folder, runs_dir, cases=cases, **options)
+            return (yield from plan.run(stop=self._stop_requested.is_set))
 
         self._set_running(True)
         self.worker = start_job(
@@ -311,10 +281,14 @@ class TrainWidget(Container):
     def _status_text(self, text: str) -> None:
         self._status.value = text
 
-    def _trained(self, result: TrainResult) -> None:
-        from napari.utils.notifications import show_info
+    def _trained(self, result: TrainResult | TwoStageResult) -> None:
+        from napari.utils.notifications import show_info, show_warning
 
         self.result = result
+        if result.best_model is None:  # stopped during a two-stage run's first stage
+            self._status_text(f"{result.stopped}: no model yet; run folder {result.run_dir}")
+            show_warning(f"stopped before both stages were trained: {result.run_dir}")
+            return
         self.model_name = MODELS.add(f"trained: {result.run_dir.name}", result.best_model)
         dice = "" if result.best_dice < 0 else f", best validation Dice {result.best_dice:.3f}"
         self._status_text(

@@ -196,7 +196,9 @@ def test_lasc_train_trains_both_stages_from_one_config_and_resumes_after_stop(tm
     assert stop.returncode == 0, output
     assert "continue with `lasc train --resume" in output
     assert not (parent / "model.safetensors").exists()
-    assert json.loads((parent / "stages.json").read_text()) == {"localiser": "completed"}
+    assert json.loads((parent / "stages.json").read_text()) == {
+        "localiser": {"stopped": "completed"}
+    }
     localiser_weights = (parent / "localiser" / "checkpoints" / "best.safetensors").read_bytes()
 
     resumed = subprocess.run(
@@ -321,3 +323,41 @@ def test_the_single_stage_model_shipped_before_still_loads_and_segments(tmp_path
     overlap = np.logical_and(prediction.labels == 1, truth.array == 1).sum()
     dice = 2 * overlap / ((prediction.labels == 1).sum() + (truth.array == 1).sum())
     assert dice > 0.9  # la_016 was one of its training cases
+
+
+@pytest.mark.parametrize("localiser_too", [False, True])
+def test_fine_tuning_a_two_stage_model_gives_a_two_stage_model(stages, tmp_path, localiser_too):
+    """Stage 2 starts from the base model's segmenter; stage 1 is kept as it was, or
+    fine-tuned from the base's localiser when asked."""
+    from src_monai.training.plan import training_plan
+
+    dataset, *_, model = stages
+    plan = training_plan(
+        model,
+        dataset,
+        tmp_path / "runs",
+        epochs=1,
+        steps_per_epoch=2,
+        batch_size=2,
+        device="cpu",
+        cases=4,
+        localiser_too=localiser_too,
+    )
+    assert plan.two_stage
+    assert set(plan.configs) == ({"localiser", "segmenter"} if localiser_too else {"segmenter"})
+    result = run_to_end(plan.run())
+    assert result.stopped == "completed" and result.best_model.is_file()
+    tuned, spec = load_model(result.best_model)
+    base, base_spec = load_model(model)
+    assert spec.localiser is not None and spec.crop_size == base_spec.crop_size
+
+    def change(a, b):
+        return max((x - y).abs().max().item() for x, y in zip(a.values(), b.values(), strict=True))
+
+    segmenter_change = change(tuned.segmenter.state_dict(), base.segmenter.state_dict())
+    localiser_change = change(tuned.localiser.state_dict(), base.localiser.state_dict())
+    assert 0 < segmenter_change < 0.05  # started from the base's weights, then moved
+    if localiser_too:
+        assert 0 < localiser_change < 0.05
+    else:
+        assert localiser_change == 0

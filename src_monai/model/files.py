@@ -89,12 +89,24 @@ def build_model_network(spec: ModelSpec) -> nn.Module:
     return TwoStageNetwork(localiser, network)
 
 
+def load_stage(path: str | Path, stage: str) -> tuple[nn.Module, ModelSpec]:
+    """One stage's network and spec (``localiser`` or ``segmenter``) from a two-stage model
+    file; a one-stage file is returned whole (the caller checks that it fits)."""
+    network, spec = load_model(path)
+    if spec.localiser is None:
+        return network, spec
+    if stage == "localiser":
+        return network.localiser, spec.localiser
+    return network.segmenter, replace(spec, localiser=None)
+
+
 def combine_stages(
     localiser_path: str | Path, segmenter_path: str | Path, out: str | Path, *, half: bool = False
 ) -> Path:
-    """One two-stage model file from a localiser's (stage 1) and a crop model's (stage 2)."""
-    localiser, localiser_spec = load_model(localiser_path)
-    segmenter, segmenter_spec = load_model(segmenter_path)
+    """One two-stage model file from a localiser's (stage 1) and a crop model's (stage 2);
+    either may be a two-stage file, whose stage of that name is taken."""
+    localiser, localiser_spec = load_stage(localiser_path, "localiser")
+    segmenter, segmenter_spec = load_stage(segmenter_path, "segmenter")
     if localiser_spec.downsample < 2:
         raise ModelFileError(localiser_path, "is not a localiser (data.downsample = 1)")
     if not segmenter_spec.crop_size:

@@ -542,12 +542,14 @@ def validate_cases(predictor, cases: list[VolumeCase], config: Config) -> dict[s
 
 
 def load_initial_weights(network: torch.nn.Module, config: Config) -> None:
-    """Start from a trained model's weights (fine-tuning); its architecture must match."""
-    from src_monai.model.files import BUNDLED_MODEL, load_model
+    """Start from a trained model's weights (fine-tuning); its architecture must match. Of
+    a two-stage model file, the stage this config trains (a localiser's or a crop model's)."""
+    from src_monai.model.files import BUNDLED_MODEL, load_stage
 
     source = config.train.init_model
     path = BUNDLED_MODEL if source == "bundled" else Path(source)
-    trained, spec = load_model(path)
+    stage = "localiser" if config.data.downsample > 1 else "segmenter"
+    trained, spec = load_stage(path, stage)
     if (
         spec.in_channels != config.data.context_slices
         or spec.num_classes != config.data.num_classes

@@ -4,7 +4,7 @@ two joined into ``model.safetensors``.
 
     RUN/                       (train.runs_dir / train.run_name)
       stages.toml              both stages' resolved configs (what --resume reads)
-      stages.json              the stages that have finished
+      stages.json              the stages that have finished (or were kept from a model file)
       localiser/ segmenter/    ordinary run folders (see run_folder)
       model.safetensors        both stages in one model file: what ``lasc infer --model`` takes
 
@@ -52,19 +52,42 @@ class TwoStageResult:
         path = self.run_dir / MODEL_NAME
         return path if path.is_file() else None
 
+    # As a TrainResult reads, for front ends that show either: the joined model, and the
+    # last stage trained (stage 2 whenever it ran).
+    @property
+    def best_model(self) -> Path | None:
+        return self.model
+
+    @property
+    def epochs_done(self) -> int:
+        return list(self.stages.values())[-1].epochs_done if self.stages else 0
+
+    @property
+    def best_dice(self) -> float:
+        return list(self.stages.values())[-1].best_dice if self.stages else -1.0
+
 
 def run_two_stage_training(
-    configs: dict[str, Config] | None = None, *, resume: str | Path | None = None, stop=None
+    configs: dict[str, Config] | None = None,
+    *,
+    resume: str | Path | None = None,
+    stop=None,
+    kept: dict[str, Path] | None = None,
 ) -> Job[TwoStageResult]:
-    """Train the stages that have not finished, in order, then join them."""
+    """Train the stages that have not finished, in order, then join them.
+
+    ``kept``: stages not trained but taken from a model file (one-stage, or two-stage whose
+    stage of that name is used): fine-tuning stage 2 alone keeps the base model's stage 1."""
     if resume is not None:
         parent = Path(resume)
         configs = _read_stage_configs(parent)
         (parent / STOP_FILE).unlink(missing_ok=True)
-    assert configs is not None and set(configs) == set(STAGES)
+    assert configs is not None
+    kept = dict(kept or {})
+    assert set(configs) | set(kept) == set(STAGES) and not set(configs) & set(kept)
     from src_monai.inference.predictor import resolve_device
 
-    shared = configs[STAGES[0]].train
+    shared = next(iter(configs.values())).train  # runs_dir and run_name: the same in all
     dist = init_distributed(resolve_device(shared.device))
     if resume is None:
         made = new_run_dir(Path(shared.runs_dir), shared.run_name) if dist.main else None
@@ -72,6 +95,11 @@ def run_two_stage_training(
         if dist.main:
             _write_stage_configs(parent, configs)
     finished = _finished_stages(parent)
+    if kept and dist.main:
+        finished.update(
+            {stage: {"kept": str(Path(path).resolve())} for stage, path in kept.items()}
+        )
+        write_text(parent / "stages.json", json.dumps(finished, indent=1), overwrite=True)
     results: dict[str, TrainResult] = {}
     for number, stage in enumerate(STAGES, start=1):
         if stage in finished:
@@ -81,11 +109,17 @@ def run_two_stage_training(
         results[stage] = result
         if result.stopped not in FINISHED:
             return TwoStageResult(parent, results, result.stopped)
-        finished[stage] = result.stopped
+        finished[stage] = {"stopped": result.stopped}
         if dist.main:
             write_text(parent / "stages.json", json.dumps(finished, indent=1), overwrite=True)
     if dist.main:
-        combine_stages(*(_stage_model(parent, stage) for stage in STAGES), parent / MODEL_NAME)
+        models = [
+            Path(finished[stage]["kept"])
+            if "kept" in finished[stage]
+            else _stage_model(parent, stage)
+            for stage in STAGES
+        ]
+        combine_stages(*models, parent / MODEL_NAME)
         logger.info("both stages joined in %s", parent / MODEL_NAME)
     return TwoStageResult(parent, results, "completed")
 
@@ -139,7 +173,7 @@ def _stop(parent: Path, stop) -> bool:
 
 
 def _write_stage_configs(parent: Path, configs: dict[str, Config]) -> None:
-    text = tomli_w.dumps({stage: configs[stage].to_dict() for stage in STAGES})
+    text = tomli_w.dumps({stage: config.to_dict() for stage, config in configs.items()})
     write_text(parent / "stages.toml", text, overwrite=False)
 
 
@@ -151,7 +185,7 @@ def _read_stage_configs(parent: Path) -> dict[str, Config]:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise LascError(path, f"unreadable ({exc})") from exc
-    return {stage: config_from_dict(raw.get(stage, {}), path, saved=True) for stage in STAGES}
+    return {stage: config_from_dict(raw[stage], path, saved=True) for stage in raw}
 
 
 def _finished_stages(parent: Path) -> dict[str, Any]:

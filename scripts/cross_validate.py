@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from src_monai.config import STAGES, load_config, save_config
 from src_monai.data.datasets import discover_msd
 from src_monai.data.splits import SplitPlan, kfold_split, save_split
 from src_monai.evaluation.report import EvalPair, evaluate_pairs
@@ -81,10 +82,20 @@ def main() -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-final", action="store_true", help="skip the final model")
+    parser.add_argument(
+        "--stage",
+        choices=STAGES,
+        help="of a two-stage config: cross-validate this stage (its merged config is saved "
+        "as OUT/config_<stage>.toml and trained)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = args.out.resolve()
     (out / "logs").mkdir(parents=True, exist_ok=False)
+    if args.stage:
+        args.config = save_config(
+            load_config(args.config, stage=args.stage), out / f"config_{args.stage}.toml"
+        )
     dataset = discover_msd(args.data)
     folds = kfold_split(dataset.case_ids(), args.folds, seed=0)
     save_split(out / "folds.json", folds)

@@ -54,6 +54,50 @@ def spearman(x: list[float], y: list[float]) -> float:
     return float(spearmanr(x, y).statistic)
 
 
+def uncertainty_row(
+    prediction, truth: np.ndarray, spacing, axis: int
+) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
+    """A case's Dice, HD95 and uncertainty scores, and per slice (uncertain area, error area)
+    in mm² (error: false positives + false negatives)."""
+    metrics = case_metrics(prediction.labels, truth, spacing, 2)
+    scores = uncertainty_scores(prediction.uncertainty, prediction.labels, spacing, axis)
+    row = {
+        "dice": round(metrics["dice"], 4),
+        "hd95_mm": round(metrics["hd95_mm"], 3),
+        "uncertain_volume_pct": round(scores.uncertain_volume_pct, 3),
+        "most_uncertain_slice": scores.most_uncertain_slice,
+    }
+    wrong = (prediction.labels == 1) != (truth == 1)
+    pixel_mm2 = float(np.prod([s for i, s in enumerate(spacing) if i != axis]))
+    error_area = wrong.sum(axis=tuple(i for i in range(3) if i != axis)) * pixel_mm2
+    return row, (scores.slice_uncertain_area_mm2, error_area)
+
+
+def uncertainty_summary(case_rows: list[dict], slice_pairs: list) -> dict:
+    """Spearman correlations of the uncertainty scores with the errors, per case and slice."""
+    per_slice_u = np.concatenate([u for u, _ in slice_pairs])
+    per_slice_e = np.concatenate([e for _, e in slice_pairs])
+    volumes = [r["uncertain_volume_pct"] for r in case_rows]
+    return {
+        "spearman_case_uncertain_volume_vs_dice": round(
+            spearman(volumes, [r["dice"] for r in case_rows]), 3
+        ),
+        "spearman_case_uncertain_volume_vs_hd95": round(
+            spearman(volumes, [r["hd95_mm"] for r in case_rows]), 3
+        ),
+        "spearman_slice_uncertain_area_vs_error_area": round(
+            spearman(per_slice_u.tolist(), per_slice_e.tolist()), 3
+        ),
+        "slices": int(per_slice_u.size),
+        "worst_case_by_dice_is_most_uncertain": min(case_rows, key=lambda r: r["dice"])["case"]
+        == max(case_rows, key=lambda r: r["uncertain_volume_pct"])["case"],
+        # Per case: does the most uncertain slice fall among the slices with the most error?
+        "most_uncertain_slice_in_top5_error_slices": int(
+            sum(int(np.argmax(u)) in np.argsort(e)[-5:].tolist() for u, e in slice_pairs)
+        ),
+    }
+
+
 def train_all(args: argparse.Namespace, out: Path) -> None:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     common = [
@@ -126,24 +170,9 @@ def evaluate_all(args: argparse.Namespace, out: Path, folds) -> None:
                 logger.info("%s %s Dice %.4f", case_id, variant, metrics["dice"])
                 if prediction.uncertainty is None:
                     continue
-                scores = uncertainty_scores(
-                    prediction.uncertainty, prediction.labels, spacing, predictor.spec.slice_axis
-                )
-                case_rows.append(
-                    {
-                        "fold": k,
-                        "case": case_id,
-                        "dice": round(metrics["dice"], 4),
-                        "hd95_mm": round(metrics["hd95_mm"], 3),
-                        "uncertain_volume_pct": round(scores.uncertain_volume_pct, 3),
-                        "most_uncertain_slice": scores.most_uncertain_slice,
-                    }
-                )
-                wrong = (prediction.labels == 1) != (truth == 1)
-                axis = predictor.spec.slice_axis
-                pixel_mm2 = float(np.prod([s for i, s in enumerate(spacing) if i != axis]))
-                error_area = wrong.sum(axis=tuple(i for i in range(3) if i != axis)) * pixel_mm2
-                slice_pairs.append((scores.slice_uncertain_area_mm2, error_area))
+                row, slices = uncertainty_row(prediction, truth, spacing, predictor.spec.slice_axis)
+                case_rows.append({"fold": k, "case": case_id, **row})
+                slice_pairs.append(slices)
     write_csv(out / "planes_per_case.csv", plane_rows)
     write_csv(out / "uncertainty_per_case.csv", case_rows)
     summary: dict = {"folds": args.folds, "epochs": args.epochs, "steps": args.steps}
@@ -167,32 +196,7 @@ def evaluate_all(args: argparse.Namespace, out: Path, folds) -> None:
         ),
         "cases_tri_better_dice": sum(tri[c]["dice"] > single[c]["dice"] for c in single),
     }
-    per_slice_u = np.concatenate([u for u, _ in slice_pairs])
-    per_slice_e = np.concatenate([e for _, e in slice_pairs])
-    summary["uncertainty"] = {
-        "spearman_case_uncertain_volume_vs_dice": round(
-            spearman(
-                [r["uncertain_volume_pct"] for r in case_rows], [r["dice"] for r in case_rows]
-            ),
-            3,
-        ),
-        "spearman_case_uncertain_volume_vs_hd95": round(
-            spearman(
-                [r["uncertain_volume_pct"] for r in case_rows], [r["hd95_mm"] for r in case_rows]
-            ),
-            3,
-        ),
-        "spearman_slice_uncertain_area_vs_error_area": round(
-            spearman(per_slice_u.tolist(), per_slice_e.tolist()), 3
-        ),
-        "slices": int(per_slice_u.size),
-        "worst_case_by_dice_is_most_uncertain": min(case_rows, key=lambda r: r["dice"])["case"]
-        == max(case_rows, key=lambda r: r["uncertain_volume_pct"])["case"],
-        # Per case: does the most uncertain slice fall among the slices with the most error?
-        "most_uncertain_slice_in_top5_error_slices": int(
-            sum(int(np.argmax(u)) in np.argsort(e)[-5:].tolist() for u, e in slice_pairs)
-        ),
-    }
+    summary["uncertainty"] = uncertainty_summary(case_rows, slice_pairs)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     logger.info("%s", json.dumps(summary, indent=1))
 

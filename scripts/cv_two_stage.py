@@ -1,9 +1,9 @@
 """Cross-validate the two-stage model from the fold models of its two stages.
 
-    python scripts/cross_validate.py configs/lasc13_localiser.toml --data DATA \
-        --out runs/cv-loc --no-final
-    python scripts/cross_validate.py configs/lasc13_crop.toml --data DATA \
-        --out runs/cv-crop --no-final
+    python scripts/cross_validate.py configs/lasc13_two_stage.toml --stage localiser \\
+        --data DATA --out runs/cv-loc --no-final
+    python scripts/cross_validate.py configs/lasc13_two_stage.toml --stage segmenter \\
+        --data DATA --out runs/cv-crop --no-final
     python scripts/cv_two_stage.py --data DATA --localisers runs/cv-loc --segmenters runs/cv-crop \\
         --out runs/cv-two-stage
 
@@ -11,7 +11,10 @@ Both cross-validations use the same patient-level folds (seed 0). For each fold,
 held-out patients: the localiser's box against the true one (``boxes.csv``: does it hold the
 atrium, how many atrium voxels the stage-2 crop would miss), and the whole two-stage model
 (the fold's localiser and crop model in one file) scored end to end, with and without
-post-processing (``per_case.csv``, means in ``summary.json``).
+post-processing (``per_case.csv``, means in ``summary.json``). With ``--uncertainty``, the
+uncertainty map of each held-out case (post-processing on, as shipped) against its errors:
+``uncertainty_per_case.csv`` and Spearman correlations under ``uncertainty`` in the summary
+(the same measures as ``cv_planes_uncertainty.py``).
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from cv_planes_uncertainty import uncertainty_row, uncertainty_summary  # this folder
 
 from src_monai.data.datasets import discover_msd
 from src_monai.data.splits import load_split
 from src_monai.evaluation.boxes import box_rows
 from src_monai.evaluation.report import EvalPair, evaluate_pairs
 from src_monai.inference.predictor import PredictOptions, Predictor
+from src_monai.io.scans import read_labels, read_scan
 from src_monai.io.tables import write_csv
 from src_monai.model.files import combine_stages
 from src_monai.progress import run_to_end
@@ -48,6 +53,19 @@ def mean_sd(values: list[float]) -> dict[str, float]:
     return {"mean": round(float(array.mean()), 4), "sd": round(float(array.std(ddof=1)), 4)}
 
 
+def case_uncertainty(predictor: Predictor, pair: EvalPair):
+    """:func:`cv_planes_uncertainty.uncertainty_row` of the two-stage model on one case."""
+    scan, truth = read_scan(pair.image), read_labels(pair.truth)
+    prediction = run_to_end(
+        predictor.predict_volume(
+            scan.array, postprocess=True, uncertainty=True, spacing=scan.geometry.spacing
+        )
+    )
+    return uncertainty_row(
+        prediction, truth.array, scan.geometry.spacing, predictor.spec.slice_axis
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -55,13 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--segmenters", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--uncertainty", action="store_true", help="re-validate the case score")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=False)
     dataset = discover_msd(args.data)
     folds = load_split(args.segmenters / "folds.json", known_cases=dataset.case_ids())
     by_case = {c.case_id: c for c in dataset.training}
-    boxes, rows = [], []
+    boxes, rows, uncertain_rows, slice_pairs = [], [], [], []
     for k, partition in enumerate(folds.partitions):
         pairs = [EvalPair(c, None, by_case[c].label, by_case[c].image) for c in partition["val"]]
         model = combine_stages(
@@ -97,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
                     {"fold": k, "variant": variant, "seconds_per_case": round(seconds, 2), **row}
                 )
         logger.info("fold %d: %s", k, [(b["case"], b.get("voxels_outside_crop")) for b in found])
+        if args.uncertainty:
+            for pair in pairs:
+                row, slices = case_uncertainty(predictor, pair)
+                uncertain_rows.append({"fold": k, "case": pair.case_id, **row})
+                slice_pairs.append(slices)
     write_csv(args.out / "boxes.csv", boxes)
     write_csv(args.out / "per_case.csv", rows)
     summary = {
@@ -111,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             for variant in VARIANTS
         },
     }
+    if args.uncertainty:
+        write_csv(args.out / "uncertainty_per_case.csv", uncertain_rows)
+        summary["uncertainty"] = uncertainty_summary(uncertain_rows, slice_pairs)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     logger.info("%s", json.dumps(summary))
     return 0

@@ -361,3 +361,46 @@ def test_fine_tuning_a_two_stage_model_gives_a_two_stage_model(stages, tmp_path,
         assert 0 < localiser_change < 0.05
     else:
         assert localiser_change == 0
+
+
+def test_two_stage_training_under_torchrun_with_two_processes(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    dataset = make_msd_dataset(tmp_path / "data", cases=4)
+    config = tmp_path / "two.toml"
+    config.write_text(
+        _two_stage_toml(dataset, tmp_path / "runs").replace(
+            "preview_slices = 1", "preview_slices = 0"
+        )
+    )
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    done = subprocess.run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "src_monai.cli",
+            "train",
+            str(config),
+            "--set",
+            "localiser.train.epochs=1",
+            "--set",
+            "segmenter.train.epochs=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    parent = tmp_path / "runs" / "both"
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["both"]  # one parent
+    for stage in ("localiser", "segmenter"):
+        checksums = {p.read_text() for p in (parent / stage / "ranks").iterdir()}
+        assert len(checksums) == 1, stage  # both ranks ended with the same weights
+    assert load_model(parent / "model.safetensors")[1].localiser is not None

@@ -1,7 +1,7 @@
 """Cross-validate several variants of a training recipe and tabulate them (a GPU goes faster).
 
-    python scripts/recipe_search.py configs/lasc13_crop.toml --data ../shared/data/lasc13 \\
-        --out runs/search [--parallel 4] [--variants baseline slices48k ...]
+    python scripts/recipe_search.py configs/lasc13_two_stage.toml --stage segmenter \\
+        --data ../shared/data/lasc13 --out runs/search [--parallel 4] [--variants baseline ...]
 
 Each variant is ``scripts/cross_validate.py`` (4 patient-level folds, no final model) with its
 ``--set`` overrides on top of the config; the folds are the same for every variant (seed 0).
@@ -29,7 +29,8 @@ VARIANTS: dict[str, list[str]] = {
     "baseline": [],
     "slices48k": ["train.epochs=30"],
     "slices96k": ["train.epochs=60"],
-    "context5": ["data.context_slices=5"],
+    "context3": ["data.context_slices=3"],
+    "no_ema": ["train.ema_decay=0.0"],
     "crop160": ["data.crop_size=160"],
     "jitter10": ["data.crop_jitter=10"],
     "adamw_cosine": ["train.optimizer='adamw'", "train.scheduler='cosine'"],
@@ -39,11 +40,11 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
-def slices_seen(config: Path, overrides: list[str]) -> int:
+def slices_seen(config: Path, overrides: list[str], stage: str | None) -> int:
     """Training slices per fold model: epochs x steps x batch, after the overrides."""
     from src_monai.config import load_config
 
-    train = load_config(config, overrides).train
+    train = load_config(config, overrides, stage=stage).train
     return train.epochs * train.steps_per_epoch * train.batch_size
 
 
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--stage", help="of a two-stage config: the stage to search")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         command = [sys.executable, str(SCRIPTS / "cross_validate.py"), str(args.config)]
         command += ["--data", str(args.data), "--out", str(args.out / name), "--no-final"]
         command += ["--parallel", str(args.parallel), "--device", args.device]
+        command += ["--stage", args.stage] if args.stage else []
         for item in ["train.preview_slices=0", *overrides]:
             command += ["--set", item]
         logger.info("variant %s: %s", name, " ".join(overrides) or "(the config)")
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         best = summary["variants"][summary["chosen"]]
         table[name] = {
             "overrides": overrides,
-            "slices_per_fold": slices_seen(args.config, overrides),
+            "slices_per_fold": slices_seen(args.config, overrides, args.stage),
             "training_seconds": round(summary["training_seconds"], 1),
             "inference": summary["chosen"],
             **{k: round(v, 4) for k, v in best.items()},

@@ -404,3 +404,19 @@ def test_two_stage_training_under_torchrun_with_two_processes(tmp_path):
         checksums = {p.read_text() for p in (parent / stage / "ranks").iterdir()}
         assert len(checksums) == 1, stage  # both ranks ended with the same weights
     assert load_model(parent / "model.safetensors")[1].localiser is not None
+
+
+def test_two_stage_uncertainty_map_covers_the_crop_and_is_certain_outside(stages):
+    dataset, *_, model = stages
+    predictor = Predictor.from_checkpoint(model, "cpu")
+    scan = read_scan(dataset / "imagesTr" / "case_001.nii.gz")
+    prediction = run_to_end(predictor.predict_volume(scan.array, uncertainty=True))
+    plain = run_to_end(predictor.predict_volume(scan.array))
+    assert prediction.uncertainty is not None
+    assert prediction.uncertainty.shape == scan.array.shape
+    np.testing.assert_array_equal(prediction.labels, plain.labels)  # the map adds, never changes
+    first, stop = prediction.box.slice_range(predictor.spec.crop_slice_margin, scan.array.shape[2])
+    outside = np.ones(scan.array.shape, bool)
+    outside[:, :, first:stop] = False
+    assert not prediction.uncertainty[outside].any()  # background by construction: certain
+    assert prediction.uncertainty.min() >= 0.0 and prediction.uncertainty.max() <= 1.0 + 1e-6

@@ -96,6 +96,10 @@ def _surface_area(mask: np.ndarray, spacing: tuple[float, float, float]) -> floa
     from scipy import ndimage
     from skimage.measure import marching_cubes, mesh_surface_area
 
+    # Only the mask's box plus a margin wider than the Gaussian's reach (4 sigma, sigma <= 1
+    # voxel) matters: the same surface, at a fraction of the volume's cost.
+    found = ndimage.find_objects(mask.astype(np.uint8))[0]
+    mask = mask[tuple(slice(max(s.start - 5, 0), s.stop + 5) for s in found)]
     padded = np.pad(mask.astype(np.float32), 3)  # close the surface at the volume's edge
     finest = min(spacing)
     smooth = ndimage.gaussian_filter(padded, sigma=[finest / s for s in spacing])

@@ -16,12 +16,28 @@ def postprocess_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
     holes where a slice disagrees with its neighbours. The same result as MONAI's
     ``KeepLargestConnectedComponent(independent=True)`` then ``FillHoles`` (full
     connectivity for both; a test checks it on real predictions), with SciPy's C
-    implementations: 0.37 s instead of 0.88 s for a 256x256x130 scan on this CPU.
+    implementations, on the foreground's box only: 0.37 s instead of 0.88 s for a whole
+    256x256x130 scan on this CPU, and a fraction of that on the box of a compact atrium.
     """
     from scipy import ndimage
 
-    full = ndimage.generate_binary_structure(labels.ndim, labels.ndim)
     result = np.asarray(labels, dtype=np.uint8).copy()
+    found = ndimage.find_objects((result != 0).astype(np.uint8))
+    if not found:
+        return result
+    # Only the foreground's box plus one voxel matters: the margin is background connected
+    # around the box to the volume's border, so the same holes are found, in a fraction of
+    # the time (most of a scan is far from the atrium).
+    box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in found[0])
+    result[box] = _postprocess_box(result[box], num_classes)
+    return result
+
+
+def _postprocess_box(result: np.ndarray, num_classes: int) -> np.ndarray:
+    from scipy import ndimage
+
+    full = ndimage.generate_binary_structure(result.ndim, result.ndim)
+    result = result.copy()
     for cls in range(1, num_classes):
         mask = result == cls
         components, count = ndimage.label(mask, structure=full)

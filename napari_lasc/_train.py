@@ -286,7 +286,10 @@ class TrainWidget(Container):
 
         self.result = result
         if result.best_model is None:  # stopped during a two-stage run's first stage
-            self._status_text(f"{result.stopped}: no model yet; run folder {result.run_dir}")
+            self._status_text(
+                f"{result.stopped}: no model yet; continue with "
+                f"`lasc train --resume {result.run_dir}`"
+            )
             show_warning(f"stopped before both stages were trained: {result.run_dir}")
             return
         self.model_name = MODELS.add(f"trained: {result.run_dir.name}", result.best_model)

@@ -537,10 +537,16 @@ def test_train_widget_stop_saves_the_run(make_napari_viewer, qtbot, tmp_path):
     wait_for_progress(qtbot, train)
     train._stop.native.click()
     wait_for(qtbot, train)
-    assert train.result.stopped == "stopped"
-    assert train.result.epochs_done <= 2  # of 100: it ended at the step after Stop
-    assert (train.result.run_dir / "checkpoints" / "last.safetensors").is_file()
-    assert train.result.best_model.is_file()
+    result = train.result
+    assert result.stopped == "stopped"
+    assert result.epochs_done <= 2  # of 100: it ended at the step after Stop
+    # The bundled recipe has two stages: from random weights both train, and Stop came in the
+    # first; its run is saved (`lasc train --resume RUN` continues), there is no model yet.
+    assert list(result.stages) == ["localiser"]
+    assert (result.run_dir / "localiser" / "checkpoints" / "last.safetensors").is_file()
+    assert (result.run_dir / "stages.toml").is_file()
+    assert result.best_model is None and "no model yet" in train._status.value
+    assert train.model_name is None
     assert time.perf_counter() - started < WORKER_TIMEOUT_MS / 1000
 
 

@@ -95,14 +95,14 @@ class InteractiveSession:
             return predictor.predict_slice(
                 self._normalised, index, tta=tta, normalised=True, box=box
             )
-        if self._on_grid is None:
-            self._on_grid = resample_volume(self._normalised, self._grid)
         # The grid slice whose centre is nearest this slice's, and its labels back in-plane.
         scale = self._grid[axis] / self.shape[axis]
         nearest = int(np.clip(round((index + 0.5) * scale - 0.5), 0, self._grid[axis] - 1))
         if box is not None:
             box = box.scaled(self._slices_first_ratios(), slices_first(self._grid, self.slice_axis))
-        labels = predictor.predict_slice(self._on_grid, nearest, tta=tta, normalised=True, box=box)
+        labels = predictor.predict_slice(
+            self._grid_volume(), nearest, tta=tta, normalised=True, box=box
+        )
         plane = tuple(1 if a == axis else n for a, n in enumerate(self.shape))
         back = resample_labels(np.expand_dims(labels, axis), predictor.spec.num_classes, plane)
         return np.take(back, 0, axis=axis)
@@ -116,9 +116,7 @@ class InteractiveSession:
         if self._grid is None:
             self.box = run_to_end(localiser.localise(self._normalised, normalised=True))
         else:
-            if self._on_grid is None:
-                self._on_grid = resample_volume(self._normalised, self._grid)
-            found = run_to_end(localiser.localise(self._on_grid, normalised=True))
+            found = run_to_end(localiser.localise(self._grid_volume(), normalised=True))
             ratios = [1.0 / r for r in self._slices_first_ratios()]
             self.box = (
                 None
@@ -127,6 +125,13 @@ class InteractiveSession:
             )
         self.localised = self.box is not None
         return self.box
+
+    def _grid_volume(self) -> np.ndarray:
+        """The normalised scan on the network's grid, resampled once."""
+        assert self._grid is not None
+        if self._on_grid is None:
+            self._on_grid = resample_volume(self._normalised, self._grid)
+        return self._on_grid
 
     def _slices_first_ratios(self) -> tuple:
         """Grid voxels per scan voxel, slices first."""

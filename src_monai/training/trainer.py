@@ -228,13 +228,18 @@ class Trainer:
         self.optimiser = build_optimiser(config, self.network.parameters())
         self.scheduler = build_scheduler(config, self.optimiser)
         self.loss_function = build_loss(config.train.loss, config.data.num_classes)
-        self.averaged = None
-        if config.train.ema_decay:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        self.averaged = self._new_average()
 
-            self.averaged = AveragedModel(
-                self.network, multi_avg_fn=get_ema_multi_avg_fn(config.train.ema_decay)
-            )
+    def _new_average(self):
+        """A moving average of the network's weights (``train.ema_decay``), or None. Its first
+        update copies the weights (torch's rule), so loaded initial weights are not mixed
+        with the random ones it was made from."""
+        decay = self.config.train.ema_decay
+        if not decay:
+            return None
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        return AveragedModel(unwrap(self.network), multi_avg_fn=get_ema_multi_avg_fn(decay))
 
     def model_to_use(self) -> torch.nn.Module:
         """The weights validated and saved: the moving average when there is one."""

@@ -103,7 +103,12 @@ def run_two_stage_training(
     results: dict[str, TrainResult] = {}
     for number, stage in enumerate(STAGES, start=1):
         if stage in finished:
-            logger.info("%s: finished in an earlier run, not trained again", stage)
+            kept_from = finished[stage].get("kept")
+            logger.info(
+                "%s: %s, not trained",
+                stage,
+                f"kept from {kept_from}" if kept_from else "finished in an earlier run",
+            )
             continue
         result = yield from _train_stage(parent, stage, number, configs[stage], stop)
         results[stage] = result

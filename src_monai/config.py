@@ -425,6 +425,8 @@ def _stage_overrides(overrides: list[str], stage: str) -> list[str]:
         if len(parts) == 3:
             if parts[0] not in STAGES:
                 raise ConfigError("--set", f"unknown stage {parts[0]!r} in {item!r}")
+            if ".".join(parts[1:]) in SHARED_ONLY_KEYS:
+                raise ConfigError("--set", f"{key}: set {'.'.join(parts[1:])} for both stages")
             if parts[0] == stage:
                 kept.append(item.strip()[len(stage) + 1 :])
         else:

@@ -247,6 +247,9 @@ def test_a_two_stage_config_is_refused_where_one_stage_is_expected(tmp_path):
     )
     with pytest.raises(ConfigError, match="set train.run_name once, for both stages"):
         load_config(config, stage="segmenter")
+    config.write_text(_two_stage_toml(tmp_path, tmp_path / "runs"))
+    with pytest.raises(ConfigError, match="set train.runs_dir for both stages"):
+        load_config(config, ["localiser.train.runs_dir='x'"], stage="localiser")
 
 
 def test_a_finer_scan_is_resampled_for_volume_and_slices_alike(stages):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -197,3 +200,17 @@ def errors():
         ]
 
     return shown
+
+
+def torchrun_train(config: Path, *arguments: str) -> subprocess.CompletedProcess:
+    """``lasc train CONFIG ARGUMENTS`` as two CPU processes under ``torchrun`` (one thread
+    each, so the two share this machine's cores)."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    command = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "src_monai.cli"]
+    return subprocess.run(
+        [*command, "train", str(config), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import LASC, make_msd_dataset, tiny_config
+from conftest import LASC, make_msd_dataset, tiny_config, torchrun_train
 from safetensors.torch import load_file
 
 from src_monai.config import load_config
@@ -268,24 +265,7 @@ def test_two_process_ddp_on_cpu_ends_with_identical_weights(tmp_path, msd_datase
         f"[train]\nepochs = 2\nsteps_per_epoch = 3\nbatch_size = 2\npreview_slices = 0\n"
         f'runs_dir = "{tmp_path / "runs"}"\nrun_name = "ddp"\n'
     )
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [
-            torchrun,
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "src_monai.cli",
-            "train",
-            str(config),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+    result = torchrun_train(config)
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "runs" / "ddp"
     checksums = {p.name: p.read_text() for p in (run / "ranks").iterdir()}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_msd_dataset, tiny_config
+from conftest import make_msd_dataset, tiny_config, torchrun_train
 
 from src_monai.data.crops import AtriumBox
 from src_monai.errors import LascError
@@ -367,11 +367,6 @@ def test_fine_tuning_a_two_stage_model_gives_a_two_stage_model(stages, tmp_path,
 
 
 def test_two_stage_training_under_torchrun_with_two_processes(tmp_path):
-    import os
-    import shutil
-    import subprocess
-    import sys
-
     dataset = make_msd_dataset(tmp_path / "data", cases=4)
     config = tmp_path / "two.toml"
     config.write_text(
@@ -379,26 +374,8 @@ def test_two_stage_training_under_torchrun_with_two_processes(tmp_path):
             "preview_slices = 1", "preview_slices = 0"
         )
     )
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    done = subprocess.run(
-        [
-            torchrun,
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "src_monai.cli",
-            "train",
-            str(config),
-            "--set",
-            "localiser.train.epochs=1",
-            "--set",
-            "segmenter.train.epochs=1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    done = torchrun_train(
+        config, "--set", "localiser.train.epochs=1", "--set", "segmenter.train.epochs=1"
     )
     assert done.returncode == 0, done.stderr[-3000:]
     parent = tmp_path / "runs" / "both"

@@ -29,15 +29,14 @@ def postprocess_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
     # around the box to the volume's border, so the same holes are found, in a fraction of
     # the time (most of a scan is far from the atrium).
     box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in found[0])
-    result[box] = _postprocess_box(result[box], num_classes)
+    _postprocess_in_place(result[box], num_classes)  # a view: result changes with it
     return result
 
 
-def _postprocess_box(result: np.ndarray, num_classes: int) -> np.ndarray:
+def _postprocess_in_place(result: np.ndarray, num_classes: int) -> None:
     from scipy import ndimage
 
     full = ndimage.generate_binary_structure(result.ndim, result.ndim)
-    result = result.copy()
     for cls in range(1, num_classes):
         mask = result == cls
         components, count = ndimage.label(mask, structure=full)
@@ -52,4 +51,3 @@ def _postprocess_box(result: np.ndarray, num_classes: int) -> np.ndarray:
             # only where no other class claims it.
             holes = ndimage.binary_fill_holes(mask, structure=full) & ~mask & (result == 0)
             result[holes] = cls
-    return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from dataclasses import replace
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -114,15 +115,26 @@ def test_files_are_written_with_the_scans_geometry(predictor, tiny_run, tmp_path
 
 
 def test_existing_outputs_are_kept_unless_asked(predictor, tiny_run, tmp_path):
+    """A complete earlier result (labels and area curve) is kept by --skip-existing; one with
+    its area curve missing is segmented again, as a whole."""
     dataset, _ = tiny_run
     out = tmp_path / "out"
     out.mkdir()
     (out / "case_000.nii.gz").write_bytes(b"earlier result")
+    (out / "case_000_area_curve.csv").write_text("earlier curve")
+    (out / "case_001.nii.gz").write_bytes(b"incomplete result")
     with pytest.raises(LascError, match="already exists"):
         run_to_end(predict_files(predictor, [dataset / "imagesTr"], out))
     assert (out / "case_000.nii.gz").read_bytes() == b"earlier result"
     rows = run_to_end(predict_files(predictor, [dataset / "imagesTr"], out, skip_existing=True))
-    assert len(rows) == 3 and (out / "case_000.nii.gz").read_bytes() == b"earlier result"
+    assert [Path(row["input"]).name for row in rows] == [
+        "case_001.nii.gz",
+        "case_002.nii.gz",
+        "case_003.nii.gz",
+    ]
+    assert (out / "case_000.nii.gz").read_bytes() == b"earlier result"
+    assert (out / "case_000_area_curve.csv").read_text() == "earlier curve"
+    assert nib.load(out / "case_001.nii.gz").shape and (out / "case_001_area_curve.csv").is_file()
 
 
 def test_png_input_gives_coloured_masks_of_the_input_size(predictor, tmp_path):

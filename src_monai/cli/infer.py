@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from src_monai.errors import LascError
-from src_monai.inference.files import predict_files
+from src_monai.inference.files import plan_files, predict_files
 from src_monai.inference.predictor import PredictOptions, Predictor
 from src_monai.io.files import (
     writable_folder,
@@ -99,7 +99,17 @@ def run(args: argparse.Namespace) -> int:
 
     prediction_options(args)  # checked before any work
     rgb_map = parse_rgb_map(args.rgb_map) if args.rgb_map else None
-    writable_folder(args.out)  # before the model loads: fail before any work
+    # Every output planned and checked, and the folder proved writable, before the model
+    # loads: a plan that would lose data is refused before any work or any new file.
+    plan_files(
+        args.inputs,
+        args.out,
+        probabilities=args.probabilities,
+        uncertainty=args.uncertainty,
+        overwrite=args.overwrite,
+        skip_existing=args.skip_existing,
+    )
+    writable_folder(args.out)
     predictor = Predictor.from_checkpoint(args.model, args.device, tri_planar=args.tri_planar)
     rows = drive(
         predict_files(

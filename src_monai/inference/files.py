@@ -9,8 +9,9 @@ CaseReport` row.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,8 @@ import numpy as np
 from src_monai.errors import LascError
 from src_monai.inference.predictor import DEFAULT_OPTIONS, Prediction, PredictOptions, Predictor
 from src_monai.inference.report import CaseReport, report_case
-from src_monai.io.files import (
-    atomic_destination,
-    remove_stale_partials,
-    writable_folder,
-)
+from src_monai.io.files import remove_stale_partials, writable_folder
+from src_monai.io.outputs import CaseOutputs, check_planned_outputs, merge_rows, write_unit
 from src_monai.io.scans import (
     SCAN_SUFFIXES,
     ScanGeometry,
@@ -32,7 +30,7 @@ from src_monai.io.scans import (
     write_labels,
     write_volume,
 )
-from src_monai.io.tables import write_csv
+from src_monai.io.tables import csv_text
 from src_monai.progress import Job, Progress, run_to_end
 
 logger = logging.getLogger(__name__)
@@ -67,6 +65,49 @@ def output_name(path: Path) -> str:
     return path.name if suffix in (".nii.gz", ".nii") else path.name[: -len(suffix)] + ".nii.gz"
 
 
+def plan_case_outputs(
+    source: Path, out: Path, *, probabilities: bool, uncertainty: bool
+) -> CaseOutputs:
+    """Every file ``lasc infer`` writes for one input: a scan's labels with their area curve
+    (and probability and uncertainty maps when asked for); a PNG slice's colour mask."""
+    if not scan_suffix(source):
+        return CaseOutputs(source, out / source.name)
+    labels = out / output_name(source)
+    stem = labels.name.removesuffix(".gz").removesuffix(".nii")
+    derived = [out / f"{stem}_area_curve.csv"]
+    if probabilities:
+        derived.append(out / f"{stem}_probability.nii.gz")
+    if uncertainty:
+        derived.append(out / f"{stem}_uncertainty.nii.gz")
+    return CaseOutputs(source, labels, tuple(derived))
+
+
+SUMMARY = "summary.csv"
+
+
+def plan_files(
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    probabilities: bool = False,
+    uncertainty: bool = False,
+    overwrite: bool = False,
+    skip_existing: bool = False,
+) -> list[CaseOutputs]:
+    """Every input's output files, checked so that no data can be lost
+    (:func:`~src_monai.io.outputs.check_planned_outputs`); creates nothing."""
+    scans, pngs = find_inputs(inputs)
+    out = Path(out)
+    plans = [
+        plan_case_outputs(source, out, probabilities=probabilities, uncertainty=uncertainty)
+        for source in scans + pngs
+    ]
+    check_planned_outputs(
+        plans, overwrite=overwrite, skip_existing=skip_existing, extra_outputs=[out / SUMMARY]
+    )
+    return plans
+
+
 def predict_files(
     predictor: Predictor,
     inputs: Sequence[str | Path],
@@ -79,63 +120,58 @@ def predict_files(
     skip_existing: bool = False,
     rgb_map: dict | None = None,
 ) -> Job[list[dict[str, Any]]]:
-    """Segment scans (and PNG slices) into ``out``; returns the summary rows.
+    """Segment scans (and PNG slices) into ``out``; returns this run's summary rows.
 
+    Before any work, every output file is planned and checked (:func:`~src_monai.io.outputs.
+    check_planned_outputs`): none may be an input, no two inputs may write one file, and
+    existing results are replaced only with ``overwrite``. ``skip_existing`` keeps a case whose
+    files are all there and redoes one with a file missing. Each case's files are written as
+    one unit, and its row is merged into ``out/summary.csv`` by input path as soon as it is
+    done (rows of earlier runs and of concurrent runs into the same folder are kept).
     ``save_uncertainty`` writes ``<name>_uncertainty.nii.gz`` per scan and adds the uncertain
     volume (% of the LA) and the most uncertain slice to the summary."""
-    scans, pngs = find_inputs(inputs)
+    plans = plan_files(
+        inputs,
+        out,
+        probabilities=save_probabilities,
+        uncertainty=save_uncertainty,
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+    )
     out = writable_folder(out)
     for stale in remove_stale_partials(out):
         logger.info("removed %s, left by an interrupted run", stale.name)
-    targets = [out / output_name(p) for p in scans] + [out / p.name for p in pngs]
-    existing = [t for t in targets if t.exists()]
-    if existing and not (overwrite or skip_existing):
-        raise LascError(
-            existing[0],
-            f"already exists ({len(existing)} outputs exist; use "
-            "--overwrite to replace them or --skip-existing to keep them)",
-        )
     rows: list[dict[str, Any]] = []
-    total = len(targets)
-    for done, (source, target) in enumerate(zip(scans + pngs, targets, strict=True), start=1):
-        if skip_existing and target.exists():
-            yield Progress(f"{source.name} (kept)", done, total)
+    for done, plan in enumerate(plans, start=1):
+        source = plan.source
+        if skip_existing and plan.complete:
+            yield Progress(f"{source.name} (kept)", done, len(plans))
             continue
+        if skip_existing and plan.started:
+            logger.info("%s: an earlier result is incomplete: segmenting it again", source.name)
         try:
-            if source in scans:
-                row = _predict_scan(
-                    predictor,
-                    source,
-                    target,
-                    options,
-                    save_probabilities=save_probabilities,
-                    save_uncertainty=save_uncertainty,
-                    overwrite=overwrite,
-                )
+            if scan_suffix(source):
+                row = _predict_scan(predictor, plan, options, save_probabilities, save_uncertainty)
             else:
-                row = _predict_png(predictor, source, target, options, overwrite, rgb_map)
+                row = _predict_png(predictor, plan, options, rgb_map)
         except LascError as exc:
             if exc.source is not None:
                 raise
             raise LascError(source, exc.problem) from exc  # name the file it is about
+        merge_rows(out / SUMMARY, [row], key="input")
         rows.append(row)
-        yield Progress(source.name, done, total)
-    if rows:
-        write_csv(out / "summary.csv", rows)
+        yield Progress(source.name, done, len(plans))
     return rows
 
 
 def _predict_scan(
     predictor: Predictor,
-    source: Path,
-    target: Path,
+    plan: CaseOutputs,
     options: PredictOptions,
-    *,
     save_probabilities: bool,
     save_uncertainty: bool,
-    overwrite: bool,
 ) -> dict[str, Any]:
-    scan = read_scan(source)
+    scan = read_scan(plan.source)
     prediction = run_to_end(
         predictor.predict_volume(
             scan.array,
@@ -151,34 +187,24 @@ def _predict_scan(
         predictor.spec,
         axcodes=scan.geometry.axcodes if scan.geometry.orientation_known else None,
     )
-    write_case_outputs(
-        target,
-        prediction,
-        report,
-        scan.geometry,
-        overwrite=overwrite,
-        probabilities=save_probabilities,
-    )
+    write_case_outputs(plan, prediction, report, scan.geometry)
     for flag in report.quality_flags:
-        logger.warning("%s: check by eye: %s", source.name, flag)
-    return {"input": str(source), "output": str(target), **report.summary_row()}
+        logger.warning("%s: check by eye: %s", plan.source.name, flag)
+    return {"input": _input_key(plan.source), "output": str(plan.main), **report.summary_row()}
+
+
+def _input_key(source: Path) -> str:
+    """How ``summary.csv`` names an input: its absolute path, so that runs from different
+    working folders merge their rows by the same key."""
+    return str(source.resolve())
 
 
 def write_case_outputs(
-    target: Path,
-    prediction: Prediction,
-    report: CaseReport,
-    geometry: ScanGeometry,
-    *,
-    overwrite: bool,
-    probabilities: bool,
+    plan: CaseOutputs, prediction: Prediction, report: CaseReport, geometry: ScanGeometry
 ) -> None:
     """A case's labels and what is derived from them (area curve, probability and
-    uncertainty maps), as one unit: the derived files are written first and the labels last,
-    so the labels file marks the case complete (``--skip-existing`` keys on it); when the
-    labels cannot be written, the derived files are removed."""
-    name = target.name.replace(".nii.gz", "").replace(".nii", "")
-    extras = [target.with_name(f"{name}_area_curve.csv")]
+    uncertainty maps), as one unit (:func:`~src_monai.io.outputs.write_unit`): all written,
+    or none replaced. The labels are renamed last, so they mark the case complete."""
     measurements = report.measurements
     curve = [
         {"slice": i, "position_mm": f"{position:.3f}", "area_mm2": f"{area:.2f}"}
@@ -186,29 +212,34 @@ def write_case_outputs(
             zip(measurements.slice_positions_mm, measurements.slice_areas_mm2, strict=True)
         )
     ]
-    write_csv(extras[0], curve, ["slice", "position_mm", "area_mm2"])
-    if probabilities and prediction.probabilities is not None:
-        foreground = prediction.probabilities[1:].sum(axis=0).astype(np.float32)
-        extras.append(target.with_name(f"{name}_probability.nii.gz"))
-        write_volume(extras[-1], foreground, geometry, overwrite=True)
+    maps = {}
+    if prediction.probabilities is not None:
+        maps["_probability"] = prediction.probabilities[1:].sum(axis=0).astype(np.float32)
     if prediction.uncertainty is not None:
-        extras.append(target.with_name(f"{name}_uncertainty.nii.gz"))
-        write_volume(extras[-1], prediction.uncertainty, geometry, overwrite=True)
-    try:
-        write_labels(target, prediction.labels, geometry, overwrite=overwrite)
-    except LascError:
-        for extra in extras:  # derived from labels that could not be saved: not a result
-            extra.unlink(missing_ok=True)
-        raise
+        maps["_uncertainty"] = prediction.uncertainty
+    writers: dict[Path, Callable[[Path], None]] = {}
+    for path in plan.derived:
+        if path.name.endswith("_area_curve.csv"):
+            writers[path] = partial(_write_table, rows=curve)
+        else:
+            suffix = path.name.removesuffix(".nii.gz").rsplit("_", 1)[-1]
+            if f"_{suffix}" not in maps:
+                raise LascError(None, f"the model gave no {suffix} map to write")
+            volume = maps[f"_{suffix}"]
+            writers[path] = partial(write_volume, array=volume, geometry=geometry, overwrite=True)
+    writers[plan.main] = partial(
+        write_labels, labels=prediction.labels, geometry=geometry, overwrite=True
+    )
+    # Existing files were allowed by the plan's check (--overwrite, or an incomplete case).
+    write_unit(writers, overwrite=True)
+
+
+def _write_table(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.write_text(csv_text(rows, ["slice", "position_mm", "area_mm2"]), encoding="utf-8")
 
 
 def _predict_png(
-    predictor: Predictor,
-    source: Path,
-    target: Path,
-    options: PredictOptions,
-    overwrite: bool,
-    rgb_map: dict | None,
+    predictor: Predictor, plan: CaseOutputs, options: PredictOptions, rgb_map: dict | None
 ) -> dict[str, Any]:
     """One PNG slice of the earlier tool's datasets -> an RGB mask (its ``rgb_map``)."""
     from PIL import Image
@@ -216,17 +247,18 @@ def _predict_png(
     from src_monai.legacy.png import DEFAULT_RGB_MAP, colour_mask, read_png_image
     from src_monai.progress import run_to_end
 
-    image = read_png_image(source).astype(np.float32)
+    image = read_png_image(plan.source).astype(np.float32)
     volume = np.expand_dims(image, axis=predictor.spec.slice_axis)
     # One slice has no other planes: a tri-planar model answers from its slice axis.
     single_plane = replace(options, tri_planar=None)
     labels = run_to_end(predictor.predict_volume(volume, **single_plane.as_kwargs())).labels
     labels = np.take(labels, 0, axis=predictor.spec.slice_axis)
     mask = colour_mask(labels, rgb_map or DEFAULT_RGB_MAP)
-    with atomic_destination(target, overwrite=overwrite) as temporary:
-        Image.fromarray(mask).save(temporary, format="PNG")
+    write_unit(
+        {plan.main: lambda path: Image.fromarray(mask).save(path, format="PNG")}, overwrite=True
+    )
     return {
-        "input": str(source),
-        "output": str(target),
+        "input": _input_key(plan.source),
+        "output": str(plan.main),
         "foreground pixels": int(np.count_nonzero(labels)),
     }

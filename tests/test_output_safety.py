@@ -1,0 +1,129 @@
+"""No lost data: ``lasc infer`` refuses plans that would replace an input or one result with
+another, writes each case as one unit, and merges ``summary.csv`` instead of rewriting it."""
+
+from __future__ import annotations
+
+import csv
+import multiprocessing
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import save_nifti, synthetic_case
+
+from src_monai.cli import main
+from src_monai.errors import LascError
+from src_monai.io.outputs import merge_rows, write_unit
+
+
+@pytest.fixture
+def model(tiny_run) -> Path:
+    return tiny_run[1].best_model
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _summary(out: Path) -> list[dict[str, str]]:
+    with open(out / "summary.csv", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _infer(*arguments, model) -> int:
+    return main(["infer", *map(str, arguments), "--model", str(model), "--device", "cpu"])
+
+
+def test_out_equal_to_the_input_folder_never_replaces_a_scan(tiny_run, model, tmp_path, capsys):
+    scans = tmp_path / "scans"
+    shutil.copytree(tiny_run[0] / "imagesTr", scans)
+    before = _snapshot(tmp_path)
+    assert _infer(scans, "--out", scans, "--overwrite", model=model) == 2
+    message = capsys.readouterr().err.strip()
+    assert "would replace the input" in message and "case_000.nii.gz" in message
+    assert len(message.splitlines()) == 1
+    assert _snapshot(tmp_path) == before
+
+
+def test_two_inputs_of_one_name_are_refused_before_any_file(tiny_run, model, tmp_path, capsys):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder in (first, second):
+        folder.mkdir()
+        shutil.copy(tiny_run[0] / "imagesTr" / "case_000.nii.gz", folder / "scan.nii.gz")
+    out = tmp_path / "out"
+    assert _infer(first / "scan.nii.gz", second / "scan.nii.gz", "--out", out, model=model) == 2
+    message = capsys.readouterr().err
+    assert str(first / "scan.nii.gz") in message and str(second / "scan.nii.gz") in message
+    assert not out.exists()
+
+
+def test_scan_nii_beside_scan_nii_gz_collide_on_their_area_curve(tmp_path, model, capsys):
+    image, _, _ = synthetic_case()
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    save_nifti(folder / "scan.nii.gz", image)
+    save_nifti(folder / "scan.nii", image)
+    assert _infer(folder, "--out", tmp_path / "out", model=model) == 2
+    assert "scan_area_curve.csv" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_same_file_given_twice_is_refused(tiny_run, model, tmp_path, capsys):
+    scan = tiny_run[0] / "imagesTr" / "case_000.nii.gz"
+    assert (
+        _infer(
+            scan, scan.parent / ".." / "imagesTr" / scan.name, "--out", tmp_path / "o", model=model
+        )
+        == 2
+    )
+    assert "given twice" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_summary_rows_of_earlier_runs_are_kept_and_a_rerun_replaces_its_own(
+    tiny_run, model, tmp_path
+):
+    images, out = tiny_run[0] / "imagesTr", tmp_path / "out"
+    assert _infer(images / "case_000.nii.gz", "--out", out, model=model) == 0
+    assert _infer(images / "case_001.nii.gz", "--out", out, model=model) == 0
+    first = _summary(out)
+    assert [Path(row["input"]).name for row in first] == ["case_000.nii.gz", "case_001.nii.gz"]
+    assert _infer(images / "case_000.nii.gz", "--out", out, "--overwrite", model=model) == 0
+    again = _summary(out)
+    assert sorted(Path(row["input"]).name for row in again) == [
+        "case_000.nii.gz",
+        "case_001.nii.gz",
+    ]
+    # A --skip-existing run after an interruption keeps every earlier row as well.
+    assert _infer(images, "--out", out, "--skip-existing", model=model) == 0
+    assert len(_summary(out)) == 4
+
+
+def _merge_many(arguments) -> None:
+    path, worker = arguments
+    for i in range(15):
+        merge_rows(Path(path), [{"input": f"w{worker}-{i}", "value": i}], key="input")
+
+
+def test_concurrent_processes_merging_one_summary_lose_no_row(tmp_path):
+    path = tmp_path / "summary.csv"
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        pool.map(_merge_many, [(str(path), worker) for worker in range(3)])
+    with open(path, encoding="utf-8") as handle:
+        keys = {row["input"] for row in csv.DictReader(handle)}
+    assert keys == {f"w{w}-{i}" for w in range(3) for i in range(15)}
+
+
+def test_a_failed_write_keeps_every_earlier_file_of_the_case(tmp_path):
+    labels, curve = tmp_path / "scan.nii.gz", tmp_path / "scan_area_curve.csv"
+    labels.write_bytes(b"earlier labels")
+    curve.write_text("earlier curve")
+
+    def failing(path: Path) -> None:
+        path.write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(LascError, match=r"\(No space left on device\); earlier files kept"):
+        write_unit({curve: lambda p: p.write_text("new curve"), labels: failing}, overwrite=True)
+    assert labels.read_bytes() == b"earlier labels" and curve.read_text() == "earlier curve"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii.gz", "scan_area_curve.csv"]

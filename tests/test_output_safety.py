@@ -4,16 +4,19 @@ another, writes each case as one unit, and merges ``summary.csv`` instead of rew
 from __future__ import annotations
 
 import csv
+import json
 import multiprocessing
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import save_nifti, synthetic_case
 
 from src_monai.cli import main
 from src_monai.errors import LascError
 from src_monai.io.outputs import merge_rows, write_unit
+from src_monai.io.scans import read_labels, write_labels
 
 
 @pytest.fixture
@@ -127,3 +130,60 @@ def test_a_failed_write_keeps_every_earlier_file_of_the_case(tmp_path):
         write_unit({curve: lambda p: p.write_text("new curve"), labels: failing}, overwrite=True)
     assert labels.read_bytes() == b"earlier labels" and curve.read_text() == "earlier curve"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii.gz", "scan_area_curve.csv"]
+
+
+def _prediction_folder(msd_dataset: Path, folder: Path, empty_case: str | None = None) -> Path:
+    folder.mkdir()
+    for path in sorted((msd_dataset / "labelsTr").glob("*.nii.gz")):
+        labels = read_labels(path)
+        array = np.zeros_like(labels.array) if path.name == empty_case else labels.array
+        write_labels(folder / path.name, array, labels.geometry)
+    return folder
+
+
+def _evaluate(pred: Path, truth: Path, out: Path, *extra: str) -> int:
+    return main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--out", str(out), *extra])
+
+
+def test_evaluate_overwrite_replaces_its_own_earlier_report(msd_dataset, tmp_path):
+    pred = _prediction_folder(msd_dataset, tmp_path / "pred")
+    out = tmp_path / "report"
+    assert _evaluate(pred, msd_dataset / "labelsTr", out) == 0
+    first = _snapshot(out)
+    assert _evaluate(pred, msd_dataset / "labelsTr", out) == 2  # no --overwrite: refused
+    assert _snapshot(out) == first
+    assert _evaluate(pred, msd_dataset / "labelsTr", out, "--overwrite") == 0
+    assert set(_snapshot(out)) == set(first)
+    assert not list(out.glob(".partial-*"))
+
+
+def test_evaluate_counts_what_each_mean_covers_and_lists_empty_predictions(
+    msd_dataset, tmp_path, capsys
+):
+    pred = _prediction_folder(msd_dataset, tmp_path / "pred", empty_case="case_001.nii.gz")
+    out = tmp_path / "report"
+    assert _evaluate(pred, msd_dataset / "labelsTr", out) == 0
+    printed = capsys.readouterr().out
+    assert "n=2 of 3 (1 undefined, left out of the mean)" in printed
+    assert "empty predictions (1; Dice 0, distances undefined): case_001" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["empty_predictions"] == ["case_001"]
+    assert summary["metrics"]["hd95_mm"]["n"] == 2 and summary["metrics"]["dice"]["n"] == 3
+
+
+@pytest.mark.parametrize("option", [("--num-classes", "1"), ("--batch-size", "0")])
+def test_evaluate_refuses_bad_numbers_before_any_folder(msd_dataset, tmp_path, capsys, option):
+    pred = _prediction_folder(msd_dataset, tmp_path / "pred")
+    assert _evaluate(pred, msd_dataset / "labelsTr", tmp_path / "report", *option) == 2
+    message = capsys.readouterr().err
+    assert option[0] in message and "internal error" not in message
+    assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize("inside", ["", "imagesTr"])
+def test_prepare_never_writes_into_the_dataset(msd_dataset, tmp_path, capsys, inside):
+    before = _snapshot(msd_dataset)
+    out = msd_dataset / inside if inside else msd_dataset
+    assert main(["prepare", str(msd_dataset), str(out), "--folds", "2", "--overwrite"]) == 2
+    assert "is inside the dataset" in capsys.readouterr().err
+    assert _snapshot(msd_dataset) == before

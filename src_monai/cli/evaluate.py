@@ -11,7 +11,7 @@ from pathlib import Path
 
 from src_monai.cli.infer import prediction_options
 from src_monai.errors import LascError
-from src_monai.evaluation.metrics import format_summary
+from src_monai.evaluation.metrics import empty_predictions, format_summary
 from src_monai.evaluation.report import EvalPair, evaluate_pairs, pairs_from_folders, write_report
 from src_monai.io.files import ensure_empty_folder
 
@@ -33,7 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--fold", type=int, default=0, help="partition of a k-fold split")
     source.add_argument("--pred", type=Path, help="folder of predicted label volumes")
     source.add_argument("--truth", type=Path, help="folder of true label volumes")
-    parser.add_argument("--num-classes", type=int, default=2)
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        default=2,
+        help="classes in the label files, background included (--pred/--truth; default 2)",
+    )
     add_prediction_arguments(parser)
     parser.add_argument(
         "--overwrite", action="store_true", help="write into a non-empty --out (deletes nothing)"
@@ -47,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
     from src_monai.data.splits import load_split
     from src_monai.inference.predictor import Predictor
 
+    options = prediction_options(args)  # every option checked before any work
+    if not 2 <= args.num_classes <= 255:
+        raise LascError(
+            None, f"--num-classes must be 2..255 (background included), got {args.num_classes}"
+        )
     predictor = None
     if args.pred or args.truth:
         if not (args.pred and args.truth) or args.model or args.data:
@@ -77,12 +87,12 @@ def run(args: argparse.Namespace) -> int:
             pairs,
             num_classes,
             predictor=predictor,
-            options=prediction_options(args),
+            options=options,
         ),
         description="evaluate",
         unit="case",
     )
-    summary = write_report(out, rows)
-    print(format_summary(summary, len(rows)))
+    summary = write_report(out, rows, overwrite=args.overwrite)
+    print(format_summary(summary, len(rows), empty_predictions(rows)))
     print(f"wrote {out}")
     return 0

@@ -155,6 +155,10 @@ def prepare(
     if slice_axis not in (0, 1, 2):
         raise DatasetError(None, f"slice_axis must be 0, 1 or 2, got {slice_axis}")
     dataset = discover_msd(data, verify=True)
+    root, target = Path(dataset.root).resolve(), Path(out).resolve()
+    if target == root or root in target.parents:
+        # Its files would mix with (and with --overwrite could replace) the dataset's own.
+        raise DatasetError(out, f"is inside the dataset {dataset.root}: write it elsewhere")
     out = ensure_empty_folder(out, overwrite=overwrite)
     if output_format == "png":
         from src_monai.legacy.png_export import export_png_dataset

@@ -125,12 +125,27 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return summary
 
 
-def format_summary(summary: dict[str, dict[str, float]], cases: int) -> str:
+def empty_predictions(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Cases whose prediction has no foreground: their distances are undefined (NaN)."""
+    return [str(r["case"]) for r in rows if r.get("volume_pred_ml") == 0]
+
+
+def format_summary(
+    summary: dict[str, dict[str, float]], cases: int, empty: Sequence[str] = ()
+) -> str:
+    """The summary as text; a mean over fewer than all cases says how many it left out."""
     lines = [f"{cases} cases (mean ± sd, [min, max])"]
     for key, stats in summary.items():
+        covered = f"n={stats['n']}"
+        if stats["n"] < cases:
+            covered += f" of {cases} ({cases - stats['n']} undefined, left out of the mean)"
         lines.append(
             f"  {key:<34} {stats['mean']:9.4f} ± {stats['sd']:7.4f}  "
-            f"[{stats['min']:.4f}, {stats['max']:.4f}]  n={stats['n']}"
+            f"[{stats['min']:.4f}, {stats['max']:.4f}]  {covered}"
+        )
+    if empty:
+        lines.append(
+            f"  empty predictions ({len(empty)}; Dice 0, distances undefined): {', '.join(empty)}"
         )
     lines.append(
         "  (legacy_* are the earlier tool's numbers, background included: "

@@ -8,6 +8,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,14 @@ from src_monai.errors import LascError
 from src_monai.evaluation.metrics import (
     case_metrics,
     earlier_tool_metrics,
+    empty_predictions,
     format_summary,
     summarise,
 )
 from src_monai.inference.measure import measure_atrium
 from src_monai.inference.predictor import DEFAULT_OPTIONS, PredictOptions
 from src_monai.io.files import write_json, write_text
+from src_monai.io.outputs import write_unit
 from src_monai.io.scans import case_id_from_path, check_pair, read_labels, scan_suffix
 from src_monai.io.tables import new_figure, save_figure, write_csv
 from src_monai.progress import Job, Progress
@@ -123,13 +126,24 @@ def evaluate_pairs(
     return rows
 
 
-def write_report(out: Path, rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """``per_case.csv``, ``summary.json``, ``summary.txt`` and ``boxplot.png`` in ``out``."""
-    write_csv(out / "per_case.csv", rows, list(rows[0]), overwrite=False)
+def write_report(
+    out: Path, rows: Sequence[dict[str, Any]], *, overwrite: bool = False
+) -> dict[str, dict[str, float]]:
+    """``per_case.csv``, ``summary.json``, ``summary.txt`` and ``boxplot.png`` in ``out``,
+    written as one unit: an earlier report there is replaced only with ``overwrite``, and
+    only once the new one is complete. Each mean states how many cases it covers; cases whose
+    prediction is empty are listed."""
     summary = summarise(rows)
-    write_json(out / "summary.json", {"cases": len(rows), "metrics": summary})
-    write_text(out / "summary.txt", format_summary(summary, len(rows)) + "\n")
-    save_figure(out / "boxplot.png", _boxplot(rows), overwrite=False)
+    empty = empty_predictions(rows)
+    payload = {"cases": len(rows), "empty_predictions": empty, "metrics": summary}
+    text = format_summary(summary, len(rows), empty) + "\n"
+    writers = {
+        out / "per_case.csv": partial(write_csv, rows=rows, columns=list(rows[0])),
+        out / "summary.json": partial(write_json, payload=payload),
+        out / "summary.txt": partial(write_text, text=text),
+        out / "boxplot.png": partial(save_figure, figure=_boxplot(rows)),
+    }
+    write_unit(writers, overwrite=overwrite)
     return summary
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from src_monai.errors import LascError, OrientationUnknownWarning
+from src_monai.errors import GeometryWarning, LascError
 from src_monai.io.scans import Scan, case_id_from_path, read_scan, scan_suffix
 
 from ._layers import SOURCE_KEY, geometry_kwargs, labels_kwargs, to_layer_axes
@@ -48,10 +48,10 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
     for item in paths:
         try:
             with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", OrientationUnknownWarning)
+                warnings.simplefilter("always", GeometryWarning)
                 layers.append(scan_layer_data(read_scan(item)))
             for warning in caught:
-                if issubclass(warning.category, OrientationUnknownWarning):
+                if issubclass(warning.category, GeometryWarning):
                     show_warning(str(warning.message))
         except LascError as exc:
             logger.info("not opened: %s", exc)

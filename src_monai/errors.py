@@ -67,5 +67,10 @@ class OutputExistsError(LascError):
     """An output would overwrite existing files and ``overwrite`` was not asked for."""
 
 
-class OrientationUnknownWarning(UserWarning):
+class GeometryWarning(UserWarning):
+    """A scan's geometry was read, but its header disagrees with itself or is unusual; the
+    message says what was used."""
+
+
+class OrientationUnknownWarning(GeometryWarning):
     """The NIfTI header has neither a qform nor an sform: orientation is a guess."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import re
+import struct
 import time
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from conftest import OBLIQUE_AFFINE, save_nifti, synthetic_case
 from src_monai.errors import (
     BadAffineError,
     CorruptScanError,
+    GeometryWarning,
     LabelValueError,
     NonFiniteVoxelsError,
     NotAScanError,
@@ -217,6 +220,7 @@ def _huge_header_nifti(path: Path) -> Path:
     header.set_data_shape((2048, 2048, 2048))
     header.set_data_dtype(np.int16)
     header.set_sform(np.eye(4), code=1)
+    header["vox_offset"] = 352
     raw = header.binaryblock + b"\x00" * 4 + b"\x00" * 1000
     path.write_bytes(gzip.compress(raw))
     return path
@@ -313,6 +317,68 @@ BAD_SCANS = {
 }
 
 
+def _nifti_with_fields(path: Path, **fields) -> Path:
+    """An 8x8x8 NIfTI with a proper sform whose header fields are then set as given (saved
+    as they are: affine=None)."""
+    header = nib.Nifti1Header()
+    header.set_data_shape((8, 8, 8))
+    header.set_data_dtype(np.int16)
+    header.set_sform(np.diag([1.25, 1.25, 1.37, 1.0]), code=1)
+    header.set_zooms((1.25, 1.25, 1.37))
+    for name, value in fields.items():
+        header[name] = value
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.int16), None, header=header), path)
+    return path
+
+
+def _nifti_bytes_patched(path: Path, vox_offset: float | None = None, tail: bytes = b"") -> Path:
+    """A single-file NIfTI whose vox_offset field is overwritten, or with bytes appended."""
+    raw = bytearray(
+        nib.Nifti1Image(np.arange(512, dtype=np.int16).reshape(8, 8, 8), np.eye(4)).to_bytes()
+    )
+    if vox_offset is not None:
+        struct.pack_into("<f", raw, 108, vox_offset)
+    path.write_bytes(bytes(raw) + tail)
+    return path
+
+
+HEADER_FIELD_SCANS = {
+    "NaN in pixdim": (
+        lambda d: _nifti_with_fields(
+            d / "nan_pixdim.nii.gz", pixdim=[1, np.nan, 1.25, 1.37, 0, 0, 0, 0]
+        ),
+        CorruptScanError,
+        "header field pixdim = [1.0, nan,",
+    ),
+    "NaN in qoffset": (
+        lambda d: _nifti_with_fields(d / "nan_qoffset.nii.gz", qoffset_x=np.nan),
+        CorruptScanError,
+        "header field qoffset_x = nan is not a finite number",
+    ),
+    "NaN in the time step": (
+        lambda d: _nifti_with_fields(d / "nan_toffset.nii.gz", toffset=np.nan),
+        CorruptScanError,
+        "header field toffset = nan",
+    ),
+    "voxel offset 0 in a .nii": (
+        lambda d: _nifti_bytes_patched(d / "offset0.nii", vox_offset=0.0),
+        CorruptScanError,
+        "header field vox_offset = 0: a single-file NIfTI's voxels start at a whole byte >= 352",
+    ),
+    "fractional voxel offset": (
+        lambda d: _nifti_bytes_patched(d / "offset_half.nii", vox_offset=352.5),
+        CorruptScanError,
+        "vox_offset = 352.5",
+    ),
+    "bytes after the voxels": (
+        lambda d: _nifti_bytes_patched(d / "tail.nii", tail=b"\x00" * 16),
+        CorruptScanError,
+        "holds 1392 bytes, but its header declares 1376",
+    ),
+}
+BAD_SCANS.update(HEADER_FIELD_SCANS)
+
+
 def _truncated_nrrd(path: Path) -> Path:
     image = sitk.GetImageFromArray(np.ones((16, 16, 16), np.int16))
     sitk.WriteImage(image, str(path))
@@ -333,6 +399,63 @@ def test_bad_scans_raise_a_specific_one_line_error(tmp_path, kind):
     assert "\n" not in message
     assert message.startswith(str(path))
     assert time.perf_counter() - started < 10  # refused, not allocated and read
+
+
+@pytest.mark.parametrize("kind", list(HEADER_FIELD_SCANS))
+def test_bad_header_fields_are_refused_from_the_header_alone(tmp_path, kind):
+    """``read_geometry`` (what ``lasc infer`` checks every input with before any work) refuses
+    the same header fields as the full read, except the file-size check, which needs the
+    voxels."""
+    make, error, fragment = HEADER_FIELD_SCANS[kind]
+    path = make(tmp_path)
+    if kind == "bytes after the voxels":
+        read_geometry(path)
+        return
+    with pytest.raises(error, match=re.escape(fragment)):
+        read_geometry(path)
+
+
+def test_an_unusual_but_valid_voxel_offset_reads_the_right_voxels(tmp_path):
+    """vox_offset 368 with the voxels there (16 bytes of padding after the header)."""
+    image = nib.Nifti1Image(np.arange(512, dtype=np.int16).reshape(8, 8, 8), np.eye(4))
+    raw = bytearray(image.to_bytes())
+    struct.pack_into("<f", raw, 108, 368.0)
+    path = tmp_path / "padded.nii"
+    path.write_bytes(bytes(raw[:352]) + b"\x00" * 16 + bytes(raw[352:]))
+    assert np.array_equal(read_scan(path).array, np.arange(512).reshape(8, 8, 8))
+
+
+def test_geometry_comes_from_the_affine_in_mm_and_disagreements_are_warned(tmp_path):
+    # pixdim says 2.5 mm, the sform 1.25 mm: the affine's voxel size is the one used.
+    path = _nifti_with_fields(tmp_path / "pixdim.nii.gz", pixdim=[1, 2.5, 2.5, 2.5, 0, 0, 0, 0])
+    with pytest.warns(
+        GeometryWarning,
+        match="pixdim says voxels of 2.5 x 2.5 x 2.5, the affine 1.25 x 1.25 x 1.37",
+    ):
+        scan = read_scan(path)
+    assert scan.geometry.spacing == pytest.approx((1.25, 1.25, 1.37))
+    # Units in metres: world and voxel sizes converted to mm; the written labels keep the
+    # file's own header (units and transform).
+    metres = nib.Nifti1Image(np.ones((8, 8, 8), np.int16), np.diag([0.00125, 0.00125, 0.00137, 1]))
+    metres.header.set_xyzt_units("meter")
+    nib.save(metres, tmp_path / "metres.nii.gz")
+    with pytest.warns(GeometryWarning, match="spatial units are meters: sizes converted to mm"):
+        scan = read_scan(tmp_path / "metres.nii.gz")
+    assert scan.geometry.spacing == pytest.approx((1.25, 1.25, 1.37))
+    assert scan.geometry.voxel_volume_ml == pytest.approx(1.25 * 1.25 * 1.37 / 1000)
+    write_labels(tmp_path / "labels.nii.gz", np.ones((8, 8, 8), np.uint8), scan.geometry)
+    written = nib.load(tmp_path / "labels.nii.gz")
+    assert written.header.get_xyzt_units()[0] == "meter"
+    assert np.allclose(written.affine, metres.affine)
+    # qform and sform that disagree: the sform is used, and said so.
+    both = nib.Nifti1Image(np.ones((8, 8, 8), np.int16), np.eye(4))
+    both.set_qform(np.diag([2.0, 2.0, 2.0, 1.0]), code=1)
+    both.set_sform(np.eye(4), code=1)
+    nib.save(both, tmp_path / "both.nii.gz")
+    with pytest.warns(
+        GeometryWarning, match="qform and sform differ by up to 1: the sform is used"
+    ):
+        assert read_scan(tmp_path / "both.nii.gz").geometry.spacing == pytest.approx((1, 1, 1))
 
 
 def test_single_volume_4d_is_accepted(tmp_path):

@@ -25,6 +25,7 @@ from src_monai.io.outputs import CaseOutputs, check_planned_outputs, merge_rows,
 from src_monai.io.scans import (
     SCAN_SUFFIXES,
     ScanGeometry,
+    read_geometry,
     read_scan,
     scan_suffix,
     write_labels,
@@ -95,8 +96,11 @@ def plan_files(
     skip_existing: bool = False,
 ) -> list[CaseOutputs]:
     """Every input's output files, checked so that no data can be lost
-    (:func:`~src_monai.io.outputs.check_planned_outputs`); creates nothing."""
+    (:func:`~src_monai.io.outputs.check_planned_outputs`), and every scan's header checked;
+    creates nothing."""
     scans, pngs = find_inputs(inputs)
+    for scan in scans:
+        read_geometry(scan)  # every header field checked before any work
     out = Path(out)
     plans = [
         plan_case_outputs(source, out, probabilities=probabilities, uncertainty=uncertainty)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import struct
 import warnings
 import zlib
@@ -26,6 +27,7 @@ import numpy as np
 from src_monai.errors import (
     BadAffineError,
     CorruptScanError,
+    GeometryWarning,
     LabelValueError,
     NonFiniteVoxelsError,
     NotAScanError,
@@ -130,13 +132,19 @@ class Scan:
 
 
 def read_geometry(path: str | Path) -> ScanGeometry:
-    """Read only the header of a scan: cheap, for pairing and dataset discovery."""
+    """Read only the header of a scan: cheap, for pairing, dataset discovery and checking
+    every input before any work (the same header checks as :func:`read_scan`)."""
     path = _existing_file(path)
     if scan_suffix(path) in NIFTI_SUFFIXES:
         try:
             image = nib.load(path)
+            opener = gzip.open if path.name.lower().endswith(".gz") else open
+            with opener(path, "rb") as handle:
+                head = handle.read(544)  # both NIfTI headers' fixed part
         except Exception as exc:
             raise NotAScanError(path, f"not a readable NIfTI header ({_one_line(exc)})") from exc
+        _check_header_fields(image.header, path)
+        _voxel_offset(head, image, path)
         return _nifti_geometry(image, path, warn=False)
     reader = _itk_reader(path)
     return _itk_geometry(reader, path)
@@ -240,14 +248,24 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, ScanGeometry]:
     if path.name.lower().endswith(".gz"):
         raw = _gunzip_verified(raw, path)
     image = _nifti_from_bytes(raw, path)
-    geometry = _nifti_geometry(image, path, warn=True)
     header = image.header
+    _check_header_fields(header, path)
+    geometry = _nifti_geometry(image, path, warn=True)
     if header.get_data_dtype().names is not None:
         raise ScanShapeError(path, "RGB/vector voxels: a scalar (greyscale) volume is needed")
-    expected = (
-        int(header.get_data_offset())
-        + int(np.prod(header.get_data_shape(), dtype=np.int64)) * header.get_data_dtype().itemsize
+    voxel_bytes = (
+        int(np.prod(header.get_data_shape(), dtype=np.int64)) * header.get_data_dtype().itemsize
     )
+    offset = _voxel_offset(raw, image, path)
+    expected = offset + voxel_bytes
+    if len(raw) > expected:
+        # Readers disagree where the voxels of such a file start (nibabel from vox_offset,
+        # others from the end of the file): refuse rather than read shifted voxels.
+        raise CorruptScanError(
+            path,
+            f"holds {len(raw)} bytes, but its header declares {expected} (vox_offset "
+            f"{offset} + {voxel_bytes} bytes of voxels): where the voxels start is uncertain",
+        )
     if len(raw) < expected:
         raise TruncatedScanError(
             path, f"truncated: header declares {expected} bytes, file holds {len(raw)}"
@@ -289,6 +307,83 @@ def _nifti_from_bytes(raw: bytes, path: Path) -> nib.Nifti1Image:
         raise NotAScanError(path, f"not a readable NIfTI header ({_one_line(exc)})") from exc
 
 
+# NIfTI float fields whose NaN means "not set" (no intensity scaling, nibabel's default).
+_NAN_MEANS_UNSET = frozenset({"scl_slope", "scl_inter"})
+
+# Spatial units of the NIfTI header (xyzt_units) in millimetres; "unknown" is read as mm,
+# as every common tool does.
+_UNIT_MM = {"mm": 1.0, "unknown": 1.0, "meter": 1000.0, "micron": 0.001}
+
+
+def _check_header_fields(header, path: Path) -> None:
+    """Every float field of the header (the reading uses them or the labels carry them):
+    finite, except where NaN means "not set"."""
+    for name in header:
+        value = np.asarray(header[name])
+        if value.dtype.kind != "f":
+            continue
+        finite = np.isfinite(value) | (np.isnan(value) if name in _NAN_MEANS_UNSET else False)
+        if not finite.all():
+            shown = value.item() if value.size == 1 else value.tolist()
+            raise CorruptScanError(path, f"header field {name} = {shown} is not a finite number")
+
+
+def _voxel_offset(raw: bytes, image: nib.Nifti1Image, path: Path) -> int:
+    """Where a single-file NIfTI's voxels start, from the file's own vox_offset field
+    (nibabel's loaded header no longer holds it): a whole byte at or after the header, and
+    where nibabel reads them."""
+    two = isinstance(image, nib.Nifti2Image)
+    order = "<" if struct.unpack("<i", raw[:4])[0] in (348, 540) else ">"
+    field, at = ("q", 168) if two else ("f", 108)
+    offset = float(struct.unpack(order + field, raw[at : at + struct.calcsize(field)])[0])
+    minimum = image.header.single_vox_offset
+    if not math.isfinite(offset) or offset != int(offset) or offset < minimum:
+        raise CorruptScanError(
+            path,
+            f"header field vox_offset = {offset:g}: a single-file NIfTI's voxels start at a "
+            f"whole byte >= {minimum}",
+        )
+    if getattr(image.dataobj, "offset", int(offset)) != int(offset):
+        raise CorruptScanError(
+            path, f"header field vox_offset = {offset:g} is not where nibabel reads the voxels"
+        )
+    return int(offset)
+
+
+def _world_mm(header, affine: np.ndarray, path: Path, *, warn: bool) -> np.ndarray:
+    """The affine in millimetres (the header's spatial units honoured), after warning about
+    the header disagreeing with itself: pixdim against the affine, qform against sform."""
+    unit = header.get_xyzt_units()[0]
+    if unit not in _UNIT_MM:
+        raise CorruptScanError(path, f"header field xyzt_units: unknown spatial unit {unit!r}")
+    scaled = affine.copy()
+    scaled[:3] *= _UNIT_MM[unit]
+    if not warn:
+        return scaled
+    said = []
+    if _UNIT_MM[unit] != 1.0:
+        said.append(f"spatial units are {unit}s: sizes converted to mm")
+    zooms = np.asarray(header.get_zooms()[:3], dtype=np.float64)
+    norms = np.linalg.norm(affine[:3, :3], axis=0)
+    if not np.allclose(zooms, norms, rtol=1e-3, atol=1e-6):
+        said.append(
+            f"pixdim says voxels of {_sizes(zooms)}, the affine {_sizes(norms)}: the affine's "
+            "are used (the labels are written with it)"
+        )
+    qform, qform_code = header.get_qform(coded=True)
+    sform, sform_code = header.get_sform(coded=True)
+    if qform_code and sform_code and not np.allclose(qform, sform, atol=GEOMETRY_TOLERANCE_MM):
+        offset = float(np.abs(qform - sform).max())
+        said.append(f"qform and sform differ by up to {offset:.4g}: the sform is used")
+    for text in said:
+        warnings.warn(f"{path}: {text}", GeometryWarning, stacklevel=4)
+    return scaled
+
+
+def _sizes(values: np.ndarray) -> str:
+    return " x ".join(f"{v:.4g}" for v in values)
+
+
 def _nifti_geometry(image: nib.Nifti1Image, path: Path, *, warn: bool) -> ScanGeometry:
     header = image.header
     shape = _spatial_shape(tuple(int(n) for n in header.get_data_shape()), path)
@@ -304,7 +399,10 @@ def _nifti_geometry(image: nib.Nifti1Image, path: Path, *, warn: bool) -> ScanGe
         )
     affine = np.asarray(image.affine, dtype=np.float64)
     _check_affine(affine, path)
-    spacing = tuple(float(z) for z in header.get_zooms()[:3])
+    # One source of geometry: the affine the labels will carry, in mm. Voxel sizes (and
+    # with them every volume and distance) come from it, not from pixdim.
+    affine = _world_mm(header, affine, path, warn=warn)
+    spacing = tuple(float(n) for n in np.linalg.norm(affine[:3, :3], axis=0))
     return ScanGeometry(
         affine=affine,
         shape=shape,

@@ -10,6 +10,7 @@ line options of ``lasc infer``, not config keys.
 from __future__ import annotations
 
 import logging
+import math
 import tomllib
 import types
 import typing
@@ -255,8 +256,70 @@ def _coerce(value: Any, hint: Any, key: str, source) -> Any:
     return value
 
 
+# The valid range of every numeric key, both ends included: a value outside it (or a NaN or
+# infinite float anywhere) is refused before any folder is made. The upper ends are far above
+# any sensible use; they stop a typo from allocating without bound.
+RANGES: dict[str, tuple[float, float]] = {
+    "data.fold": (0, 1000),
+    "data.val_fraction": (0.0, 0.99),
+    "data.split_seed": (0, 2**32 - 1),
+    "data.context_slices": (1, 31),
+    "data.patch_size": (16, 4096),
+    "data.downsample": (1, 16),
+    "data.crop_jitter": (0, 1024),
+    "data.crop_slice_margin": (0, 1024),
+    "data.foreground_oversample": (0.0, 1.0),
+    "data.num_classes": (2, 255),
+    "augment.probability": (0.0, 1.0),
+    "augment.rotate_degrees": (0.0, 180.0),
+    "augment.scale": (0.0, 0.9),
+    "augment.gamma": (0.05, 20.0),
+    "augment.contrast": (0.0, 0.99),
+    "augment.noise_std": (0.0, 10.0),
+    "model.base_filters": (1, 1024),
+    "model.levels": (2, 8),
+    "model.first_kernel_size": (1, 15),
+    "model.dilation": (1, 16),
+    "model.dropout": (0.0, 0.99),
+    "model.residual_units": (0, 16),
+    "train.epochs": (1, 1_000_000),
+    "train.steps_per_epoch": (1, 10_000_000),
+    "train.batch_size": (1, 4096),
+    "train.learning_rate": (1e-300, 10.0),  # any positive rate (tests freeze with 1e-30)
+    "train.weight_decay": (0.0, 1.0),
+    "train.momentum": (0.0, 0.999),
+    "train.clip_value": (0.0, 1e6),
+    "train.clip_norm": (0.0, 1e6),
+    "train.ema_decay": (0.0, 0.99999),
+    "train.reducer_factor": (0.01, 0.99),
+    "train.reducer_patience": (0, 10_000),
+    "train.early_stopping_patience": (0, 10_000),
+    "train.val_every": (1, 100_000),
+    "train.preview_slices": (0, 64),
+    "train.seed": (0, 2**32 - 1),
+    "train.time_limit_minutes": (0.0, 1e6),
+}
+
+
+def _numbers(config: Config):
+    """Every numeric value of ``config`` as ``(key, value)``, list items one by one."""
+    for section in fields(config):
+        part = getattr(config, section.name)
+        for item in fields(part):
+            value = getattr(part, item.name)
+            for number in value if isinstance(value, list) else [value]:
+                if isinstance(number, int | float) and not isinstance(number, bool):
+                    yield f"{section.name}.{item.name}", number
+
+
 def validate(config: Config, source: str | Path | None = None) -> None:
-    """Check values beyond their types: choices and ranges."""
+    """Check values beyond their types: finiteness, ranges, choices, consistency."""
+    for key, value in _numbers(config):
+        if not math.isfinite(value):
+            raise ConfigError(source, f"{key} = {value} is not a finite number")
+        low, high = RANGES.get(key, (-math.inf, math.inf))
+        if not low <= value <= high:
+            raise ConfigError(source, f"{key} = {value!r} is outside its range {low:g}..{high:g}")
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
@@ -265,49 +328,35 @@ def validate(config: Config, source: str | Path | None = None) -> None:
     data, model, train = config.data, config.model, config.train
     checks = [
         (data.slice_axis in (0, 1, 2), "data.slice_axis must be 0, 1 or 2"),
-        (
-            data.context_slices >= 1 and data.context_slices % 2 == 1,
-            "data.context_slices must be an odd number >= 1",
-        ),
-        (
-            len(data.patch_size) == 2 and min(data.patch_size) >= 16,
-            "data.patch_size must be two sizes >= 16",
-        ),
-        (0.0 <= data.foreground_oversample <= 1.0, "data.foreground_oversample must be in 0..1"),
-        (
-            0.0 <= data.val_fraction < 1.0,
-            "data.val_fraction must be at least 0 (0: no validation) and below 1",
-        ),
-        (data.num_classes >= 2, "data.num_classes must be >= 2"),
+        (data.context_slices % 2 == 1, "data.context_slices must be an odd number >= 1"),
+        (len(data.patch_size) == 2, "data.patch_size must be two sizes >= 16"),
         (
             len(data.class_names) == data.num_classes,
             "data.class_names must name each of data.num_classes classes",
         ),
         (
-            data.crop_size == 0 or (data.crop_size >= 16 and not data.tri_planar),
-            "data.crop_size must be 0 or >= 16, and crops are for single-axis models",
+            data.crop_size == 0 or (16 <= data.crop_size <= 4096 and not data.tri_planar),
+            "data.crop_size must be 0 or 16..4096, and crops are for single-axis models",
         ),
-        (data.crop_jitter >= 0 and data.crop_slice_margin >= 0, "crop margins must be >= 0"),
         (
-            data.downsample >= 1 and (data.downsample == 1 or not data.crop_size),
+            data.downsample == 1 or not data.crop_size,
             "data.downsample must be >= 1, and 1 for a crop model",
         ),
-        (model.levels >= 2, "model.levels must be >= 2"),
-        (model.base_filters >= 1, "model.base_filters must be >= 1"),
         (model.first_kernel_size % 2 == 1, "model.first_kernel_size must be odd"),
-        (0.0 <= model.dropout < 1.0, "model.dropout must be in 0..1"),
         (
-            train.epochs >= 1 and train.steps_per_epoch >= 1 and train.batch_size >= 1,
-            "train.epochs, train.steps_per_epoch and train.batch_size must be >= 1",
+            len(config.augment.gamma) == 2 and config.augment.gamma[0] <= config.augment.gamma[1],
+            "augment.gamma must be [low, high] with low <= high",
         ),
-        (train.learning_rate > 0, "train.learning_rate must be > 0"),
-        (train.val_every >= 1, "train.val_every must be >= 1"),
-        (0.0 <= train.ema_decay < 1.0, "train.ema_decay must be in 0..1 (0: off)"),
-        (len(config.augment.gamma) == 2, "augment.gamma must be [low, high]"),
+        (
+            _plain_name(train.run_name),
+            f"train.run_name = {train.run_name!r} must be a plain "
+            "folder name (no / or \\, not . or ..): the run folder stays inside train.runs_dir",
+        ),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(source, message)
+    _check_rgb_map(data, source)
     patch_divisor = 2 ** (model.levels - 1)
     sizes = [*data.patch_size, *([data.crop_size] if data.crop_size else [])]
     if any(size % patch_divisor for size in sizes):
@@ -317,6 +366,28 @@ def validate(config: Config, source: str | Path | None = None) -> None:
             f"divisible by {patch_divisor} "
             f"(2 ** (model.levels - 1))",
         )
+
+
+def _check_rgb_map(data: DataConfig, source) -> None:
+    from src_monai.legacy.png import parse_rgb_map
+
+    try:
+        rgb_map = parse_rgb_map(data.rgb_map)
+    except LascError as exc:
+        raise ConfigError(source, f"data.{exc.problem}") from exc
+    outside = sorted({c for c in rgb_map.values() if not 0 <= c < data.num_classes})
+    if outside:
+        raise ConfigError(
+            source,
+            f"data.rgb_map = {data.rgb_map!r} maps colours to class {outside[0]}, outside "
+            f"0..{data.num_classes - 1} (data.num_classes)",
+        )
+
+
+def _plain_name(name: str) -> bool:
+    return name == "" or (
+        name not in (".", "..") and not any(c in name for c in "/\\\0") and name.strip() == name
+    )
 
 
 def apply_overrides(config: Config, overrides: list[str], source: str = "--set") -> Config:

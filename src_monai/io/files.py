@@ -91,6 +91,22 @@ def writable_folder(folder: str | os.PathLike[str]) -> Path:
     return folder
 
 
+def creatable_folder(folder: str | os.PathLike[str]) -> Path:
+    """Check that ``folder`` exists and takes files, or could be created, without creating it
+    (a probe file in the nearest existing folder is written and removed)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        return writable_folder(folder)
+    existing = next((p for p in folder.absolute().parents if p.exists()), None)
+    if folder.exists() or existing is None or not existing.is_dir():
+        raise OutputExistsError(folder, "exists and is not a folder, or cannot be made")
+    try:
+        writable_folder(existing)
+    except LascError as exc:
+        raise LascError(folder, f"cannot be created in {existing} ({exc.problem})") from exc
+    return folder
+
+
 def write_json(path: str | os.PathLike[str], payload: Any, *, overwrite: bool = False) -> Path:
     """Write ``payload`` as indented JSON, atomically."""
     with atomic_destination(path, overwrite=overwrite) as temporary:

@@ -36,7 +36,7 @@ from src_monai.data.sampling import (
     make_batch,
 )
 from src_monai.data.transforms import training_transforms
-from src_monai.io.files import writable_folder
+from src_monai.io.files import creatable_folder
 from src_monai.model.networks import build_network, count_parameters, plain_state_dict, unwrap
 from src_monai.model.spec import ModelSpec
 from src_monai.progress import Job, Progress
@@ -141,8 +141,8 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
 
     def on_train_start(self) -> None:
-        """Devices and ranks, the data (read before a run folder exists: a bad dataset
-        leaves nothing), the run folder, the network and its optimiser."""
+        """Devices and ranks, the data, the network and its optimiser (and the weights to
+        fine-tune from), all before the run folder exists: bad input leaves nothing."""
         from src_monai.inference.predictor import resolve_device
 
         self.device = resolve_device(self.config.train.device)
@@ -152,17 +152,17 @@ class Trainer:
             torch.cuda.set_device(self.device)
         state = self._open_run_folder_or_resume()
         self.data = load_training_data(self.config)
+        self._move_data_to_device()
+        self.spec = self.model_spec(self.data)
+        self.build_network_and_optimiser()
+        if state is None and self.config.train.init_model:
+            load_initial_weights(self.network, self.config)  # a bad file: no run folder yet
         if self.resume is None:
             runs_dir, name = Path(self.config.train.runs_dir), self.config.train.run_name
             path = self.dist.share(new_run_dir(runs_dir, name) if self.dist.main else None)
             self.run_folder = RunFolder(path)
-        self._move_data_to_device()
-        self.spec = self.model_spec(self.data)
-        self.build_network_and_optimiser()
         if state is not None:
             self.load_checkpoint(state)
-        elif self.config.train.init_model:
-            load_initial_weights(self.network, self.config)
         if self.dist.enabled:
             self.network = torch.nn.parallel.DistributedDataParallel(
                 self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None
@@ -190,7 +190,7 @@ class Trainer:
         folder is writable before any data is read."""
         if self.resume is None:
             if self.dist.main:
-                writable_folder(Path(self.config.train.runs_dir))
+                creatable_folder(Path(self.config.train.runs_dir))
             return None
         self.run_folder = RunFolder(self.resume)
         state = self.run_folder.load_resume_state()

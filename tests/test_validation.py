@@ -5,6 +5,7 @@ line naming it, and leaves no file or folder behind (``internal error`` is unrea
 from __future__ import annotations
 
 import copy
+import json
 import math
 import typing
 from dataclasses import fields
@@ -90,3 +91,112 @@ def test_every_config_field_is_validated_before_any_file(
     assert f"{section}.{name}" in line or str(value) in line, line
     assert tree_state(tmp_path) == before
     assert not (tmp_path / "runs").exists()
+
+
+# --------------------------------------------------------------------------- model metadata
+
+FREE_TEXT = {"data.layout", "data.source", "package_version", "cross_validation.chosen"}
+RECORDS = {"config", "training", "format", "format_version", "split"}
+
+
+def _leaves(table: dict, prefix: str = ""):
+    for key, value in table.items():
+        path = f"{prefix}{key}"
+        if path in RECORDS:
+            continue
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{path}.")
+        else:
+            yield path, value
+
+
+def _wrong_values(value):
+    """A value of the wrong type and one of the right type out of range."""
+    if isinstance(value, bool):
+        return ["yes", None]
+    if isinstance(value, int):
+        return ["3", -7 if value >= 0 else 10**9]
+    if isinstance(value, float):
+        return ["0.5", math.nan]
+    if isinstance(value, str):
+        return [5, "no-such-value"]
+    if isinstance(value, list):
+        return [7, [*value, *value] if value and not isinstance(value[0], list) else [[999]]]
+    raise AssertionError(value)
+
+
+def _set(table: dict, path: str, value) -> dict:
+    changed = copy.deepcopy(table)
+    *parents, last = path.split(".")
+    target = changed
+    for name in parents:
+        target = target[name]
+    target[last] = value
+    return changed
+
+
+@pytest.fixture(scope="module")
+def model_parts(tiny_run):
+    from src_monai.model.files import _read_safetensors
+
+    state, metadata = _read_safetensors(tiny_run[1].best_model)
+    metadata["inference"] = {"tta": False, "postprocess": True}
+    metadata["cross_validation"] = {
+        "folds": 4,
+        "cases": 16,
+        "chosen": "post",
+        "dice_mean": 0.9,
+        "dice_sd": 0.04,
+        "hd95_mean": 8.2,
+        "hd95_sd": 6.6,
+        "hd95_undefined": 0,
+    }
+    return state, metadata
+
+
+def _metadata_cases():
+    # The leaves of the metadata a training run writes, plus the optional inference and
+    # cross-validation tables (added by the fixture); the test checks the list is current.
+    leaves = [
+        "model.name", "model.base_filters", "model.levels", "model.first_kernel_size",
+        "model.dilation", "model.dropout", "model.norm", "model.residual_units",
+        "data.slice_axis", "data.tri_planar", "data.context_slices", "data.normalisation",
+        "data.patch_size", "data.class_names", "in_channels", "num_classes", "class_colours",
+        "spacing_mm", "orientation_axcodes", "inference.tta", "inference.postprocess",
+        "cross_validation.folds", "cross_validation.cases", "cross_validation.dice_mean",
+        "cross_validation.dice_sd", "cross_validation.hd95_mean", "cross_validation.hd95_sd",
+        "cross_validation.hd95_undefined", "data.layout", "data.source", "package_version",
+        "cross_validation.chosen",
+    ]  # fmt: skip
+    return [
+        pytest.param(path, which, id=f"{path}-{'type' if which == 0 else 'range'}")
+        for path in leaves
+        for which in (0, 1)
+        if not (which == 1 and path in FREE_TEXT)
+    ]
+
+
+@pytest.mark.parametrize(("path", "which"), _metadata_cases())
+def test_every_model_metadata_field_is_validated_before_any_file(
+    path, which, model_parts, tiny_run, tmp_path, capsys
+):
+    from safetensors.torch import save_file
+
+    from src_monai.model.files import METADATA_KEY
+
+    state, metadata = model_parts
+    leaves = dict(_leaves(metadata))
+    assert path in leaves, sorted(leaves)  # the list above follows what training writes
+    value = _wrong_values(leaves[path])[which]
+    if path.startswith("cross_validation.hd95") and which == 1:
+        value = -1.0  # NaN is valid there: no case had a defined HD95
+    model = tmp_path / "model.safetensors"
+    save_file(state, model, metadata={METADATA_KEY: json.dumps(_set(metadata, path, value))})
+    scan = tiny_run[0] / "imagesTr" / "case_000.nii.gz"
+    before = tree_state(tmp_path)
+    out = tmp_path / "out"
+    code = lasc(["infer", str(scan), "--out", str(out), "--model", str(model), "--device", "cpu"])
+    line = one_error_line(capsys, model.name)
+    assert code == 2 and "internal error" not in line
+    assert path.split(".")[-1] in line, line
+    assert tree_state(tmp_path) == before and not out.exists()

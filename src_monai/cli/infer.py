@@ -99,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
 
     prediction_options(args)  # checked before any work
     rgb_map = parse_rgb_map(args.rgb_map) if args.rgb_map else None
-    # Every output planned and checked, and the folder proved writable, before the model
-    # loads: a plan that would lose data is refused before any work or any new file.
+    # Every input's header and every output planned and checked before the model loads: a
+    # plan that would lose data is refused before any work or any new file.
     plan_files(
         args.inputs,
         args.out,
@@ -109,8 +109,8 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         skip_existing=args.skip_existing,
     )
-    writable_folder(args.out)
     predictor = Predictor.from_checkpoint(args.model, args.device, tri_planar=args.tri_planar)
+    writable_folder(args.out)  # made only once the model file is known good
     rows = drive(
         predict_files(
             predictor,

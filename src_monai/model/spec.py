@@ -9,8 +9,9 @@ and the predictor, bundle export, the Train widget and the cross-validation scri
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from src_monai.config import Config, ModelConfig, config_from_dict
@@ -102,7 +103,8 @@ class ModelSpec:
     @property
     def trained_with_flips(self) -> bool:
         """Left-right flips were among the training augmentations (TTA may use them)."""
-        return bool(self.config.get("augment", {}).get("flip"))
+        augment = self.config.get("augment")  # a record: read defensively
+        return isinstance(augment, dict) and augment.get("flip") is True
 
     @property
     def training_spacing(self) -> tuple[float, float, float] | None:
@@ -173,40 +175,56 @@ class ModelSpec:
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any]) -> ModelSpec:
-        """Read a model file's metadata; ``KeyError``/``TypeError``/``ValueError`` (or a
-        :class:`LascError`) when it does not describe a model."""
-        data = metadata["data"]
-        if int(metadata.get("in_channels", data["context_slices"])) != int(data["context_slices"]):
-            raise ValueError("in_channels differs from data.context_slices")
-        inference = metadata.get("inference")
-        cross_validation = metadata.get("cross_validation")
-        return cls(
-            network=config_from_dict({"model": metadata["model"]}).model,
-            num_classes=int(metadata["num_classes"]),
-            slice_axis=int(data["slice_axis"]),
-            context_slices=int(data["context_slices"]),
-            normalisation=str(data["normalisation"]),
-            patch_size=(int(data["patch_size"][0]), int(data["patch_size"][1])),
-            class_names=tuple(str(n) for n in data["class_names"]),
-            class_colours=tuple(
-                tuple(int(v) for v in colour) for colour in metadata.get("class_colours") or ()
-            ),
-            tri_planar=bool(data.get("tri_planar", False)),
-            downsample=int(data.get("downsample", 1)),
-            crop_size=int(data.get("crop_size", 0)),
-            crop_slice_margin=int(data.get("crop_slice_margin", 0)),
-            spacing_mm=_floats(metadata.get("spacing_mm")),
-            orientation_axcodes=_axcodes(metadata.get("orientation_axcodes")),
-            data_layout=str(data.get("layout", "")),
-            data_source=str(data.get("source", "")),
-            split=dict(metadata.get("split") or {}),
-            config=dict(metadata.get("config") or {}),
-            training=dict(metadata.get("training") or {}),
-            inference=InferenceDefaults(**inference) if inference else None,
-            cross_validation=CrossValidation(**cross_validation) if cross_validation else None,
-            package_version=str(metadata.get("package_version", "")),
-            localiser=cls.from_metadata(metadata["localiser"]) if "localiser" in metadata else None,
+        """Read a model file's metadata, every field checked for type and range (the network
+        and data fields as the config's keys are); ``ValueError`` (or a :class:`LascError`)
+        names the first bad field."""
+        data = _table(metadata, "data")
+        known = ("slice_axis", "tri_planar", "downsample", "crop_size", "crop_slice_margin")
+        as_config = {
+            "model": _table(metadata, "model"),
+            "data": {
+                **{key: data[key] for key in known if key in data},
+                **{key: data[key] for key in ("context_slices", "normalisation", "patch_size")},
+                "class_names": data["class_names"],
+                "num_classes": metadata["num_classes"],
+            },
+        }
+        config = config_from_dict(as_config, "metadata", saved=True)
+        checked = config.data
+        in_channels = metadata.get("in_channels", checked.context_slices)
+        if type(in_channels) is not int or in_channels != checked.context_slices:
+            raise ValueError(f"in_channels = {in_channels!r} differs from data.context_slices")
+        inference = _optional_table(metadata, "inference")
+        cross_validation = _optional_table(metadata, "cross_validation")
+        localiser = _optional_table(metadata, "localiser")
+        spec = cls(
+            network=config.model,
+            num_classes=checked.num_classes,
+            slice_axis=checked.slice_axis,
+            context_slices=checked.context_slices,
+            normalisation=checked.normalisation,
+            patch_size=(checked.patch_size[0], checked.patch_size[1]),
+            class_names=tuple(checked.class_names),
+            class_colours=_colours(metadata.get("class_colours")),
+            tri_planar=checked.tri_planar,
+            downsample=checked.downsample,
+            crop_size=checked.crop_size,
+            crop_slice_margin=checked.crop_slice_margin if checked.crop_size else 0,
+            spacing_mm=_spacing(metadata.get("spacing_mm")),
+            orientation_axcodes=_checked_axcodes(metadata.get("orientation_axcodes")),
+            data_layout=_text(data.get("layout", ""), "data.layout"),
+            data_source=_text(data.get("source", ""), "data.source"),
+            split=_split(metadata.get("split")),
+            config=dict(_optional_table(metadata, "config") or {}),
+            training=dict(_optional_table(metadata, "training") or {}),
+            inference=_inference(inference) if inference else None,
+            cross_validation=_cross_validation(cross_validation) if cross_validation else None,
+            package_version=_text(metadata.get("package_version", ""), "package_version"),
+            localiser=cls.from_metadata(localiser) if localiser is not None else None,
         )
+        if spec.localiser is not None and (spec.localiser.downsample < 2 or not spec.crop_size):
+            raise ValueError("localiser: a two-stage model is a localiser and a crop model")
+        return spec
 
     def to_metadata(self) -> dict[str, Any]:
         """The model file's JSON (the keys :meth:`from_metadata` reads)."""
@@ -258,3 +276,104 @@ def _axcodes(codes: Sequence[str] | None) -> tuple[str, str, str] | None:
     if not codes or len(codes) != 3:
         return None
     return tuple(str(c) for c in codes)  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- checked reading
+
+
+def _table(metadata: dict[str, Any], key: str) -> dict[str, Any]:
+    value = metadata[key]
+    if not isinstance(value, dict):
+        raise ValueError(f"{key} = {value!r} must be a table")
+    return value
+
+
+def _optional_table(metadata: dict[str, Any], key: str) -> dict[str, Any] | None:
+    return None if metadata.get(key) is None else _table(metadata, key)
+
+
+def _text(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{key} = {value!r} must be text")
+    return value
+
+
+def _whole(value: Any, key: str, low: int, high: int) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise ValueError(f"{key} = {value!r} must be a whole number in {low}..{high}")
+    return value
+
+
+def _real(value: Any, key: str, low: float, high: float, *, nan: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{key} = {value!r} must be a number")
+    if nan and math.isnan(value):
+        return float(value)
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ValueError(f"{key} = {value!r} must be a finite number in {low:g}..{high:g}")
+    return float(value)
+
+
+def _colours(values: Any) -> tuple[tuple[int, int, int], ...]:
+    if values is None:
+        return ()
+    if not isinstance(values, list) or not all(isinstance(c, list) and len(c) == 3 for c in values):
+        raise ValueError(f"class_colours = {values!r} must be a list of [r, g, b]")
+    return tuple(
+        tuple(_whole(v, "class_colours", 0, 255) for v in colour)  # type: ignore[misc]
+        for colour in values
+    )
+
+
+def _spacing(values: Any) -> tuple[float, float, float] | None:
+    if values is None:
+        return None
+    if not isinstance(values, list) or len(values) != 3:
+        raise ValueError(f"spacing_mm = {values!r} must be three voxel sizes")
+    return tuple(_real(v, "spacing_mm", 1e-3, 100.0) for v in values)  # type: ignore[return-value]
+
+
+def _checked_axcodes(codes: Any) -> tuple[str, str, str] | None:
+    if codes is None:
+        return None
+    if (
+        not isinstance(codes, list)
+        or len(codes) != 3
+        or not all(isinstance(c, str) and c in ("L", "R", "A", "P", "S", "I") for c in codes)
+    ):
+        raise ValueError(f"orientation_axcodes = {codes!r} must be three of L R A P S I")
+    return tuple(codes)  # type: ignore[return-value]
+
+
+def _split(split: Any) -> dict[str, list[str]]:
+    if split is None:
+        return {}
+    if not isinstance(split, dict) or not all(
+        isinstance(ids, list) and all(isinstance(i, str) for i in ids) for ids in split.values()
+    ):
+        raise ValueError("split must map subset names to lists of case ids")
+    return dict(split)
+
+
+def _inference(values: dict[str, Any]) -> InferenceDefaults:
+    unknown = set(values) - {"tta", "postprocess"}
+    if unknown or not all(isinstance(values.get(k, False), bool) for k in ("tta", "postprocess")):
+        raise ValueError(f"inference = {values!r} must hold tta and postprocess, true or false")
+    return InferenceDefaults(**values)
+
+
+def _cross_validation(values: dict[str, Any]) -> CrossValidation:
+    unknown = set(values) - {f.name for f in fields(CrossValidation)}
+    if unknown:
+        raise ValueError(f"cross_validation: unknown key {sorted(unknown)[0]}")
+    key = "cross_validation."
+    return CrossValidation(
+        folds=_whole(values["folds"], key + "folds", 2, 1000),
+        cases=_whole(values["cases"], key + "cases", 1, 10**6),
+        chosen=_text(values["chosen"], key + "chosen"),
+        dice_mean=_real(values["dice_mean"], key + "dice_mean", 0.0, 1.0),
+        dice_sd=_real(values["dice_sd"], key + "dice_sd", 0.0, 1.0),
+        hd95_mean=_real(values["hd95_mean"], key + "hd95_mean", 0.0, 1e6, nan=True),
+        hd95_sd=_real(values["hd95_sd"], key + "hd95_sd", 0.0, 1e6, nan=True),
+        hd95_undefined=_whole(values.get("hd95_undefined", 0), key + "hd95_undefined", 0, 10**6),
+    )

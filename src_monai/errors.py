@@ -67,6 +67,10 @@ class OutputExistsError(LascError):
     """An output would overwrite existing files and ``overwrite`` was not asked for."""
 
 
+class TrainingDivergedError(LascError):
+    """The training loss became NaN or infinite: the run stops, its checkpoints are kept."""
+
+
 class GeometryWarning(UserWarning):
     """A scan's geometry was read, but its header disagrees with itself or is unusual; the
     message says what was used."""

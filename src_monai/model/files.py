@@ -136,6 +136,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         network = build_model_network(spec)
     except (KeyError, TypeError, ValueError, LascError) as exc:
         raise ModelFileError(path, f"metadata does not describe a network ({exc})") from exc
+    broken = next((name for name, value in state.items() if not torch.isfinite(value).all()), None)
+    if broken is not None:
+        raise ModelFileError(path, f"weights {broken} hold NaN or infinite values: a broken model")
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -40,6 +40,16 @@ class Distributed:
         dist.broadcast_object_list(holder, src=0)
         return holder[0]
 
+    def all_true(self, flag: bool, device: torch.device) -> bool:
+        """Whether ``flag`` holds on every rank (each rank learns the same answer)."""
+        if not self.enabled:
+            return flag
+        import torch.distributed as dist
+
+        value = torch.tensor([1 if flag else 0], device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        return bool(value.item())
+
 
 def init_distributed(device: torch.device) -> Distributed:
     """Join the process group that ``torchrun`` describes in the environment, if any."""

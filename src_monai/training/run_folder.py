@@ -103,9 +103,11 @@ class RunFolder:
         save_figure(self.path / "curves.png", _curves(history), dpi=90)
 
     def append_validation(self, epoch: int, scores: dict[str, float]) -> None:
-        """Add one validation's per-case Dice to ``validation.csv``."""
+        """Add one validation's per-case Dice to ``validation.csv``. Rows of this epoch or
+        later are replaced, not repeated: a run killed after validating but before its
+        checkpoint validates that epoch again when resumed."""
         path = self.path / "validation.csv"
-        rows = read_csv(path)
+        rows = [row for row in read_csv(path) if int(row["epoch"]) < epoch]
         rows += [{"epoch": epoch, "case": case, "dice": f"{d:.6f}"} for case, d in scores.items()]
         write_csv(path, rows, ["epoch", "case", "dice"])
 

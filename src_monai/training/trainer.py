@@ -36,6 +36,7 @@ from src_monai.data.sampling import (
     make_batch,
 )
 from src_monai.data.transforms import training_transforms
+from src_monai.errors import TrainingDivergedError
 from src_monai.io.files import creatable_folder
 from src_monai.model.networks import build_network, count_parameters, plain_state_dict, unwrap
 from src_monai.model.spec import ModelSpec
@@ -320,6 +321,15 @@ class Trainer:
             self.scaler.unscale_(self.optimiser)
         else:
             loss.backward()
+        # A non-finite loss would make every later weight NaN and a broken "best" model: stop
+        # before the step, every rank together, keeping the checkpoints saved so far.
+        if not self.dist.all_true(bool(torch.isfinite(loss.detach())), self.device):
+            raise TrainingDivergedError(
+                self.run_folder.path,
+                f"training diverged: the loss became {float(loss.detach())} at step "
+                f"{getattr(self, 'steps_done', 0) + 1}; the run's earlier checkpoints are "
+                "kept (try a lower train.learning_rate or train.clip_norm)",
+            )
         clip_gradients(self.network, self.config)
         if self.scaler is not None:
             self.scaler.step(self.optimiser)

@@ -43,6 +43,136 @@ def _run(argv: list[str], folder: Path) -> tuple[int, str, bool]:
     return code, message, _state(folder) == before
 
 
+def _output_rows(root: Path, dataset: Path, model: Path) -> list[tuple]:
+    """Plans that would lose data (issue 15): refused before any work."""
+    import shutil
+
+    import nibabel as nib
+
+    rows = []
+    scans = root / "scans"
+    shutil.copytree(dataset / "imagesTr", scans)
+    infer = ["infer", "--model", str(model)]
+    argv = [*infer, str(scans), "--out", str(scans), "--overwrite"]
+    rows.append(("--out is the input folder (with --overwrite)", "lasc infer", *_run(argv, root)))
+    for name in ("a", "b"):
+        (root / name).mkdir()
+        shutil.copy(scans / "case_000.nii.gz", root / name / "scan.nii.gz")
+    argv = [
+        *infer,
+        str(root / "a/scan.nii.gz"),
+        str(root / "b/scan.nii.gz"),
+        "--out",
+        str(root / "o"),
+    ]
+    rows.append(("two inputs of one name", "lasc infer", *_run(argv, root)))
+    nib.save(nib.load(scans / "case_001.nii.gz"), root / "a" / "scan.nii")
+    argv = [*infer, str(root / "a"), "--out", str(root / "o")]
+    rows.append(("scan.nii beside scan.nii.gz", "lasc infer", *_run(argv, root)))
+    argv = [*infer, str(scans / "case_000.nii.gz"), str(scans / "../scans/case_000.nii.gz")]
+    rows.append(
+        ("the same scan twice", "lasc infer", *_run([*argv, "--out", str(root / "o")], root))
+    )
+    labels = str(dataset / "labelsTr")
+    for option, value in (("--num-classes", "1"), ("--batch-size", "0")):
+        argv = [
+            "evaluate",
+            "--pred",
+            labels,
+            "--truth",
+            labels,
+            "--out",
+            str(root / "r"),
+            option,
+            value,
+        ]
+        rows.append((f"{option} {value}", "lasc evaluate", *_run(argv, root)))
+    argv = ["prepare", str(dataset), str(dataset / "imagesTr"), "--overwrite"]
+    rows.append(("output inside the dataset", "lasc prepare", *_run(argv, dataset)))
+    return rows
+
+
+# A sample of the config values outside their range (tests/test_validation.py tries every key).
+RANGE_PROBLEMS = {
+    "train.weight_decay = -1": ("train", "weight_decay", -1.0),
+    "train.reducer_factor = 2": ("train", "reducer_factor", 2.0),
+    "model.dilation = 0": ("model", "dilation", 0),
+    "augment.gamma = [nan, 1.5]": ("augment", "gamma", [float("nan"), 1.5]),
+    "data.num_classes = 100000": ("data", "num_classes", 100000),
+    "train.learning_rate = inf": ("train", "learning_rate", float("inf")),
+    "train.early_stopping_patience = -1": ("train", "early_stopping_patience", -1),
+    'train.run_name = "../escaped"': ("train", "run_name", "../escaped"),
+}
+
+
+def _range_rows(root: Path, dataset: Path) -> list[tuple]:
+    import tomli_w
+    from conftest import tiny_config
+
+    rows = []
+    for problem, (section, key, value) in RANGE_PROBLEMS.items():
+        folder = root / f"{section}_{key}"
+        folder.mkdir(parents=True)
+        raw = tiny_config(dataset, folder / "runs").to_dict()
+        raw[section][key] = value
+        (folder / "bad.toml").write_text(tomli_w.dumps(raw))
+        rows.append(
+            (f"config: {problem}", "lasc train", *_run(["train", str(folder / "bad.toml")], folder))
+        )
+    return rows
+
+
+METADATA_PROBLEMS = {
+    "data.slice_axis = 5": ("data.slice_axis", 5),
+    'num_classes = "2"': ("num_classes", "2"),
+    'inference.tta = "yes"': ("inference", {"tta": "yes", "postprocess": True}),
+    "spacing_mm negative": ("spacing_mm", [-1.25, 1.25, 1.37]),
+    "cross_validation.dice_mean = NaN": (
+        "cross_validation",
+        {"folds": 4, "cases": 16, "chosen": "post", "dice_mean": float("nan"), "dice_sd": 0.0,
+         "hd95_mean": 8.0, "hd95_sd": 6.0},
+    ),
+}  # fmt: skip
+
+
+def _metadata_rows(root: Path, model: Path, scan: Path) -> list[tuple]:
+    import json
+    import math
+
+    import torch
+    from safetensors.torch import save_file
+
+    from src_monai.model.files import METADATA_KEY, _read_safetensors
+
+    root.mkdir()
+    state, metadata = _read_safetensors(model)
+    rows = []
+    for problem, (path, value) in METADATA_PROBLEMS.items():
+        changed = json.loads(json.dumps(metadata))
+        *parents, last = path.split(".")
+        target = changed
+        for name in parents:
+            target = target[name]
+        target[last] = value
+        bad = root / f"{last}.safetensors"
+        save_file(state, bad, metadata={METADATA_KEY: json.dumps(changed)})
+        argv = ["infer", str(scan), "--out", str(root / "out"), "--model", str(bad)]
+        rows.append((f"model metadata: {problem}", "lasc infer", *_run(argv, root)))
+    first = next(iter(state))
+    broken = {**state, first: torch.full_like(state[first], math.nan)}
+    save_file(broken, root / "nan.safetensors", metadata={METADATA_KEY: json.dumps(metadata)})
+    argv = [
+        "infer",
+        str(scan),
+        "--out",
+        str(root / "out"),
+        "--model",
+        str(root / "nan.safetensors"),
+    ]
+    rows.append(("model: NaN weights", "lasc infer", *_run(argv, root)))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "bad_inputs.md")
@@ -113,12 +243,20 @@ def main() -> int:
         blocker.write_text("x")
         argv = ["infer", str(scan_path), "--out", str(blocker / "out"), "--model", str(model)]
         rows.append(("output folder not writable", "lasc infer", *_run(argv, root)))
+        rows += _output_rows(root / "outputs", dataset, model)
+        rows += _range_rows(root / "ranges", dataset)
+        rows += _metadata_rows(root / "metadata", model, scan_path)
 
     lines = [
         "# Bad inputs and what happens",
         "",
         "Generated by `.venv/bin/python scripts/bad_input_report.py`; asserted by "
-        "`tests/test_reliability.py` (also through napari's reader and widgets).",
+        "`tests/test_reliability.py` (also through napari's reader and widgets), "
+        "`tests/test_scan_io.py` (header fields), `tests/test_output_safety.py` (plans that "
+        "would lose data), `tests/test_validation.py` (every config key and every model-metadata "
+        "field, a wrong type and an out-of-range value each: the rows below are a sample) and "
+        "`tests/test_training_failures.py`. Every refusal happens before any work and before "
+        "any file or folder is made; `internal error` is reachable from no input here.",
         "",
         "| input | command | exit | message (paths shortened) | files unchanged |",
         "|---|---|---|---|---|",

@@ -43,7 +43,7 @@ def test_out_equal_to_the_input_folder_never_replaces_a_scan(tiny_run, model, tm
     before = _snapshot(tmp_path)
     assert _infer(scans, "--out", scans, "--overwrite", model=model) == 2
     message = capsys.readouterr().err.strip()
-    assert "would replace the input" in message and "case_000.nii.gz" in message
+    assert "is an input and would be replaced" in message and "case_000.nii.gz" in message
     assert len(message.splitlines()) == 1
     assert _snapshot(tmp_path) == before
 

@@ -77,13 +77,14 @@ def check_planned_outputs(
         sources[key] = plan.source
     writers: dict[Path, Path] = {}
     for plan in plans:
-        for output in plan.files:
+        for output in (plan.main, *plan.derived):
             key = _key(output)
             if key in sources:
+                also = "" if Path(sources[key]) == output else f" (the input {sources[key]})"
                 raise LascError(
                     output,
-                    f"would replace the input {sources[key]}: choose an --out folder that holds "
-                    "no input",
+                    f"is an input{also} and would be replaced by an output: choose an --out "
+                    "folder that holds no input",
                 )
             if key in writers:
                 raise LascError(

@@ -76,3 +76,16 @@ def test_a_model_file_with_nan_weights_is_refused(tiny_run, tmp_path, capsys):
     one_error_line(capsys, "broken.safetensors", "NaN or infinite values")
     assert tree_state(tmp_path) == before and not (tmp_path / "out").exists()
     assert load_file(model)[first].isnan().all()
+
+
+def test_a_finished_run_stops_logging_into_its_folder(msd_dataset, tmp_path):
+    """napari trains many runs in one process: each run's train.log gets its own run only."""
+    import logging
+
+    first = run_to_end(run_training(tiny_config(msd_dataset, tmp_path / "runs")))
+    second = run_to_end(run_training(tiny_config(msd_dataset, tmp_path / "runs")))
+    assert not [
+        h for h in logging.getLogger("src_monai").handlers if isinstance(h, logging.FileHandler)
+    ]
+    assert second.run_dir.name not in (first.run_dir / "train.log").read_text()
+    assert second.run_dir.name in (second.run_dir / "train.log").read_text()

@@ -11,9 +11,7 @@ from pathlib import Path
 from src_monai.errors import LascError
 from src_monai.inference.files import plan_files, predict_files
 from src_monai.inference.predictor import PredictOptions, Predictor
-from src_monai.io.files import (
-    writable_folder,
-)
+from src_monai.io.files import creatable_folder, writable_folder
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +107,9 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         skip_existing=args.skip_existing,
     )
+    creatable_folder(args.out)  # checked here, made only once the model file is known good
     predictor = Predictor.from_checkpoint(args.model, args.device, tri_planar=args.tri_planar)
-    writable_folder(args.out)  # made only once the model file is known good
+    writable_folder(args.out)
     rows = drive(
         predict_files(
             predictor,

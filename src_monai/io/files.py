@@ -97,9 +97,11 @@ def creatable_folder(folder: str | os.PathLike[str]) -> Path:
     folder = Path(folder)
     if folder.is_dir():
         return writable_folder(folder)
+    if folder.exists():
+        raise OutputExistsError(folder, "exists and is not a folder")
     existing = next((p for p in folder.absolute().parents if p.exists()), None)
-    if folder.exists() or existing is None or not existing.is_dir():
-        raise OutputExistsError(folder, "exists and is not a folder, or cannot be made")
+    if existing is None or not existing.is_dir():
+        raise LascError(folder, f"is not writable: {existing} is not a folder")
     try:
         writable_folder(existing)
     except LascError as exc:

@@ -76,6 +76,16 @@ class RunFolder:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger("src_monai").addHandler(handler)
 
+    def close(self) -> None:
+        """Stop sending the log here: a process that trains again (napari, tests) would
+        otherwise write every later run's log into this run's ``train.log`` as well."""
+        log = str((self.path / "train.log").absolute())
+        package = logging.getLogger("src_monai")
+        for handler in list(package.handlers):
+            if isinstance(handler, logging.FileHandler) and handler.baseFilename == log:
+                package.removeHandler(handler)
+                handler.close()
+
     # ------------------------------------------------------------------ checkpoints
 
     def save_model(self, name: str, network: torch.nn.Module, spec: ModelSpec) -> Path:

@@ -446,6 +446,7 @@ class Trainer:
             self.writer.close()
         if self.dist.enabled:
             write_rank_checksum(self.run_folder.path, self.network, self.dist)
+        self.run_folder.close()
 
     # ------------------------------------------------------------------ validation
 

@@ -16,7 +16,13 @@ from src_monai.errors import LascError
 from src_monai.evaluation.metrics import case_metrics
 from src_monai.progress import Progress
 
-from ._layers import ERROR_CLASS_NAMES, ERROR_COLOURS, labels_kwargs, layer_geometry
+from ._layers import (
+    ERROR_CLASS_NAMES,
+    ERROR_COLOURS,
+    SEEN_BY_MODEL_KEY,
+    labels_kwargs,
+    layer_geometry,
+)
 from ._worker import start_job
 
 if TYPE_CHECKING:
@@ -136,6 +142,9 @@ class CompareWidget(Container):
 
         self.metrics = metrics
         self._result.value, self._volumes.value = format_metrics(metrics)
+        seen = prediction.metadata.get(SEEN_BY_MODEL_KEY)
+        if seen:  # a score on a case the model learnt from says little about new patients
+            self._result.value += f" · a {seen} case of the model: not its accuracy"
         name = f"{prediction.name} vs {truth.name} errors"
         # LayerList has no .get(): look the name up.
         existing = self._viewer.layers[name] if name in self._viewer.layers else None  # noqa: SIM401

@@ -24,6 +24,9 @@ from src_monai.io.scans import ScanGeometry
 GEOMETRY_KEY = "lasc_geometry"
 SOURCE_KEY = "lasc_source"
 PREDICTION_OF_KEY = "lasc_prediction_of"
+# "training" / "validation" when the model that made a prediction had seen its scan
+# (ModelSpec.training_role); the Compare widget says so next to its scores.
+SEEN_BY_MODEL_KEY = "lasc_seen_by_model"
 
 LA_CLASS_NAMES = ("background", "left atrium")
 LA_COLOURS: dict[int, tuple[int, int, int]] = {1: (255, 0, 255)}  # the earlier tool's magenta

@@ -33,12 +33,14 @@ from src_monai.inference.measure import (
 )
 from src_monai.inference.predictor import Predictor, resolve_device
 from src_monai.inference.session import InteractiveSession, VolumeResult
+from src_monai.io.scans import image_digest
 from src_monai.progress import Progress
 
 from ._area_plot import AreaCurve
 from ._layers import (
     GEOMETRY_KEY,
     PREDICTION_OF_KEY,
+    SEEN_BY_MODEL_KEY,
     check_scan_layer,
     from_layer_axes,
     geometry_kwargs,
@@ -456,6 +458,8 @@ class SegmentWidget(Container):
         colours = {i: c for i, c in enumerate(predictor.spec.colours) if i > 0}
         kwargs = labels_kwargs(layer_geometry(image), predictor.spec.class_names, colours)
         kwargs["metadata"][PREDICTION_OF_KEY] = image.name
+        digest = image_digest(np.asarray(image.data))
+        kwargs["metadata"][SEEN_BY_MODEL_KEY] = predictor.spec.training_role(image.name, digest)
         name = f"{image.name} left atrium"
         return self._viewer.add_labels(np.ascontiguousarray(data), name=name, **kwargs)
 

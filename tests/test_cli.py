@@ -115,3 +115,40 @@ def test_prepare_png_from_the_command_line(msd_dataset, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "png").glob("*/images/*.png"))) == 24
+
+
+def test_every_subcommand_has_user_facing_help_with_examples():
+    import argparse
+
+    from src_monai.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands.choices) == {
+        "prepare",
+        "train",
+        "evaluate",
+        "infer",
+        "demo",
+        "export-bundle",
+    }
+    for name, sub in commands.choices.items():
+        text = sub.format_help()
+        for developer_note in ("``", ":class:", ":func:", ":mod:"):
+            assert developer_note not in text, (name, developer_note)
+        assert "examples:\n  lasc " in text or "examples:\n  torchrun" in text, name
+        for action in sub._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, f"lasc {name} {action.option_strings or action.dest}: no help"
+
+
+def test_model_bundled_works_wherever_a_model_is_taken(tmp_path, msd_dataset):
+    from src_monai.cli import main as lasc
+
+    scan = sorted((msd_dataset / "imagesTr").glob("*.nii.gz"))[0]
+    assert lasc(["infer", str(scan), "--out", str(tmp_path / "seg"), "--model", "bundled"]) == 0
+    assert (tmp_path / "seg" / scan.name).is_file()
+    report = tmp_path / "report"
+    argv = ["evaluate", "--model", "bundled", "--data", str(msd_dataset), "--out", str(report)]
+    assert lasc(argv) == 0
+    assert (report / "per_case.csv").is_file()

@@ -37,6 +37,11 @@ def test_lasc_demo_writes_labels_overlay_and_summary(tmp_path):
     assert result.returncode == 0, result.stderr
     folder = tmp_path / "lasc-demo"
     assert f"wrote {folder}" in result.stdout
+    # Every file it wrote is named, and the Dice is said to be on a training case.
+    for name in ("la_016_prediction.nii.gz", "overlay.png", "summary.json", "summary.txt"):
+        assert name in result.stdout.splitlines()[-1]
+    assert "on la_016, a case the model was trained on: not its accuracy" in result.stdout
+    assert "on unseen patients: Dice 0.899" in result.stdout
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["dice"] >= 0.85 and 50 < summary["la_volume_ml"] < 200
     written = nib.load(folder / "la_016_prediction.nii.gz")
@@ -46,3 +51,44 @@ def test_lasc_demo_writes_labels_overlay_and_summary(tmp_path):
         [LASC, "demo", "--device", "cpu"], capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
     assert again.returncode == 0 and (tmp_path / "lasc-demo-2").is_dir()  # never overwrites
+
+
+def test_a_renamed_copy_of_a_training_case_is_flagged_when_scored(tmp_path, capsys):
+    """lasc evaluate recognises the bundled model's training case la_016 under another name
+    (by its voxels) and says, on its row and in one line, that its score is not accuracy."""
+    import csv
+    import shutil
+
+    from src_monai.cli import main as lasc
+
+    data = tmp_path / "data"
+    (data / "imagesTr").mkdir(parents=True)
+    (data / "labelsTr").mkdir()
+    shutil.copy(SAMPLE_SCAN, data / "imagesTr" / "mystery_001.nii.gz")
+    shutil.copy(SAMPLE_LABEL, data / "labelsTr" / "mystery_001.nii.gz")
+    manifest = {
+        "labels": {"0": "background", "1": "left atrium"},
+        "training": [
+            {"image": "./imagesTr/mystery_001.nii.gz", "label": "./labelsTr/mystery_001.nii.gz"}
+        ],
+    }
+    (data / "dataset.json").write_text(json.dumps(manifest))
+    out = tmp_path / "report"
+    argv = [
+        "evaluate",
+        "--model",
+        "bundled",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
+    assert lasc(argv) == 0
+    (row,) = list(csv.DictReader((out / "per_case.csv").open()))
+    assert row["case"] == "mystery_001" and row["seen_by_model"] == "training"
+    err = capsys.readouterr().err
+    assert "1 of 1 cases were seen by the model in training" in err
+    assert "mystery_001 (training)" in err and "Dice 0.899" in err
+    assert "seen by the model" in (out / "summary.txt").read_text()

@@ -143,3 +143,30 @@ def test_cli_evaluate_needs_a_source(tmp_path):
         timeout=300,
     )
     assert done.returncode == 2 and done.stderr.startswith("error: give --model")
+
+
+def test_evaluate_scores_the_cases_in_both_folders_and_names_those_left_out(
+    tmp_path, msd_dataset, capsys
+):
+    from src_monai.cli import main as lasc
+
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    only = sorted((msd_dataset / "labelsTr").glob("*.nii.gz"))[0]
+    labels = read_labels(only)
+    write_labels(pred / only.name, labels.array, labels.geometry)
+    truth, out = msd_dataset / "labelsTr", tmp_path / "report"
+    assert lasc(["evaluate", "--pred", str(pred), "--truth", str(truth), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "2 of 3 truth cases have no prediction and are left out" in err
+    assert "case_001, case_002" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cases"] == 1
+    assert summary["left_out_without_prediction"] == ["case_001", "case_002"]
+    assert "left out, no prediction (2): case_001, case_002" in (out / "summary.txt").read_text()
+    strict = ["--pred", str(pred), "--truth", str(truth), "--out", str(tmp_path / "strict")]
+    assert lasc(["evaluate", *strict, "--require-all"]) == 2
+    assert "no prediction for 2 of 3 truth case(s) (--require-all): case_001, case_002" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "strict").exists()

@@ -12,10 +12,27 @@ from pathlib import Path
 from src_monai.cli.infer import prediction_options
 from src_monai.errors import LascError
 from src_monai.evaluation.metrics import empty_predictions, format_summary
-from src_monai.evaluation.report import EvalPair, evaluate_pairs, pairs_from_folders, write_report
+from src_monai.evaluation.report import (
+    EvalPair,
+    evaluate_pairs,
+    pairs_from_folders,
+    seen_cases_note,
+    write_report,
+)
 from src_monai.io.files import ensure_empty_folder
 
 logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Per-case 3D metrics (Dice, HD95, ASD, volume error) of a model on a dataset (--model with
+--data, optionally a --split subset) or of predicted label files against the truth (--pred
+with --truth, paired by file name). Writes per_case.csv, summary.json, summary.txt and
+boxplot.png into --out."""
+
+EXAMPLES = """\
+examples:
+  lasc evaluate --model bundled --data ../shared/data/lasc13 --out eval-bundled
+  lasc evaluate --pred seg/ --truth ../shared/data/lasc13/labelsTr --out eval-seg"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--out", type=Path, required=True, help="report folder (new or empty)")
     source = parser.add_argument_group("what to evaluate (a model on data, or label folders)")
-    source.add_argument("--model", type=Path, help="model file: predict the cases of --data")
+    source.add_argument(
+        "--model", type=Path, help="model file, or bundled: predict the cases of --data"
+    )
     source.add_argument("--data", type=Path, help="MSD-layout dataset")
     source.add_argument("--split", type=Path, help="split JSON (lasc prepare --folds/--format png)")
     source.add_argument(
@@ -41,8 +60,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_prediction_arguments(parser)
     parser.add_argument(
+        "--require-all",
+        action="store_true",
+        help="--pred/--truth: refuse when a truth case has no prediction (default: evaluate "
+        "the cases in both folders and list the ones left out)",
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="write into a non-empty --out (deletes nothing)"
     )
+
+
+def _report_left_out(found, truth: Path) -> None:
+    """Say which cases the evaluation leaves out (all named: they are also in summary.json)."""
+    if found.without_prediction:
+        total = len(found.pairs) + len(found.without_prediction)
+        logger.warning(
+            "%d of %d truth cases have no prediction and are left out (--require-all refuses "
+            "instead): %s",
+            len(found.without_prediction),
+            total,
+            ", ".join(found.without_prediction),
+        )
+    if found.without_truth:
+        logger.warning(
+            "%d prediction(s) have no truth in %s and are left out: %s",
+            len(found.without_truth),
+            truth,
+            ", ".join(found.without_truth),
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,11 +102,13 @@ def run(args: argparse.Namespace) -> int:
         raise LascError(
             None, f"--num-classes must be 2..255 (background included), got {args.num_classes}"
         )
-    predictor = None
+    predictor, left_out = None, []
     if args.pred or args.truth:
         if not (args.pred and args.truth) or args.model or args.data:
             raise LascError(None, "give --pred and --truth together, or --model with --data")
-        pairs = pairs_from_folders(args.pred, args.truth)
+        found = pairs_from_folders(args.pred, args.truth, require_all=args.require_all)
+        pairs, left_out = found.pairs, found.without_prediction
+        _report_left_out(found, args.truth)
         num_classes = args.num_classes
     elif args.model and args.data:
         predictor = Predictor.from_checkpoint(args.model, args.device, tri_planar=args.tri_planar)
@@ -92,7 +139,10 @@ def run(args: argparse.Namespace) -> int:
         description="evaluate",
         unit="case",
     )
-    summary = write_report(out, rows, overwrite=args.overwrite)
+    note = seen_cases_note(rows, predictor.spec if predictor is not None else None)
+    summary = write_report(out, rows, overwrite=args.overwrite, left_out=left_out, seen_note=note)
     print(format_summary(summary, len(rows), empty_predictions(rows)))
+    if note:
+        logger.warning("%s", note)
     print(f"wrote {out}")
     return 0

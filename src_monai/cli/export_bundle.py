@@ -12,6 +12,15 @@ from src_monai.model.bundle import export_bundle
 
 logger = logging.getLogger(__name__)
 
+DESCRIPTION = """\
+Write a model as a MONAI bundle (configs/, models/, docs/) that runs with MONAI alone,
+without napari-lasc: `python -m monai.bundle run --config_file configs/inference.json`."""
+
+EXAMPLES = """\
+examples:
+  lasc export-bundle bundled lasc_bundle/
+  lasc export-bundle runs/lasc13/20261128-101500/checkpoints/best.safetensors my_bundle/"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``lasc export-bundle`` options."""
@@ -21,9 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from src_monai.model.files import BUNDLED_MODEL
+    from src_monai.model.files import model_path
 
-    model = BUNDLED_MODEL if str(args.model) == "bundled" else args.model
+    model = model_path(args.model)
     out = export_bundle(model, args.out, overwrite=args.overwrite)
     print(f"wrote MONAI bundle {out}")
     print(

@@ -15,10 +15,27 @@ from src_monai.io.files import creatable_folder, writable_folder
 
 logger = logging.getLogger(__name__)
 
+DESCRIPTION = """\
+Segment the left atrium in 3D scans (.nii.gz, .nii, .nrrd, .mha; files or folders) or in the
+earlier tool's PNG slices. Each scan gives OUT/<name>.nii.gz labels with the scan's exact
+geometry and <name>_area_curve.csv; summary.csv gets one row per scan (LA volume, surface,
+sphericity, diameters, quality flags). Nothing is replaced without --overwrite."""
+
+EXAMPLES = """\
+examples:
+  lasc infer scan.nii.gz --out seg/
+  lasc infer scans/ --out seg/ --model my_model.safetensors --skip-existing
+  lasc infer scans/ --out seg/ --uncertainty --probabilities"""
+
 
 def add_prediction_arguments(parser: argparse.ArgumentParser) -> None:
     """How a model is applied: shared by ``lasc infer`` and ``lasc evaluate``."""
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where the network runs (auto: a CUDA GPU when there is one)",
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="slices per batch")
     parser.add_argument(
         "--tta",
@@ -63,7 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         type=Path,
         default=None,
-        help="model file (.safetensors); default: the bundled model",
+        help="model file (.safetensors), or bundled (the default): the model shipped with "
+        "the package",
     )
     add_prediction_arguments(parser)
     parser.add_argument(

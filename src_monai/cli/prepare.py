@@ -19,6 +19,17 @@ from src_monai.legacy.png import DEFAULT_RGB_MAP, parse_rgb_map
 
 logger = logging.getLogger(__name__)
 
+DESCRIPTION = """\
+Look at an MSD-layout NIfTI dataset (dataset.json, imagesTr/, labelsTr/) before training on it:
+a table of per-case statistics (also stats.csv, stats.json, stats.png); with --folds K a
+patient-level K-fold split (folds.json) for `lasc train`; with --format png the earlier Keras
+tool's 512x512 PNG dataset, split by patient. `lasc train` reads the MSD folder itself."""
+
+EXAMPLES = """\
+examples:
+  lasc prepare ../shared/data/lasc13 runs/lasc13 --folds 4
+  lasc prepare ../shared/data/lasc13 runs/lasc13-png --format png --drop-empty"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``lasc prepare`` options."""

@@ -61,9 +61,26 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is logged, not when the handler was
+    made: a process that runs ``lasc`` in-process more than once (tests, notebooks) may have
+    replaced and closed the earlier stream."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure_logging(verbose: bool) -> None:
     """Log to stderr; show Python warnings (orientation unknown, ...) as one-line warnings."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     handler.setFormatter(_LevelFormatter("%(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]

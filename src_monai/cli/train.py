@@ -17,6 +17,20 @@ from src_monai.training.two_stage import run_two_stage_training
 
 logger = logging.getLogger(__name__)
 
+DESCRIPTION = """\
+Train a segmentation model from a config file (TOML, or the earlier tool's
+train_eval_infer.config). Each run gets its own folder under train.runs_dir with its config,
+split, curves, previews and checkpoints; an existing run is never reused. Create a file named
+STOP in the run folder to end after the current step (validated and saved); continue an
+interrupted run with --resume. On several GPUs:
+torchrun --nproc_per_node N -m src_monai.cli train CONFIG."""
+
+EXAMPLES = """\
+examples:
+  lasc train configs/lasc13_two_stage.toml --set data.dataset=../shared/data/lasc13
+  lasc train configs/lasc13_two_stage.toml --set segmenter.train.epochs=5 --seed 1
+  lasc train --resume runs/two-stage/20261128-101500"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``lasc train`` options."""

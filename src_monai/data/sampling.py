@@ -28,6 +28,9 @@ class VolumeCase:
     """A tri-planar model's second or third view of a scan (not a case of its own)."""
     axcodes: tuple[str, ...] | None = None
     """Voxel-axis orientation of the scan (``RAS``...), when its file records one."""
+    digest: str = ""
+    """:func:`~src_monai.io.scans.image_digest` of the scan as read (recorded in the model so
+    that a training case is recognised under another name)."""
     foreground_slices: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -133,7 +136,7 @@ def _partition(config: Config, case_ids: list[str], source: Path) -> tuple[list[
 
 def _msd_cases(config: Config, root: Path) -> tuple[list[VolumeCase], list[VolumeCase]]:
     from src_monai.data.datasets import discover_msd
-    from src_monai.io.scans import check_pair, read_labels, read_scan
+    from src_monai.io.scans import check_pair, image_digest, read_labels, read_scan
 
     dataset = discover_msd(root)
     if dataset.num_classes != config.data.num_classes:
@@ -154,7 +157,7 @@ def _msd_cases(config: Config, root: Path) -> tuple[list[VolumeCase], list[Volum
         scan, labels = read_scan(case.image), read_labels(case.label, dataset.num_classes)
         check_pair(scan.geometry, labels.geometry, case.image, case.label)
         values = normalise_volume(scan.array, config.data.normalisation)
-        spacing = scan.geometry.spacing
+        spacing, digest = scan.geometry.spacing, image_digest(scan.array)
         return [
             VolumeCase(
                 case_id if along == axis else f"{case_id} axis {along}",
@@ -163,6 +166,7 @@ def _msd_cases(config: Config, root: Path) -> tuple[list[VolumeCase], list[Volum
                 (spacing[along], *[s for i, s in enumerate(spacing) if i != along]),
                 extra_plane=along != axis,
                 axcodes=scan.geometry.axcodes if scan.geometry.orientation_known else None,
+                digest=digest,
             )
             for along in axes
         ]

@@ -103,7 +103,11 @@ def load_split(path: str | Path, known_cases: Iterable[str] | None = None) -> Sp
             [{k: list(v) for k, v in p.items()} for p in raw["partitions"]],
         )
     except FileNotFoundError as exc:
-        raise DatasetError(path, "split file not found") from exc
+        raise DatasetError(
+            path,
+            f"split file not found: make it with `lasc prepare DATASET {path.parent} --folds 4`, "
+            "or train on a seeded patient-level split with --set \"data.split=''\"",
+        ) from exc
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DatasetError(path, f"not a split file ({exc!r})") from exc
     for index, partition in enumerate(plan.partitions):

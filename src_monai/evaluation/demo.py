@@ -23,7 +23,7 @@ def run_demo(out: Path | None = None, device: str = "auto") -> Job[dict]:
     """Segment the sample into ``out`` (default: a new ``lasc-demo-<time>`` folder here)."""
     from src_monai.evaluation.metrics import case_metrics
     from src_monai.inference.predictor import Predictor
-    from src_monai.io.scans import read_labels, read_scan, write_labels
+    from src_monai.io.scans import image_digest, read_labels, read_scan, write_labels
     from src_monai.model.files import SAMPLE_LABEL, SAMPLE_SCAN
     from src_monai.training.run_folder import new_run_dir
 
@@ -47,8 +47,10 @@ def run_demo(out: Path | None = None, device: str = "auto") -> Job[dict]:
         "segmentation_seconds": round(seconds, 2),
         "device": str(predictor.device),
         "labels": str(labels_path),
-        "note": "la_016 is one of the model's training cases: not a measure of generalisation",
+        "seen_by_model": predictor.spec.training_role("la_016", image_digest(scan.array)) or "",
     }
+    if summary["seen_by_model"]:
+        summary["note"] = "la_016 is one of the model's training cases: not its accuracy"
     write_json(out / "summary.json", summary)
     write_text(out / "summary.txt", "\n".join(f"{k}: {v}" for k, v in summary.items()) + "\n")
     yield Progress("summary written", 3, 4)
@@ -66,14 +68,25 @@ def _new_folder(out: Path) -> Path:
 
 
 def _montage(volume: np.ndarray, labels: np.ndarray, truth: np.ndarray):
+    """Eight slices through the atrium: where prediction and truth disagree is filled
+    (magenta: predicted only, green: truth only), both outlines drawn on top, so a close match
+    still shows both and every disagreement stands out."""
     slices = np.flatnonzero(truth.any(axis=(0, 1)) | labels.any(axis=(0, 1)))
     picks = slices[np.linspace(0, len(slices) - 1, 8).round().astype(int)] if len(slices) else []
-    figure = new_figure(12, 6.5)
+    figure = new_figure(12, 6.8)
     for axis, z in zip(figure.subplots(2, 4).ravel(), picks, strict=False):
+        predicted, true = np.rot90(labels[:, :, z] > 0), np.rot90(truth[:, :, z] > 0)
         axis.imshow(np.rot90(volume[:, :, z]), cmap="gray")
-        axis.contour(np.rot90(truth[:, :, z]), levels=[0.5], colors="#00ff66", linewidths=1)
-        axis.contour(np.rot90(labels[:, :, z]), levels=[0.5], colors="#ff00ff", linewidths=1)
+        disagreement = np.zeros((*predicted.shape, 4))
+        disagreement[predicted & ~true] = (1.0, 0.0, 1.0, 0.6)
+        disagreement[true & ~predicted] = (0.0, 1.0, 0.4, 0.6)
+        axis.imshow(disagreement)
+        axis.contour(true, levels=[0.5], colors="#00ff66", linewidths=1.6, linestyles="dashed")
+        axis.contour(predicted, levels=[0.5], colors="#ff00ff", linewidths=0.8)
         axis.set_title(f"slice {z}", fontsize=9)
         axis.axis("off")
-    figure.suptitle("la_016: prediction (magenta) and ground truth (green)")
+    figure.suptitle(
+        "la_016: prediction (magenta line) and ground truth (green dashes); filled where they "
+        "disagree: magenta predicted only, green truth only"
+    )
     return figure

@@ -42,8 +42,22 @@ class EvalPair:
     image: Path | None = None
 
 
-def pairs_from_folders(pred_dir: Path, truth_dir: Path) -> list[EvalPair]:
-    """Pair ``pred_dir`` and ``truth_dir`` scans by case id."""
+@dataclass(frozen=True)
+class FolderPairs:
+    """Cases found in both folders, and those found in only one."""
+
+    pairs: list[EvalPair]
+    without_prediction: list[str]
+    without_truth: list[str]
+
+
+def pairs_from_folders(
+    pred_dir: Path, truth_dir: Path, *, require_all: bool = False
+) -> FolderPairs:
+    """Pair ``pred_dir`` and ``truth_dir`` scans by case id: the cases present in both.
+
+    Truth cases without a prediction (and predictions without truth) are listed, not fatal,
+    unless ``require_all``: then any truth case without a prediction is refused, all named."""
 
     def scans(folder: Path) -> dict[str, Path]:
         if not folder.is_dir():
@@ -55,12 +69,23 @@ def pairs_from_folders(pred_dir: Path, truth_dir: Path) -> list[EvalPair]:
         }
 
     predictions, truths = scans(pred_dir), scans(truth_dir)
-    missing = sorted(set(truths) - set(predictions))
-    if missing:
-        raise LascError(pred_dir, f"no prediction for case(s) {', '.join(missing[:5])}")
     if not truths:
         raise LascError(truth_dir, "no label volumes found")
-    return [EvalPair(cid, predictions[cid], truths[cid]) for cid in sorted(truths)]
+    missing = sorted(set(truths) - set(predictions))
+    if missing and require_all:
+        raise LascError(
+            pred_dir,
+            f"no prediction for {len(missing)} of {len(truths)} truth case(s) (--require-all): "
+            + ", ".join(missing),
+        )
+    common = sorted(set(truths) & set(predictions))
+    if not common:
+        raise LascError(pred_dir, f"no prediction has the name of a truth case in {truth_dir}")
+    return FolderPairs(
+        [EvalPair(cid, predictions[cid], truths[cid]) for cid in common],
+        missing,
+        sorted(set(predictions) - set(truths)),
+    )
 
 
 def evaluate_pairs(
@@ -76,7 +101,7 @@ def evaluate_pairs(
 
     ``true_box``: a crop model segments the box around the true atrium (its stage alone,
     as validation during training does); rows say so in ``box``."""
-    from src_monai.io.scans import read_scan
+    from src_monai.io.scans import image_digest, read_scan
     from src_monai.progress import run_to_end
 
     rows = []
@@ -107,6 +132,11 @@ def evaluate_pairs(
             check_pair(predicted.geometry, truth.geometry, pair.prediction, pair.truth)
             prediction = predicted.array
         row: dict[str, Any] = {"case": pair.case_id}
+        if predictor is not None:
+            # A case the model learnt from scores far above what unseen patients get: say so
+            # on its row (recognised by name or by its voxels, so a renamed copy is caught).
+            role = predictor.spec.training_role(pair.case_id, image_digest(scan.array))
+            row["seen_by_model"] = role or ""
         if true_box:
             row["box"] = "true atrium"
         row.update(
@@ -126,8 +156,32 @@ def evaluate_pairs(
     return rows
 
 
+def seen_cases_note(rows: Sequence[dict[str, Any]], spec=None) -> str:
+    """One line when some scored cases were the model's training (or validation) cases,
+    naming them and the model's cross-validated accuracy; empty otherwise."""
+    seen = [r for r in rows if r.get("seen_by_model")]
+    if not seen:
+        return ""
+    names = ", ".join(f"{r['case']} ({r['seen_by_model']})" for r in seen)
+    honest = "the cross-validated accuracy in docs/MODEL_CARD.md"
+    cv = getattr(spec, "cross_validation", None)
+    if cv is not None:
+        honest = (
+            f"its cross-validated accuracy: Dice {cv.dice_mean:.3f}, HD95 {cv.hd95_mean:.1f} mm"
+        )
+    return (
+        f"{len(seen)} of {len(rows)} cases were seen by the model in training, so their scores "
+        f"overstate its accuracy ({names}); on unseen patients see {honest}"
+    )
+
+
 def write_report(
-    out: Path, rows: Sequence[dict[str, Any]], *, overwrite: bool = False
+    out: Path,
+    rows: Sequence[dict[str, Any]],
+    *,
+    overwrite: bool = False,
+    left_out: Sequence[str] = (),
+    seen_note: str = "",
 ) -> dict[str, dict[str, float]]:
     """``per_case.csv``, ``summary.json``, ``summary.txt`` and ``boxplot.png`` in ``out``,
     written as one unit: an earlier report there is replaced only with ``overwrite``, and
@@ -135,8 +189,18 @@ def write_report(
     prediction is empty are listed."""
     summary = summarise(rows)
     empty = empty_predictions(rows)
-    payload = {"cases": len(rows), "empty_predictions": empty, "metrics": summary}
+    payload = {
+        "cases": len(rows),
+        "left_out_without_prediction": list(left_out),
+        "empty_predictions": empty,
+        "metrics": summary,
+    }
     text = format_summary(summary, len(rows), empty) + "\n"
+    if left_out:
+        text += f"left out, no prediction ({len(left_out)}): {', '.join(left_out)}\n"
+    if seen_note:
+        payload["seen_by_model"] = seen_note
+        text += f"warning: {seen_note}\n"
     writers = {
         out / "per_case.csv": partial(write_csv, rows=rows, columns=list(rows[0])),
         out / "summary.json": partial(write_json, payload=payload),

@@ -28,7 +28,7 @@ from src_monai.inference.resample import (
     resample_volume,
     resampled_shape,
 )
-from src_monai.model.files import BUNDLED_MODEL, load_model
+from src_monai.model.files import load_model, model_path
 from src_monai.model.spec import ModelSpec
 from src_monai.progress import Job, Progress
 
@@ -220,7 +220,7 @@ class Predictor:
 
         ``tri_planar=True`` refuses (naming the file) a model trained on one axis only."""
         torch_device = resolve_device(device)
-        path = BUNDLED_MODEL if path is None else path
+        path = model_path(path)
         network, spec = load_model(path, torch_device)
         try:
             spec.planes(tri_planar)

@@ -63,6 +63,17 @@ def scan_suffix(path: str | Path) -> str | None:
     return next((suffix for suffix in SCAN_SUFFIXES if name.endswith(suffix)), None)
 
 
+def image_digest(array: np.ndarray) -> str:
+    """SHA-256 of a volume's voxels (with their type and shape): the same scan under another
+    name, in another folder or another file format gives the same digest."""
+    import hashlib
+
+    array = np.ascontiguousarray(array)
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
 def case_id_from_path(path: str | Path) -> str:
     """File name without its scan suffix: ``imagesTr/la_003.nii.gz`` -> ``la_003``."""
     name = Path(path).name

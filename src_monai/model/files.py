@@ -120,9 +120,16 @@ def combine_stages(
     return save_model(out, TwoStageNetwork(localiser, segmenter), spec, half=half)
 
 
+def model_path(value: str | Path | None) -> Path:
+    """A model file named on a command line or in a config: ``bundled`` (or nothing) is the
+    model shipped with the package."""
+    return BUNDLED_MODEL if value is None or str(value) == "bundled" else Path(value)
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec]:
-    """Rebuild the network a model file describes and load its weights (no code is run)."""
-    path = Path(path)
+    """Rebuild the network a model file describes and load its weights (no code is run);
+    ``bundled`` loads the shipped model."""
+    path = model_path(path)
     if not path.is_file():
         raise ModelFileError(path, "model file not found")
     if path.suffix == ".safetensors":

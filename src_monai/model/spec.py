@@ -72,6 +72,8 @@ class ModelSpec:
     data_source: str = ""
     split: dict[str, list[str]] = field(default_factory=dict)
     """Case ids the model was trained (``train``) and validated (``val``) on."""
+    training_digests: tuple[str, ...] = ()
+    """:func:`~src_monai.io.scans.image_digest` of each training scan."""
     config: dict[str, Any] = field(default_factory=dict)
     """The whole training config as saved (a record: read here only for its augmentation)."""
     training: dict[str, Any] = field(default_factory=dict)
@@ -115,6 +117,20 @@ class ModelSpec:
         in_plane.insert(self.slice_axis, self.spacing_mm[0])
         return tuple(in_plane)  # type: ignore[return-value]
 
+    def training_role(self, case_id: str, digest: str | None = None) -> str | None:
+        """``"training"`` when the model (either stage) was trained on this case, recognised by
+        its name or by its voxels' digest; ``"validation"`` when it chose its checkpoint on
+        it; else ``None`` (unseen)."""
+        specs = [self, *([self.localiser] if self.localiser is not None else [])]
+        if any(
+            case_id in s.split.get("train", ()) or (digest and digest in s.training_digests)
+            for s in specs
+        ):
+            return "training"
+        if any(case_id in s.split.get("val", ()) for s in specs):
+            return "validation"
+        return None
+
     def planes(self, tri_planar: bool | None = None) -> tuple[int, ...]:
         """The axes to predict along: the slice axis, and the other two for tri-planar."""
         tri_planar = self.tri_planar if tri_planar is None else tri_planar
@@ -145,6 +161,7 @@ class ModelSpec:
         spacing_mm: Sequence[float] | None,
         orientation_axcodes: Sequence[str] | None,
         split: dict[str, list[str]],
+        training_digests: Sequence[str] = (),
     ) -> ModelSpec:
         """The spec of a model trained as ``config`` says, on the data described."""
         data = config.data
@@ -168,6 +185,7 @@ class ModelSpec:
             data_layout=layout,
             data_source=source,
             split=split,
+            training_digests=tuple(training_digests),
             config=config.to_dict(),
         )
 
@@ -215,6 +233,7 @@ class ModelSpec:
             data_layout=_text(data.get("layout", ""), "data.layout"),
             data_source=_text(data.get("source", ""), "data.source"),
             split=_split(metadata.get("split")),
+            training_digests=_digests(metadata.get("training_image_sha256")),
             config=dict(_optional_table(metadata, "config") or {}),
             training=dict(_optional_table(metadata, "training") or {}),
             inference=_inference(inference) if inference else None,
@@ -254,6 +273,7 @@ class ModelSpec:
             if self.orientation_axcodes
             else None,
             "split": self.split,
+            "training_image_sha256": list(self.training_digests),
             "config": self.config,
             "training": self.training,
         }
@@ -353,6 +373,17 @@ def _split(split: Any) -> dict[str, list[str]]:
     ):
         raise ValueError("split must map subset names to lists of case ids")
     return dict(split)
+
+
+def _digests(values: Any) -> tuple[str, ...]:
+    if values is None:
+        return ()
+    if not isinstance(values, list) or not all(
+        isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+        for v in values
+    ):
+        raise ValueError("training_image_sha256 must be a list of SHA-256 hex digests")
+    return tuple(values)
 
 
 def _inference(values: dict[str, Any]) -> InferenceDefaults:

@@ -218,6 +218,7 @@ class Trainer:
             spacing_mm=np.median(spacings, axis=0).tolist() if len(spacings) else None,
             orientation_axcodes=codes.pop() if len(codes) == 1 else None,
             split={"train": [c.case_id for c in scans], "val": [c.case_id for c in data.val]},
+            training_digests=[c.digest for c in scans if c.digest],
         )
 
     def build_network_and_optimiser(self) -> None:
@@ -560,10 +561,10 @@ def validate_cases(predictor, cases: list[VolumeCase], config: Config) -> dict[s
 def load_initial_weights(network: torch.nn.Module, config: Config) -> None:
     """Start from a trained model's weights (fine-tuning); its architecture must match. Of
     a two-stage model file, the stage this config trains (a localiser's or a crop model's)."""
-    from src_monai.model.files import BUNDLED_MODEL, load_stage
+    from src_monai.model.files import load_stage, model_path
 
     source = config.train.init_model
-    path = BUNDLED_MODEL if source == "bundled" else Path(source)
+    path = model_path(source)
     stage = "localiser" if config.data.downsample > 1 else "segmenter"
     trained, spec = load_stage(path, stage)
     if (

@@ -22,7 +22,9 @@ class Progress:
     """
 
     message: str
-    done: int
+    done: float
+    """Steps finished; a fraction within a step when a front end can show it (a file's
+    batches of slices in ``lasc infer``)."""
     total: int
     metrics: Mapping[str, float] = field(default_factory=dict)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -165,6 +166,11 @@ def test_cli_infer(tiny_run, tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "left atrium volume (mL)" in done.stdout
+    # Not a terminal: plain progress lines instead of a bar, the first one within the scan
+    # (its batches of slices move the count), the last one at the end.
+    lines = [line for line in done.stderr.splitlines() if line.startswith("infer: ")]
+    assert re.match(r"infer: 0\.\d+/1 files \(\d+ %\), .* files/s: case_000", lines[0])
+    assert lines[-1].startswith("infer: 1/1 files (100 %)")
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and again.stderr.startswith("error: ")
     assert "already exists" in again.stderr

@@ -227,6 +227,10 @@ def test_one_epoch_from_the_earlier_tools_config_on_a_prepared_png_dataset(tmp_p
     )
     assert result.returncode == 0, result.stderr
     assert "keys with no equivalent, ignored: model.image_channels, model.metrics" in result.stderr
+    # Not a terminal: plain progress lines (step, loss, slices/s), not silence.
+    progress = [line for line in result.stderr.splitlines() if line.startswith("train: ")]
+    assert progress and "epoch 1/" in progress[0] and "slices/s" in progress[0]
+    assert progress[-1].startswith("train: 3/3 steps (100 %)")
     (run,) = (tmp_path / "models").iterdir()
     assert _epochs(run) == ["1"]
     _, spec = load_model(run / "checkpoints" / "best.safetensors")

@@ -100,6 +100,8 @@ def drive(job: Job[T], description: str, unit: str = "step") -> T:
     """
     from tqdm import tqdm
 
+    # Without a terminal (a log file, a batch job) tqdm draws nothing: plain lines instead.
+    lines = None if sys.stderr.isatty() else PlainProgressLines(description, unit)
     with tqdm(
         desc=description, unit=unit, file=sys.stderr, dynamic_ncols=True, disable=None
     ) as bar:
@@ -111,12 +113,56 @@ def drive(job: Job[T], description: str, unit: str = "step") -> T:
                 bar.total = progress.total
                 bar.set_postfix_str(progress.message)
                 bar.update(progress.done - bar.n)
+                if lines is not None:
+                    lines.report(progress)
             except StopIteration as stop:
                 return stop.value
             except KeyboardInterrupt as interrupt:
                 if pending is not None:  # the job did not handle it: give up
                     raise
                 pending = interrupt
+
+
+class PlainProgressLines:
+    """Progress as plain lines on stderr at a steady pace (the first report, then one every
+    ``every_s`` seconds, and the last): done of total, rate, time left, the job's message."""
+
+    def __init__(self, description: str, unit: str, every_s: float = 10.0) -> None:
+        import time
+
+        self.description, self.unit, self.every_s = description, unit, every_s
+        self.clock = time.monotonic
+        self.started = self.clock()
+        self.last: float | None = None
+        self.previous = (0.0, 0)
+
+    def report(self, progress) -> None:
+        now = self.clock()
+        if (progress.done, progress.total) < self.previous or progress.total != self.previous[1]:
+            self.started, self.last = now, None  # a new phase (a two-stage run's stage 2)
+        first = self.last is None
+        self.previous = (progress.done, progress.total)
+        last_step = progress.total and progress.done >= progress.total
+        if not first and now - self.last < self.every_s and not last_step:
+            return
+        self.last = now
+        elapsed = now - self.started
+        rate = progress.done / elapsed if elapsed > 0 else 0.0
+        left = (progress.total - progress.done) / rate if rate > 0 else float("nan")
+        share = 100 * progress.done / progress.total if progress.total else 0.0
+        # No estimate from a phase's first report: its rate includes the start-up.
+        eta = f", about {_duration(left)} left" if not (first or last_step) else ""
+        print(
+            f"{self.description}: {progress.done:g}/{progress.total} {self.unit}s ({share:.0f} %), "
+            f"{rate:.3g} {self.unit}s/s{eta}: {progress.message}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
 
 
 def report_errors(verbose: bool, run: Callable[[], int]) -> int:

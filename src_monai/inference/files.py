@@ -155,7 +155,10 @@ def predict_files(
             logger.info("%s: an earlier result is incomplete: segmenting it again", source.name)
         try:
             if scan_suffix(source):
-                row = _predict_scan(predictor, plan, options, save_probabilities, save_uncertainty)
+                scan_job = _predict_scan(
+                    predictor, plan, options, save_probabilities, save_uncertainty
+                )
+                row = yield from _within_file(scan_job, source.name, done - 1, len(plans))
             else:
                 row = _predict_png(predictor, plan, options, rgb_map)
         except LascError as exc:
@@ -168,22 +171,32 @@ def predict_files(
     return rows
 
 
+def _within_file(job: Job[Any], name: str, before: int, files: int) -> Job[Any]:
+    """A file's own progress (batches of slices) as a fraction of the whole run's files, so
+    a bar moves while one large scan is segmented."""
+    while True:
+        try:
+            inner = next(job)
+        except StopIteration as stop:
+            return stop.value
+        fraction = min(inner.done / inner.total, 1.0) if inner.total else 0.0
+        yield Progress(f"{name}: {inner.message}", before + fraction, files)
+
+
 def _predict_scan(
     predictor: Predictor,
     plan: CaseOutputs,
     options: PredictOptions,
     save_probabilities: bool,
     save_uncertainty: bool,
-) -> dict[str, Any]:
+) -> Job[dict[str, Any]]:
     scan = read_scan(plan.source)
-    prediction = run_to_end(
-        predictor.predict_volume(
-            scan.array,
-            **options.as_kwargs(),
-            spacing=scan.geometry.spacing,
-            probabilities=save_probabilities,
-            uncertainty=save_uncertainty,
-        )
+    prediction = yield from predictor.predict_volume(
+        scan.array,
+        **options.as_kwargs(),
+        spacing=scan.geometry.spacing,
+        probabilities=save_probabilities,
+        uncertainty=save_uncertainty,
     )
     report = report_case(
         prediction,
@@ -249,7 +262,6 @@ def _predict_png(
     from PIL import Image
 
     from src_monai.legacy.png import DEFAULT_RGB_MAP, colour_mask, read_png_image
-    from src_monai.progress import run_to_end
 
     image = read_png_image(plan.source).astype(np.float32)
     volume = np.expand_dims(image, axis=predictor.spec.slice_axis)

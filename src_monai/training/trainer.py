@@ -271,8 +271,11 @@ class Trainer:
             images, labels = next_batch()
             losses.append(self.train_step(images.to(self.device), labels.to(self.device)))
             self.steps_done = epoch * steps + step + 1
+            seconds = time.perf_counter() - self.epoch_started
+            rate = (step + 1) * config.train.batch_size / seconds if seconds > 0 else 0.0
             yield Progress(
-                f"epoch {epoch + 1}/{config.train.epochs} loss {losses[-1]:.4f}",
+                f"epoch {epoch + 1}/{config.train.epochs} step {step + 1}/{steps} loss "
+                f"{losses[-1]:.4f}, {rate:.0f} slices/s",
                 self.steps_done,
                 config.train.epochs * steps,
             )

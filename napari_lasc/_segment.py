@@ -458,10 +458,24 @@ class SegmentWidget(Container):
         colours = {i: c for i, c in enumerate(predictor.spec.colours) if i > 0}
         kwargs = labels_kwargs(layer_geometry(image), predictor.spec.class_names, colours)
         kwargs["metadata"][PREDICTION_OF_KEY] = image.name
-        digest = image_digest(np.asarray(image.data))
-        kwargs["metadata"][SEEN_BY_MODEL_KEY] = predictor.spec.training_role(image.name, digest)
+        kwargs["metadata"][SEEN_BY_MODEL_KEY] = seen_by_model_text(predictor.spec, image)
         name = f"{image.name} left atrium"
         return self._viewer.add_labels(np.ascontiguousarray(data), name=name, **kwargs)
+
+
+def seen_by_model_text(spec: Any, image: Any) -> str:
+    """What the Compare widget says next to its scores when the model had learnt from this
+    scan (recognised by layer name or by its voxels); empty otherwise."""
+    role = spec.training_role(image.name, image_digest(np.asarray(image.data)))
+    if not role:
+        return ""
+    cv = spec.cross_validation
+    honest = (
+        f"cross-validated Dice {cv.dice_mean:.3f}, HD95 {cv.hd95_mean:.1f} mm"
+        if cv is not None
+        else "see its model card"
+    )
+    return f"a {role} case of the model: not its accuracy ({honest})"
 
 
 def summarise(

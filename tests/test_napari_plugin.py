@@ -357,6 +357,25 @@ def test_compare_widget_equals_lasc_evaluate(make_napari_viewer, qtbot, tmp_path
     assert f"{difference:+.1f} mL" in widget._volumes.value
 
 
+def test_compare_says_when_the_model_had_learnt_from_the_scan(make_napari_viewer, qtbot):
+    """la_016 is a training case of the bundled model: its score is marked as such, with the
+    cross-validated figure beside it."""
+    viewer = make_napari_viewer()
+    image, truth = open_sample(viewer)
+    segment = dock(viewer, "Segment left atrium")
+    segment._image.value = image
+    segment.run()
+    wait_for(qtbot, segment)
+    compare = dock(viewer, "Compare with ground truth")
+    compare._prediction.value = viewer.layers["la_016 left atrium"]
+    compare._truth.value = truth
+    compare.compare()
+    wait_for(qtbot, compare)
+    assert "· a training case of the model: not its accuracy (cross-validated Dice 0.899" in (
+        compare._result.value
+    )
+
+
 def test_compare_refuses_mismatched_layers(make_napari_viewer, errors):
     viewer = make_napari_viewer()
     a = viewer.add_labels(np.zeros((4, 5, 6), dtype=np.uint8), name="a")

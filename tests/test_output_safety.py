@@ -187,3 +187,22 @@ def test_prepare_never_writes_into_the_dataset(msd_dataset, tmp_path, capsys, in
     assert main(["prepare", str(msd_dataset), str(out), "--folds", "2", "--overwrite"]) == 2
     assert "is inside the dataset" in capsys.readouterr().err
     assert _snapshot(msd_dataset) == before
+
+
+def test_evaluate_of_infer_outputs_marks_the_cases_the_model_learnt_from(tmp_path, capsys):
+    """lasc infer records in summary.csv that la_016 was a training case of the bundled model;
+    lasc evaluate --pred of that folder marks the row and says so."""
+    from src_monai.model.files import SAMPLE_LABEL, SAMPLE_SCAN
+
+    scans, truth = tmp_path / "scans", tmp_path / "truth"
+    scans.mkdir(), truth.mkdir()
+    shutil.copy(SAMPLE_SCAN, scans / "la_016.nii.gz")
+    shutil.copy(SAMPLE_LABEL, truth / "la_016.nii.gz")
+    seg = tmp_path / "seg"
+    assert main(["infer", str(scans), "--out", str(seg), "--device", "cpu"]) == 0
+    assert _summary(seg)[0]["seen by model"] == "training"
+    report = tmp_path / "report"
+    assert _evaluate(seg, truth, report) == 0
+    assert "1 of 1 cases were seen by the model in training" in capsys.readouterr().err
+    with open(report / "per_case.csv", encoding="utf-8") as handle:
+        assert next(csv.DictReader(handle))["seen_by_model"] == "training"

@@ -40,6 +40,25 @@ class EvalPair:
     prediction: Path | None
     truth: Path
     image: Path | None = None
+    seen: str = ""
+    """For a prediction file: what ``lasc infer``'s summary said of its scan (``training``:
+    the model had learnt from it)."""
+
+
+def _seen_by_model(pred_dir: Path) -> dict[str, str]:
+    """Case id -> ``seen by model`` from the ``summary.csv`` that ``lasc infer`` wrote beside
+    its predictions, when there is one."""
+    from src_monai.io.tables import read_csv
+
+    try:
+        rows = read_csv(pred_dir / "summary.csv")
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return {
+        case_id_from_path(row.get("output") or ""): row.get("seen by model") or ""
+        for row in rows
+        if row.get("output")
+    }
 
 
 @dataclass(frozen=True)
@@ -79,10 +98,11 @@ def pairs_from_folders(
             + ", ".join(missing),
         )
     common = sorted(set(truths) & set(predictions))
+    seen = _seen_by_model(pred_dir)
     if not common:
         raise LascError(pred_dir, f"no prediction has the name of a truth case in {truth_dir}")
     return FolderPairs(
-        [EvalPair(cid, predictions[cid], truths[cid]) for cid in common],
+        [EvalPair(cid, predictions[cid], truths[cid], seen=seen.get(cid, "")) for cid in common],
         missing,
         sorted(set(predictions) - set(truths)),
     )
@@ -132,6 +152,8 @@ def evaluate_pairs(
             check_pair(predicted.geometry, truth.geometry, pair.prediction, pair.truth)
             prediction = predicted.array
         row: dict[str, Any] = {"case": pair.case_id}
+        if predictor is None and pair.prediction is not None:
+            row["seen_by_model"] = pair.seen
         if predictor is not None:
             # A case the model learnt from scores far above what unseen patients get: say so
             # on its row (recognised by name or by its voxels, so a renamed copy is caught).

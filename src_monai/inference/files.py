@@ -25,6 +25,8 @@ from src_monai.io.outputs import CaseOutputs, check_planned_outputs, merge_rows,
 from src_monai.io.scans import (
     SCAN_SUFFIXES,
     ScanGeometry,
+    case_id_from_path,
+    image_digest,
     read_geometry,
     read_scan,
     scan_suffix,
@@ -207,7 +209,15 @@ def _predict_scan(
     write_case_outputs(plan, prediction, report, scan.geometry)
     for flag in report.quality_flags:
         logger.warning("%s: check by eye: %s", plan.source.name, flag)
-    return {"input": _input_key(plan.source), "output": str(plan.main), **report.summary_row()}
+    seen = predictor.spec.training_role(case_id_from_path(plan.source), image_digest(scan.array))
+    return {
+        "input": _input_key(plan.source),
+        "output": str(plan.main),
+        **report.summary_row(),
+        # lasc evaluate --pred reads this column: scores of a case the model learnt from
+        # are marked as such.
+        "seen by model": seen or "",
+    }
 
 
 def _input_key(source: Path) -> str:

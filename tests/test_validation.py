@@ -200,3 +200,16 @@ def test_every_model_metadata_field_is_validated_before_any_file(
     assert code == 2 and "internal error" not in line
     assert path.split(".")[-1] in line, line
     assert tree_state(tmp_path) == before and not out.exists()
+
+
+def test_a_missing_split_file_says_how_to_make_one(base_config, tmp_path, capsys):
+    raw = copy.deepcopy(base_config)
+    raw["train"]["runs_dir"] = str(tmp_path / "runs")
+    raw["data"]["split"] = str(tmp_path / "lasc13" / "folds.json")
+    config = tmp_path / "train.toml"
+    config.write_text(tomli_w.dumps(raw))
+    assert lasc(["train", str(config)]) == 2
+    line = one_error_line(capsys, "folds.json: split file not found")
+    assert f"lasc prepare DATASET {tmp_path / 'lasc13'} --folds 4" in line
+    assert "data.split=''" in line
+    assert not (tmp_path / "runs").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,12 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
     assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
+    # Progress lines (no terminal here) may come before the error; nothing else may.
+    lines = [
+        line
+        for line in result.stderr.strip().splitlines()
+        if not re.match(r"^[a-z-]+: [\d.]+/\d+ \w+ \(\d+ %\)", line)
+    ]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.stderr
     for fragment in fragments:

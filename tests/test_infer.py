@@ -110,7 +110,7 @@ def test_files_are_written_with_the_scans_geometry(predictor, tiny_run, tmp_path
     summary = (tmp_path / "out" / "summary.csv").read_text().splitlines()
     assert summary[0] == (
         "input,output,left atrium volume (mL),surface (mm²),sphericity,"
-        "largest in-plane diameter (mm),width across it (mm),QC flags"
+        "largest in-plane diameter (mm),width across it (mm),QC flags,seen by model"
     )
     assert len(summary) == 5
 
@@ -162,6 +162,8 @@ def test_cli_infer(tiny_run, tmp_path):
         str(result.best_model),
         "--device",
         "cpu",
+        "--batch-size",
+        "2",  # several batches: the first progress line comes within the scan
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -138,7 +138,9 @@ class PlainProgressLines:
 
     def report(self, progress) -> None:
         now = self.clock()
-        if (progress.done, progress.total) < self.previous or progress.total != self.previous[1]:
+        if self.previous[1] and (
+            progress.total != self.previous[1] or progress.done < self.previous[0]
+        ):
             self.started, self.last = now, None  # a new phase (a two-stage run's stage 2)
         first = self.last is None
         self.previous = (progress.done, progress.total)
@@ -152,9 +154,10 @@ class PlainProgressLines:
         share = 100 * progress.done / progress.total if progress.total else 0.0
         # No estimate from a phase's first report: its rate includes the start-up.
         eta = f", about {_duration(left)} left" if not (first or last_step) else ""
+        pace = f", {rate:.3g} {self.unit}s/s" if rate > 0 else ""
         print(
-            f"{self.description}: {progress.done:g}/{progress.total} {self.unit}s ({share:.0f} %), "
-            f"{rate:.3g} {self.unit}s/s{eta}: {progress.message}",
+            f"{self.description}: {progress.done:g}/{progress.total} {self.unit}s ({share:.0f} %)"
+            f"{pace}{eta}: {progress.message}",
             file=sys.stderr,
             flush=True,
         )

@@ -95,6 +95,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write <name>_uncertainty.nii.gz (0..1: how much augmented views of the scan "
         "disagree; about 7x the time) and add its scores to summary.csv",
     )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--box",
+        metavar="Z0:Z1,Y0:Y1,X0:X1",
+        help="one scan: segment around this box instead of the one the model finds (voxel "
+        "indices, ends exclusive; Z along the model's slice axis, the file's third for "
+        "LASC'13 scans, then the other two axes in file order)",
+    )
+    where.add_argument(
+        "--box-mm",
+        metavar="X0:X1,Y0:Y1,Z0:Z1",
+        help="one scan: the same in world millimetres (RAS+, as napari and the file's affine "
+        "show them)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument(
         "--skip-existing",
@@ -106,6 +120,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help='PNG inputs: colour of each class, e.g. "{(0,0,0):0, (255,0,255):1}"',
     )
+
+
+def _given_box(args: argparse.Namespace, slice_axis: int):
+    """``--box``/``--box-mm`` as a slices-first voxel box of the one input scan."""
+    from src_monai.data.crops import AtriumBox
+    from src_monai.inference.files import find_inputs
+    from src_monai.io.scans import read_geometry
+
+    scans, pngs = find_inputs(args.inputs)
+    if len(scans) != 1 or pngs:
+        option = "--box" if args.box else "--box-mm"
+        raise LascError(None, f"{option} is for one scan; {len(scans) + len(pngs)} inputs given")
+    geometry = read_geometry(scans[0])
+    if args.box_mm:
+        return AtriumBox.from_world(args.box_mm, geometry.affine, geometry.shape, slice_axis)
+    shape = geometry.shape
+    slices_first = (shape[slice_axis], *[n for a, n in enumerate(shape) if a != slice_axis])
+    return AtriumBox.parse(args.box, slices_first)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -127,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
     )
     creatable_folder(args.out)  # checked here, made only once the model file is known good
     predictor = Predictor.from_checkpoint(args.model, args.device, tri_planar=args.tri_planar)
+    box = _given_box(args, predictor.spec.slice_axis) if args.box or args.box_mm else None
     writable_folder(args.out)
     rows = drive(
         predict_files(
@@ -139,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             skip_existing=args.skip_existing,
             rgb_map=rgb_map,
+            box=box,
         ),
         description="infer",
         unit="file",

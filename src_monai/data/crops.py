@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from src_monai.config import AugmentConfig
 from src_monai.data.sampling import VolumeCase
 from src_monai.data.transforms import context_stack
+from src_monai.errors import LascError
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,58 @@ class AtriumBox:
             and self.x0 <= other.x0
             and self.x1 >= other.x1
         )
+
+    @classmethod
+    def parse(cls, text: str, shape: Sequence[int], source: str = "--box") -> AtriumBox:
+        """``z0:z1,y0:y1,x0:x1`` (slices-first voxel indices, ends exclusive) checked against
+        a slices-first ``shape``: one line naming the problem when it is not a box inside."""
+        parts = [p.strip() for p in text.split(",")]
+        try:
+            ranges = [tuple(int(v) for v in part.split(":")) for part in parts]
+        except ValueError:
+            ranges = []
+        if len(ranges) != 3 or any(len(r) != 2 for r in ranges):
+            raise LascError(source, f"{text!r} is not z0:z1,y0:y1,x0:x1 (whole voxel indices)")
+        for name, (start, stop), size in zip("zyx", ranges, shape, strict=True):
+            if not 0 <= start < stop <= size:
+                raise LascError(
+                    source,
+                    f"{name} {start}:{stop} is not a range inside the scan's 0:{size}",
+                )
+        return cls(*(v for r in ranges for v in r))
+
+    @classmethod
+    def from_world(
+        cls,
+        text: str,
+        affine: np.ndarray,
+        shape: Sequence[int],
+        slice_axis: int,
+        source: str = "--box-mm",
+    ) -> AtriumBox:
+        """A box given in world millimetres (RAS+, the scan's affine) as
+        ``x0:x1,y0:y1,z0:z1``: the voxels of its eight corners, slices first, clipped to the
+        scan; refused when it lies wholly outside."""
+        parts = [p.strip() for p in text.split(",")]
+        try:
+            ranges = [tuple(float(v) for v in part.split(":")) for part in parts]
+        except ValueError:
+            ranges = []
+        if len(ranges) != 3 or any(len(r) != 2 or not r[0] < r[1] for r in ranges):
+            raise LascError(source, f"{text!r} is not x0:x1,y0:y1,z0:z1 in mm, each low:high")
+        corners = np.array(
+            [[x, y, z, 1.0] for x in ranges[0] for y in ranges[1] for z in ranges[2]]
+        )
+        voxels = (np.linalg.inv(affine) @ corners.T)[:3].T
+        low, high = np.floor(voxels.min(axis=0)), np.ceil(voxels.max(axis=0)) + 1
+        order = (slice_axis, *[a for a in range(3) if a != slice_axis])
+        edges = []
+        for axis in order:
+            start, stop = max(int(low[axis]), 0), min(int(high[axis]), int(shape[axis]))
+            if start >= stop:
+                raise LascError(source, f"{text!r} lies outside the scan")
+            edges += [start, stop]
+        return cls(*edges)
 
     def text(self) -> str:
         """``z0:z1,y0:y1,x0:x1``."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from src_monai.data.crops import AtriumBox
 from src_monai.errors import LascError
 from src_monai.inference.predictor import DEFAULT_OPTIONS, Prediction, PredictOptions, Predictor
 from src_monai.inference.report import CaseReport, report_case
@@ -125,8 +126,11 @@ def predict_files(
     overwrite: bool = False,
     skip_existing: bool = False,
     rgb_map: dict | None = None,
+    box: AtriumBox | None = None,
 ) -> Job[list[dict[str, Any]]]:
     """Segment scans (and PNG slices) into ``out``; returns this run's summary rows.
+
+    ``box`` (one scan only): stage 2 segments around it instead of the localiser's box.
 
     Before any work, every output file is planned and checked (:func:`~src_monai.io.outputs.
     check_planned_outputs`): none may be an input, no two inputs may write one file, and
@@ -158,7 +162,7 @@ def predict_files(
         try:
             if scan_suffix(source):
                 scan_job = _predict_scan(
-                    predictor, plan, options, save_probabilities, save_uncertainty
+                    predictor, plan, options, save_probabilities, save_uncertainty, box
                 )
                 row = yield from _within_file(scan_job, source.name, done - 1, len(plans))
             else:
@@ -191,6 +195,7 @@ def _predict_scan(
     options: PredictOptions,
     save_probabilities: bool,
     save_uncertainty: bool,
+    box: AtriumBox | None = None,
 ) -> Job[dict[str, Any]]:
     scan = read_scan(plan.source)
     prediction = yield from predictor.predict_volume(
@@ -199,6 +204,7 @@ def _predict_scan(
         spacing=scan.geometry.spacing,
         probabilities=save_probabilities,
         uncertainty=save_uncertainty,
+        box=box,
     )
     report = report_case(
         prediction,

@@ -88,6 +88,8 @@ class Prediction:
     """A two-stage model's: whether its localiser found the atrium (``None``: one stage)."""
     box: AtriumBox | None = None
     """The box stage 2 segmented (slices-first voxels of the input), when it had one."""
+    box_from_user: bool = False
+    """The box was given (``--box``, napari's box layer), not found by the localiser."""
     resampled_to: tuple[int, ...] | None = None
     """The grid the network saw when the scan was resampled to the training voxel size."""
 
@@ -285,7 +287,8 @@ class Predictor:
         if box is None and localise and self.localiser is not None:
             return (yield from self._predict_two_stage(volume, options))
         if box is not None:
-            return (yield from self._predict_in_box(volume, box, **options))
+            boxed = yield from self._predict_in_box(volume, box, **options)
+            return replace(boxed, box_from_user=True)
         return (yield from self._predict_slices(volume, tri_planar=tri_planar, **options))
 
     def _predict_slices(

@@ -32,6 +32,9 @@ class CaseReport:
     class_volumes_ml: dict[str, float]
     """Volume of each foreground class, by class name."""
     uncertainty: UncertaintyScores | None = None
+    box: str = ""
+    """Where stage 2 segmented: ``given z0:z1,y0:y1,x0:x1`` (the user's box) or ``found ...``
+    (the localiser's), slices-first voxels; empty for a one-stage model."""
 
     def summary_row(self) -> dict[str, Any]:
         """The report's columns of ``lasc infer``'s ``summary.csv``."""
@@ -45,6 +48,8 @@ class CaseReport:
             row["uncertain volume (% of LA)"] = round(self.uncertainty.uncertain_volume_pct, 2)
             row["most uncertain slice"] = self.uncertainty.most_uncertain_slice
         row["QC flags"] = self.flags_text
+        if self.box:
+            row["atrium box (slices-first voxels)"] = self.box
         return row
 
     @property
@@ -84,4 +89,9 @@ def report_case(
     scores = None
     if prediction.uncertainty is not None:
         scores = uncertainty_scores(prediction.uncertainty, labels, spacing, spec.slice_axis)
-    return CaseReport(measurements, flags, volumes, scores)
+    box = ""
+    if prediction.box is not None:
+        box = f"{'given' if prediction.box_from_user else 'found'} {prediction.box.text()}"
+        if prediction.box_from_user and not measurements.volume_ml:
+            flags.insert(0, "nothing found in the given box: check that it holds the atrium")
+    return CaseReport(measurements, flags, volumes, scores, box)

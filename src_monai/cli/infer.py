@@ -73,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         type=Path,
         metavar="INPUT",
-        help="scans (.nii.gz, .nii, .nrrd, .mha, ...), PNG slices, or folders",
+        help="scans (.nii.gz, .nii, .nrrd, .mha, ...), PNG slices, folders of them, or a "
+        "folder holding a DICOM series",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument(
@@ -94,6 +95,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write <name>_uncertainty.nii.gz (0..1: how much augmented views of the scan "
         "disagree; about 7x the time) and add its scores to summary.csv",
+    )
+    parser.add_argument(
+        "--series",
+        metavar="UID",
+        help="an input folder holding several DICOM series: the SeriesInstanceUID to segment",
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
@@ -132,7 +138,7 @@ def _given_box(args: argparse.Namespace, slice_axis: int):
     if len(scans) != 1 or pngs:
         option = "--box" if args.box else "--box-mm"
         raise LascError(None, f"{option} is for one scan; {len(scans) + len(pngs)} inputs given")
-    geometry = read_geometry(scans[0])
+    geometry = read_geometry(scans[0], args.series)
     if args.box_mm:
         return AtriumBox.from_world(args.box_mm, geometry.affine, geometry.shape, slice_axis)
     shape = geometry.shape
@@ -156,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         uncertainty=args.uncertainty,
         overwrite=args.overwrite,
         skip_existing=args.skip_existing,
+        series=args.series,
     )
     creatable_folder(args.out)  # checked here, made only once the model file is known good
     predictor = Predictor.from_checkpoint(args.model, args.device, tri_planar=args.tri_planar)
@@ -173,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
             skip_existing=args.skip_existing,
             rgb_map=rgb_map,
             box=box,
+            series=args.series,
         ),
         description="infer",
         unit="file",

@@ -28,6 +28,7 @@ from src_monai.io.scans import (
     ScanGeometry,
     case_id_from_path,
     image_digest,
+    is_dicom_folder,
     read_geometry,
     read_scan,
     scan_suffix,
@@ -48,8 +49,12 @@ def find_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
             children = sorted(
                 p for p in item.iterdir() if p.is_file() and not p.name.startswith(".")
             )
-            scans += [p for p in children if scan_suffix(p)]
-            pngs += [p for p in children if p.suffix.lower() == ".png"]
+            found = [p for p in children if scan_suffix(p)]
+            found_png = [p for p in children if p.suffix.lower() == ".png"]
+            if not found and not found_png and is_dicom_folder(item):
+                scans.append(item)  # a folder holding a DICOM series is one scan
+            scans += found
+            pngs += found_png
         elif item.is_file() and item.suffix.lower() == ".png":
             pngs.append(item)
         elif item.is_file() and scan_suffix(item):
@@ -65,7 +70,9 @@ def find_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
 
 def output_name(path: Path) -> str:
     """NIfTI output name for a scan: same name, NIfTI suffix kept, others become .nii.gz."""
-    suffix = scan_suffix(path) or ""
+    suffix = scan_suffix(path)
+    if suffix is None:  # a DICOM series' folder
+        return path.name + ".nii.gz"
     return path.name if suffix in (".nii.gz", ".nii") else path.name[: -len(suffix)] + ".nii.gz"
 
 
@@ -74,7 +81,7 @@ def plan_case_outputs(
 ) -> CaseOutputs:
     """Every file ``lasc infer`` writes for one input: a scan's labels with their area curve
     (and probability and uncertainty maps when asked for); a PNG slice's colour mask."""
-    if not scan_suffix(source):
+    if source.suffix.lower() == ".png":
         return CaseOutputs(source, out / source.name)
     labels = out / output_name(source)
     stem = labels.name.removesuffix(".gz").removesuffix(".nii")
@@ -97,13 +104,14 @@ def plan_files(
     uncertainty: bool = False,
     overwrite: bool = False,
     skip_existing: bool = False,
+    series: str | None = None,
 ) -> list[CaseOutputs]:
     """Every input's output files, checked so that no data can be lost
     (:func:`~src_monai.io.outputs.check_planned_outputs`), and every scan's header checked;
     creates nothing."""
     scans, pngs = find_inputs(inputs)
     for scan in scans:
-        read_geometry(scan)  # every header field checked before any work
+        read_geometry(scan, series)  # every header field checked before any work
     out = Path(out)
     plans = [
         plan_case_outputs(source, out, probabilities=probabilities, uncertainty=uncertainty)
@@ -127,6 +135,7 @@ def predict_files(
     skip_existing: bool = False,
     rgb_map: dict | None = None,
     box: AtriumBox | None = None,
+    series: str | None = None,
 ) -> Job[list[dict[str, Any]]]:
     """Segment scans (and PNG slices) into ``out``; returns this run's summary rows.
 
@@ -147,6 +156,7 @@ def predict_files(
         uncertainty=save_uncertainty,
         overwrite=overwrite,
         skip_existing=skip_existing,
+        series=series,
     )
     out = writable_folder(out)
     for stale in remove_stale_partials(out):
@@ -160,9 +170,9 @@ def predict_files(
         if skip_existing and plan.started:
             logger.info("%s: an earlier result is incomplete: segmenting it again", source.name)
         try:
-            if scan_suffix(source):
+            if source.suffix.lower() != ".png":
                 scan_job = _predict_scan(
-                    predictor, plan, options, save_probabilities, save_uncertainty, box
+                    predictor, plan, options, save_probabilities, save_uncertainty, box, series
                 )
                 row = yield from _within_file(scan_job, source.name, done - 1, len(plans))
             else:
@@ -196,8 +206,9 @@ def _predict_scan(
     save_probabilities: bool,
     save_uncertainty: bool,
     box: AtriumBox | None = None,
+    series: str | None = None,
 ) -> Job[dict[str, Any]]:
-    scan = read_scan(plan.source)
+    scan = read_scan(plan.source, series)
     prediction = yield from predictor.predict_volume(
         scan.array,
         **options.as_kwargs(),

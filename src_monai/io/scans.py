@@ -54,7 +54,7 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 # World positions closer than this (mm) count as the same place when pairing volumes.
 GEOMETRY_TOLERANCE_MM = 1e-3
 
-SourceFormat = Literal["nifti", "nrrd", "metaimage"]
+SourceFormat = Literal["nifti", "nrrd", "metaimage", "dicom"]
 
 
 def scan_suffix(path: str | Path) -> str | None:
@@ -142,9 +142,128 @@ class Scan:
 # --------------------------------------------------------------------------- reading
 
 
-def read_geometry(path: str | Path) -> ScanGeometry:
+def is_dicom_folder(path: str | Path) -> bool:
+    """A folder holding at least one DICOM series (and no scan files of ours)."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    return bool(_dicom_series_ids(path))
+
+
+def _dicom_series_ids(folder: Path) -> list[str]:
+    import SimpleITK as sitk
+
+    try:
+        return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    except RuntimeError:
+        return []
+
+
+def _dicom_files(folder: Path, series: str | None) -> list[str]:
+    """The files of the folder's one DICOM series (or of ``series``)."""
+    import SimpleITK as sitk
+
+    ids = _dicom_series_ids(folder)
+    if not ids:
+        raise NotAScanError(folder, "no DICOM series in this folder")
+    if series is None and len(ids) > 1:
+        described = "; ".join(f"{_series_description(folder, uid)} ({uid})" for uid in ids)
+        raise ScanReadError(
+            folder, f"holds {len(ids)} DICOM series: {described}: choose one with --series UID"
+        )
+    uid = series or ids[0]
+    if uid not in ids:
+        raise ScanReadError(folder, f"has no DICOM series {uid} (it has {', '.join(ids)})")
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+
+
+def _series_description(folder: Path, uid: str) -> str:
+    import SimpleITK as sitk
+
+    first = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)[0]
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(first)
+    reader.ReadImageInformation()
+    tag = "0008|103e"
+    return reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else "no description"
+
+
+def _read_dicom(folder: Path, series: str | None) -> tuple[np.ndarray, ScanGeometry]:
+    """One DICOM series: its slices checked to form one regular volume (same orientation,
+    evenly spaced: a missing slice would silently stretch the anatomy), read with
+    SimpleITK, geometry converted from LPS to RAS like every ITK format."""
+    import SimpleITK as sitk
+
+    files = _dicom_files(folder, series)
+    if len(files) < 2:
+        raise ScanShapeError(
+            folder, f"the DICOM series has {len(files)} slice: a 3D volume is needed"
+        )
+    _check_dicom_slices(folder, files)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise CorruptScanError(folder, f"DICOM voxels unreadable ({_itk_message(exc)})") from exc
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ScanShapeError(folder, "RGB/vector voxels: a scalar (greyscale) volume is needed")
+    array = sitk.GetArrayFromImage(image)
+    array = np.ascontiguousarray(array.transpose(tuple(range(array.ndim))[::-1]))
+    spacing = np.array(image.GetSpacing()[:3], dtype=np.float64)
+    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = _LPS_TO_RAS @ direction @ np.diag(spacing)
+    affine[:3, 3] = _LPS_TO_RAS @ np.array(image.GetOrigin()[:3], dtype=np.float64)
+    _check_affine(affine, folder)
+    geometry = ScanGeometry(
+        affine=affine,
+        shape=_spatial_shape(tuple(array.shape), folder),
+        spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
+        dtype=str(array.dtype),
+        source_format="dicom",
+    )
+    return _squeeze_to_3d(array, folder), geometry
+
+
+def _check_dicom_slices(folder: Path, files: list[str]) -> None:
+    """Every slice with the same orientation, positions evenly spaced along its normal."""
+    import SimpleITK as sitk
+
+    orientations, positions = [], []
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        try:
+            reader.ReadImageInformation()
+            orientation = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
+            position = [float(v) for v in reader.GetMetaData("0020|0032").split("\\")]
+        except (RuntimeError, ValueError) as exc:
+            raise NotAScanError(
+                Path(name), "not an image slice with a position and orientation (DICOM)"
+            ) from exc
+        orientations.append(orientation)
+        positions.append(position)
+    orientations_array = np.array(orientations)
+    if not np.allclose(orientations_array, orientations_array[0], atol=1e-4):
+        raise ScanShapeError(folder, "the DICOM slices have different orientations")
+    row, column = orientations_array[0][:3], orientations_array[0][3:]
+    along = np.array(positions) @ np.cross(row, column)
+    gaps = np.diff(np.sort(along))
+    if gaps.size and (gaps.min() <= 1e-6 or gaps.max() - gaps.min() > 0.01 * abs(gaps.mean())):
+        raise ScanShapeError(
+            folder,
+            f"the DICOM slices are not evenly spaced (gaps {gaps.min():.3g}-{gaps.max():.3g} mm): "
+            "a slice is missing or repeated",
+        )
+
+
+def read_geometry(path: str | Path, series: str | None = None) -> ScanGeometry:
     """Read only the header of a scan: cheap, for pairing, dataset discovery and checking
-    every input before any work (the same header checks as :func:`read_scan`)."""
+    every input before any work (the same header checks as :func:`read_scan`); a DICOM
+    folder is checked slice by slice (headers only) and read."""
+    if Path(path).is_dir() and is_dicom_folder(path):
+        return _read_dicom(Path(path), series)[1]
     path = _existing_file(path)
     if scan_suffix(path) in NIFTI_SUFFIXES:
         try:
@@ -161,19 +280,24 @@ def read_geometry(path: str | Path) -> ScanGeometry:
     return _itk_geometry(reader, path)
 
 
-def read_scan(path: str | Path) -> Scan:
-    """Read a 3D scalar volume with its geometry.
+def read_scan(path: str | Path, series: str | None = None) -> Scan:
+    """Read a 3D scalar volume with its geometry: a scan file, or a folder holding a DICOM
+    series (``series``: its SeriesInstanceUID when the folder holds several).
 
     Raises a :class:`~src_monai.errors.ScanReadError` subclass, whose message names the file
     and the problem, for anything that is not one finite 3D volume with a usable affine.
     A 4D file with a single volume is accepted. A NIfTI file without qform and sform is
     read with a :class:`~src_monai.errors.OrientationUnknownWarning`.
     """
-    path = _existing_file(path)
-    if scan_suffix(path) in NIFTI_SUFFIXES:
-        array, geometry = _read_nifti(path)
+    if Path(path).is_dir():
+        array, geometry = _read_dicom(Path(path), series)
+        path = Path(path)
     else:
-        array, geometry = _read_itk(path)
+        path = _existing_file(path)
+        if scan_suffix(path) in NIFTI_SUFFIXES:
+            array, geometry = _read_nifti(path)
+        else:
+            array, geometry = _read_itk(path)
     if array.dtype.kind in "f" and not np.isfinite(array).all():
         bad = int(array.size - np.count_nonzero(np.isfinite(array)))
         raise NonFiniteVoxelsError(path, f"{bad} voxels are NaN or infinite")

@@ -1,0 +1,114 @@
+"""DICOM series in: a folder holding one series reads with the same voxels and geometry as
+the NIfTI it was made from; bad series are refused in one line; lasc infer takes the folder."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from src_monai.cli import main as lasc
+from src_monai.errors import LascError, ScanShapeError
+from src_monai.io.scans import read_labels, read_scan
+from src_monai.model.files import SAMPLE_SCAN
+
+
+def write_dicom_series(source: Path, folder: Path, uid: str, description: str) -> Path:
+    """A real scan as a DICOM series, one file per slice (SimpleITK's own recipe: the
+    position and orientation of each slice are set explicitly)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image = sitk.Cast(sitk.ReadImage(str(source)), sitk.sitkInt16)
+    direction = image.GetDirection()
+    orientation = "\\".join(
+        str(v)
+        for v in (
+            direction[0],
+            direction[3],
+            direction[6],
+            direction[1],
+            direction[4],
+            direction[7],
+        )
+    )
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for index in range(image.GetDepth()):
+        plane = image[:, :, index]
+        for tag, value in (
+            ("0008|0060", "MR"),
+            ("0008|103e", description),
+            ("0020|000d", "1.2.826.0.1.3680043.2.1125.1"),
+            ("0020|000e", uid),
+            ("0020|0037", orientation),
+            ("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, index))))),
+            ("0020|0013", str(index + 1)),
+            ("0008|0018", f"{uid}.{index + 1}"),
+        ):
+            plane.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"{uid.rsplit('.', 1)[-1]}_{index:03d}.dcm"))
+        writer.Execute(plane)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("dicom")
+    return write_dicom_series(
+        SAMPLE_SCAN, root / "la_016_series", "1.2.826.0.1.3680043.2.1125.7", "LA MRI"
+    )
+
+
+def test_a_dicom_series_reads_as_its_nifti_original(series):
+    original, dicom = read_scan(SAMPLE_SCAN), read_scan(series)
+    assert dicom.geometry.shape == original.geometry.shape
+    np.testing.assert_array_equal(dicom.array, original.array.astype(np.int16))
+    np.testing.assert_allclose(dicom.geometry.affine, original.geometry.affine, atol=1e-3)
+    assert dicom.geometry.source_format == "dicom"
+
+
+def test_lasc_infer_segments_a_dicom_folder_into_nifti_with_its_geometry(series, tmp_path):
+    out = tmp_path / "seg"
+    assert lasc(["infer", str(series), "--out", str(out), "--device", "cpu"]) == 0
+    labels = read_labels(out / "la_016_series.nii.gz")
+    np.testing.assert_allclose(
+        labels.geometry.affine, read_scan(SAMPLE_SCAN).geometry.affine, atol=1e-3
+    )
+    assert 50 < labels.array.sum() * np.prod(labels.geometry.spacing) / 1000 < 200  # mL
+
+
+def test_a_missing_slice_is_refused(series, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(series, broken)
+    (broken / "7_040.dcm").unlink()
+    with pytest.raises(ScanShapeError, match="not evenly spaced .* a slice is missing"):
+        read_scan(broken)
+    out = tmp_path / "out"
+    assert lasc(["infer", str(broken), "--out", str(out)]) == 2
+    assert "not evenly spaced" in capsys.readouterr().err and not out.exists()
+
+
+def test_several_series_ask_which_and_series_chooses(series, tmp_path, capsys):
+    both = tmp_path / "both"
+    shutil.copytree(series, both)
+    write_dicom_series(SAMPLE_SCAN, both, "1.2.826.0.1.3680043.2.1125.8", "second copy")
+    with pytest.raises(
+        LascError, match="holds 2 DICOM series: .*LA MRI.*second copy.*--series UID"
+    ):
+        read_scan(both)
+    out = tmp_path / "out"
+    assert lasc(["infer", str(both), "--out", str(out)]) == 2
+    assert "1.2.826.0.1.3680043.2.1125.8" in capsys.readouterr().err and not out.exists()
+    argv = ["infer", str(both), "--out", str(out), "--series", "1.2.826.0.1.3680043.2.1125.8"]
+    assert lasc([*argv, "--device", "cpu"]) == 0
+    assert (out / "both.nii.gz").is_file()
+
+
+def test_a_folder_of_unrelated_files_is_not_a_scan(tmp_path, capsys):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("not an image")
+    assert lasc(["infer", str(folder), "--out", str(tmp_path / "out")]) == 2
+    assert "no scans or PNG images found" in capsys.readouterr().err

@@ -11,7 +11,14 @@ from typing import Any
 import numpy as np
 
 from src_monai.errors import GeometryWarning, LascError
-from src_monai.io.scans import Scan, case_id_from_path, read_scan, scan_suffix
+from src_monai.io.scans import (
+    Scan,
+    case_id_from_path,
+    dicom_series,
+    is_dicom_folder,
+    read_scan,
+    scan_suffix,
+)
 
 from ._layers import SOURCE_KEY, geometry_kwargs, labels_kwargs, to_layer_axes
 
@@ -30,9 +37,37 @@ NO_LAYERS: list[Any] = [(None,)]
 def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
     """npe2 reader hook: our reader for scan files, ``None`` for anything else."""
     paths = [path] if isinstance(path, str) else list(path)
+    if len(paths) == 1 and is_dicom_folder(paths[0]):
+        return read_dicom_folder
     if not paths or not all(scan_suffix(p) and not Path(p).is_dir() for p in paths):
         return None
     return read_layers
+
+
+def read_dicom_folder(path: str | list[str]) -> list[LayerData]:
+    """A folder of DICOM series: each series becomes its own layer, named by its description
+    (the user picks the one to segment); a series that cannot be read is reported, the others
+    still open."""
+    from napari.utils.notifications import show_error, show_info
+
+    folder = Path(path if isinstance(path, str) else path[0])
+    uids = dicom_series(folder)
+    layers: list[LayerData] = []
+    for uid, description in uids.items():
+        try:
+            data, kwargs, kind = scan_layer_data(read_scan(folder, series=uid))
+        except LascError as exc:
+            show_error(str(exc))
+            continue
+        if len(uids) > 1:
+            kwargs["name"] = f"{folder.name} {description}"
+        layers.append((data, kwargs, kind))
+    if len(uids) > 1:
+        show_info(
+            f"{folder.name}: {len(uids)} DICOM series opened as separate layers: "
+            + "; ".join(f"{d} ({u})" for u, d in uids.items())
+        )
+    return layers or NO_LAYERS
 
 
 def read_layers(path: str | list[str]) -> list[LayerData]:

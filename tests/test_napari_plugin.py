@@ -589,3 +589,26 @@ def test_screenshot_shows_the_atrium_over_the_scan(make_napari_viewer):
     hidden = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
     hidden_magenta = (hidden[..., 0] > 200) & (hidden[..., 1] < 60) & (hidden[..., 2] > 200)
     assert hidden_magenta.sum() == 0
+
+
+# --------------------------------------------------------------------------- DICOM
+
+
+def test_napari_opens_a_dicom_folder_in_place_of_its_nifti(make_napari_viewer, tmp_path):
+    """A DICOM series' folder opens like the NIfTI it was made from (same voxels, scale and
+    placement); a folder with two series opens each as its own layer, named by its
+    description, for the user to pick."""
+    from test_dicom import write_dicom_series
+
+    viewer = make_napari_viewer()
+    series = write_dicom_series(
+        SAMPLE_SCAN, tmp_path / "series", "1.2.826.0.1.3680043.2.1125.7", "LA MRI"
+    )
+    (nifti,) = viewer.open(str(SAMPLE_SCAN), plugin=PLUGIN)
+    (dicom,) = viewer.open(str(series), plugin=PLUGIN)
+    np.testing.assert_array_equal(dicom.data, np.asarray(nifti.data).astype(np.int16))
+    np.testing.assert_allclose(dicom.scale, nifti.scale, atol=1e-4)
+    np.testing.assert_allclose(dicom.translate, nifti.translate, atol=1e-3)
+    write_dicom_series(SAMPLE_SCAN, series, "1.2.826.0.1.3680043.2.1125.8", "second copy")
+    layers = viewer.open(str(series), plugin=PLUGIN)
+    assert sorted(layer.name for layer in layers) == ["series LA MRI", "series second copy"]

@@ -150,6 +150,12 @@ def is_dicom_folder(path: str | Path) -> bool:
     return bool(_dicom_series_ids(path))
 
 
+def dicom_series(folder: str | Path) -> dict[str, str]:
+    """SeriesInstanceUID -> series description of each DICOM series in ``folder``."""
+    folder = Path(folder)
+    return {uid: _series_description(folder, uid) for uid in _dicom_series_ids(folder)}
+
+
 def _dicom_series_ids(folder: Path) -> list[str]:
     import SimpleITK as sitk
 

@@ -16,9 +16,12 @@ from src_monai.io.scans import read_labels, read_scan
 from src_monai.model.files import SAMPLE_SCAN
 
 
-def write_dicom_series(source: Path, folder: Path, uid: str, description: str) -> Path:
+def write_dicom_series(
+    source: Path, folder: Path, uid: str, description: str, tilted: int | None = None
+) -> Path:
     """A real scan as a DICOM series, one file per slice (SimpleITK's own recipe: the
-    position and orientation of each slice are set explicitly)."""
+    position and orientation of each slice are set explicitly); slice ``tilted`` gets
+    another orientation."""
     folder.mkdir(parents=True, exist_ok=True)
     image = sitk.Cast(sitk.ReadImage(str(source)), sitk.sitkInt16)
     direction = image.GetDirection()
@@ -42,7 +45,7 @@ def write_dicom_series(source: Path, folder: Path, uid: str, description: str) -
             ("0008|103e", description),
             ("0020|000d", "1.2.826.0.1.3680043.2.1125.1"),
             ("0020|000e", uid),
-            ("0020|0037", orientation),
+            ("0020|0037", "1\\0\\0\\0\\0\\1" if index == tilted else orientation),
             ("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, index))))),
             ("0020|0013", str(index + 1)),
             ("0008|0018", f"{uid}.{index + 1}"),
@@ -112,3 +115,14 @@ def test_a_folder_of_unrelated_files_is_not_a_scan(tmp_path, capsys):
     (folder / "readme.txt").write_text("not an image")
     assert lasc(["infer", str(folder), "--out", str(tmp_path / "out")]) == 2
     assert "no scans or PNG images found" in capsys.readouterr().err
+
+
+def test_slices_of_mixed_orientations_are_refused(tmp_path, capsys):
+    folder = write_dicom_series(
+        SAMPLE_SCAN, tmp_path / "mixed", "1.2.826.0.1.3680043.2.1125.9", "LA MRI", tilted=10
+    )
+    with pytest.raises(ScanShapeError, match="different orientations"):
+        read_scan(folder)
+    assert lasc(["infer", str(folder), "--out", str(tmp_path / "out")]) == 2
+    assert "different orientations" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -25,6 +25,7 @@ from magicgui.widgets import (
     create_widget,
 )
 
+from src_monai.data.crops import AtriumBox
 from src_monai.data.prepare import add_msd_case
 from src_monai.errors import LascError
 from src_monai.inference.measure import (
@@ -130,6 +131,11 @@ class SegmentWidget(Container):
         )
         self._batch_size = SpinBox(label="batch size", min=1, max=512, value=16)
         self._current_slice = CheckBox(text="current slice only (interactive)")
+        # The atrium box (a two-stage model's stage 2 segments around it): shown as a Shapes
+        # layer after a run; its rectangle, moved, resized or drawn anew, and these slices
+        # are used on the next run instead of the localiser's.
+        self._box_first = SpinBox(label="box slices from", min=0, max=100_000, value=0)
+        self._box_last = SpinBox(label="box slices to", min=0, max=100_000, value=0)
         self._uncertainty = CheckBox(text="uncertainty map (5 views: about 7x the time)")
         self._run = PushButton(text="Segment")
         self._cancel = PushButton(text="Cancel", enabled=False)
@@ -151,6 +157,8 @@ class SegmentWidget(Container):
                 self._batch_size,
                 self._current_slice,
                 self._uncertainty,
+                self._box_first,
+                self._box_last,
                 Container(widgets=[self._run, self._cancel], layout="horizontal", labels=False),
                 self._bar,
                 self._result,
@@ -211,6 +219,7 @@ class SegmentWidget(Container):
             model_path = self._model_path()
             device = self._device.value
             resolve_device(device)  # CUDA asked for but absent: say so before any work
+            box = self.user_box(layer)
         except LascError as exc:
             show_error(str(exc))
             return
@@ -228,7 +237,9 @@ class SegmentWidget(Container):
         def job():
             session = self._session_for(layer, _predictor(model_path, device))
             if point is None:
-                return (yield from session.segment_volume(**options))
+                return (yield from session.segment_volume(box=box, **options))
+            if box is not None:
+                session.box, session.localised = box, True
             axis = layer_axis(session.slice_axis)
             index = int(np.clip(np.round(point[axis]), 0, session.slice_count - 1))
             labels = session.segment_slice(index, tta=options["tta"])
@@ -240,7 +251,7 @@ class SegmentWidget(Container):
             job,
             description=f"Segment {layer.name}",
             on_progress=self._progressed,
-            on_done=lambda result: self._add_result(layer, result, started),
+            on_done=lambda result: self._add_result(layer, result, started, box is not None),
             on_cancelled=lambda: self._show(f"cancelled: {layer.name} left unchanged"),
             on_finished=lambda: self._set_running(False),
         )
@@ -286,7 +297,9 @@ class SegmentWidget(Container):
 
     # ------------------------------------------------------------------ results
 
-    def _add_result(self, image: Any, result: VolumeResult | SliceResult, started: float) -> None:
+    def _add_result(
+        self, image: Any, result: VolumeResult | SliceResult, started: float, user_box: bool
+    ) -> None:
         predictor = self._session[1].predictor
         axis = layer_axis(predictor.spec.slice_axis)
         layer = self._prediction_layer(image)
@@ -310,6 +323,7 @@ class SegmentWidget(Container):
         text = self.summary.text()
         if isinstance(result, VolumeResult):
             text += self._show_report(image, layer, result, axis)
+            text += self._show_box(image, result.prediction, user_box)
         self._show(text)
         logger.info("%s", text.replace("\n", " · "))
 
@@ -440,6 +454,102 @@ class SegmentWidget(Container):
             "napari-lasc", "Train model"
         )
         self.train_widget.prepare_fine_tune(folder, model)
+
+    # ------------------------------------------------------------------ the atrium box
+
+    def box_layer(self, image: Any):
+        """The Shapes layer ``<scan> atrium box`` of ``image``, if there is one."""
+        name = f"{image.name} atrium box"
+        return self._viewer.layers[name] if name in self._viewer.layers else None  # noqa: SIM401
+
+    def user_box(self, image: Any) -> AtriumBox | None:
+        """The box the next run segments around: the last rectangle of the image's box layer
+        (in-plane) and the two spin boxes (slices); ``None`` when there is no such layer or
+        it holds no shape (the localiser then finds the box)."""
+        layer = self.box_layer(image)
+        if layer is None or not len(layer.data):
+            return None
+        spec_axis = self._slice_axis()
+        shape = from_layer_axes(np.asarray(image.data)).shape
+        vertices = np.asarray(layer.data[-1], dtype=float)  # napari data axes of the image
+        in_plane = [a for a in range(3) if a != spec_axis]  # file axes: the box's y, x
+        edges = []
+        for file_axis in in_plane:
+            values = vertices[:, layer_axis(file_axis)]
+            low = int(np.clip(np.floor(values.min()), 0, shape[file_axis]))
+            high = int(np.clip(np.ceil(values.max()) + 1, 0, shape[file_axis]))
+            if high - low < 2:
+                raise LascError(
+                    layer.name, "the box lies outside the scan: draw it over the atrium"
+                )
+            edges += [low, high]
+        first, last = int(self._box_first.value), int(self._box_last.value)
+        if first == last == 0:  # never set (a box drawn before the first run): every slice
+            last = shape[spec_axis] - 1
+        if not 0 <= first <= last < shape[spec_axis]:
+            raise LascError(
+                layer.name,
+                f"box slices {first}-{last} are not within the scan's 0-{shape[spec_axis] - 1}",
+            )
+        return AtriumBox(first, last + 1, *edges)
+
+    def _slice_axis(self) -> int:
+        model_path = self._model_path()
+        return _predictor(model_path, self._device.value).spec.slice_axis
+
+    def _show_box(self, image: Any, prediction: Any, user_box: bool) -> str:
+        """After a whole-volume run: the box stage 2 used, as an editable Shapes layer and the
+        slice range; when the localiser found nothing, an empty one to draw in."""
+        from napari.utils.notifications import show_warning
+
+        layer = self.box_layer(image)
+        if prediction.localised is False:
+            if layer is None:
+                layer = self._new_box_layer(image, [])
+            layer.mode = "add_rectangle"
+            show_warning(
+                f"the localiser found no atrium in {image.name}: draw its box in "
+                f"'{layer.name}', set the box slices and press Segment"
+            )
+            return "\nbox: none found: draw one and press Segment"
+        box = prediction.box
+        if box is None:
+            return ""
+        if not user_box:
+            rectangle = self._rectangle(image, box)
+            if layer is None:
+                self._new_box_layer(image, [rectangle])
+            else:
+                layer.data = [rectangle]
+        self._box_first.value, self._box_last.value = box.z0, box.z1 - 1
+        owner = "yours" if user_box else "found by the model"
+        return f"\nbox: {owner}, slices {box.z0}-{box.z1 - 1}"
+
+    def _rectangle(self, image: Any, box: AtriumBox) -> np.ndarray:
+        """The box's in-plane rectangle on its middle slice, in the image's napari data axes."""
+        axis = self._slice_axis()
+        (y_axis, x_axis) = [a for a in range(3) if a != axis]
+        corners = []
+        top, bottom, left, right = box.y0, box.y1 - 1, box.x0, box.x1 - 1
+        for y, x in ((top, left), (top, right), (bottom, right), (bottom, left)):
+            point = [0.0, 0.0, 0.0]
+            point[layer_axis(axis)] = (box.z0 + box.z1 - 1) / 2.0
+            point[layer_axis(y_axis)], point[layer_axis(x_axis)] = y, x
+            corners.append(point)
+        return np.array(corners)
+
+    def _new_box_layer(self, image: Any, rectangles: list[np.ndarray]):
+        return self._viewer.add_shapes(
+            rectangles,
+            shape_type="rectangle",
+            name=f"{image.name} atrium box",
+            edge_color="yellow",
+            face_color="transparent",
+            edge_width=1.5,
+            scale=image.scale,
+            translate=image.translate,
+            units=image.units,
+        )
 
     def _prediction_layer(self, image: Any):
         """The Labels layer this widget made for ``image`` (found by metadata, not name)."""

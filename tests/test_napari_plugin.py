@@ -612,3 +612,48 @@ def test_napari_opens_a_dicom_folder_in_place_of_its_nifti(make_napari_viewer, t
     write_dicom_series(SAMPLE_SCAN, series, "1.2.826.0.1.3680043.2.1125.8", "second copy")
     layers = viewer.open(str(series), plugin=PLUGIN)
     assert sorted(layer.name for layer in layers) == ["series LA MRI", "series second copy"]
+
+
+# --------------------------------------------------------------------------- the atrium box
+
+
+def test_the_atrium_box_is_shown_and_a_moved_box_steers_stage_2(make_napari_viewer, qtbot, errors):
+    viewer = make_napari_viewer()
+    image, _truth = open_sample(viewer)
+    widget = dock(viewer, "Segment left atrium")
+    widget._image.value = image
+    widget.run()
+    wait_for(qtbot, widget)
+    boxes = viewer.layers["la_016 atrium box"]
+    assert len(boxes.data) == 1 and "box: found by the model" in widget._result.value
+    first, last = widget._box_first.value, widget._box_last.value
+    assert 0 <= first < last < image.data.shape[0]
+    # Move the rectangle 40 voxels along napari's last axis with napari's own Shapes API.
+    moved = np.asarray(boxes.data[0]) + np.array([0.0, 0.0, 40.0])
+    boxes.data = [moved]
+    widget.run()
+    wait_for(qtbot, widget)
+    assert errors() == [] and "box: yours" in widget._result.value
+    labels = np.asarray(viewer.layers["la_016 left atrium"].data)
+    occupied = np.nonzero(labels)
+    centre = moved[:, 2].mean()
+    half = 64  # the bundled segmenter's 128x128 crop, centred on the box
+    assert occupied[2].min() >= centre - half - 1 and occupied[2].max() <= centre + half + 1
+    margin = 5
+    assert occupied[0].min() >= first - margin and occupied[0].max() <= last + margin
+
+
+def test_a_box_that_misses_the_atrium_gives_a_flag_not_a_crash(make_napari_viewer, qtbot, errors):
+    viewer = make_napari_viewer()
+    image, _truth = open_sample(viewer)
+    widget = dock(viewer, "Segment left atrium")
+    widget._image.value = image
+    corner = np.array([[5.0, 0.0, 0.0], [5.0, 0.0, 20.0], [5.0, 20.0, 20.0], [5.0, 20.0, 0.0]])
+    viewer.add_shapes([corner], shape_type="rectangle", name="la_016 atrium box",
+                      scale=image.scale, translate=image.translate)  # fmt: skip
+    widget._box_first.value, widget._box_last.value = 0, 10
+    widget.run()
+    wait_for(qtbot, widget)
+    assert errors() == []
+    assert "box: yours, slices 0-10" in widget._result.value
+    assert "QC: ok" not in widget._result.value

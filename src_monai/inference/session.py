@@ -71,8 +71,11 @@ class InteractiveSession:
         tta: bool | None = None,
         postprocess: bool | None = None,
         uncertainty: bool = False,
+        box: AtriumBox | None = None,
     ) -> Job[VolumeResult]:
-        """Every slice, then the case report; yields progress per batch."""
+        """Every slice, then the case report; yields progress per batch. ``box`` (the user's,
+        slices-first voxels of the scan): stage 2 segments around it instead of localising,
+        and later slices reuse it."""
         prediction = yield from self.predictor.predict_volume(
             self._normalised,
             batch_size=batch_size,
@@ -81,8 +84,11 @@ class InteractiveSession:
             uncertainty=uncertainty,
             normalised=True,
             spacing=self.spacing,
+            box=box,
         )
-        if prediction.localised is not None:
+        if box is not None:
+            self.box, self.localised = box, True
+        elif prediction.localised is not None:
             self.box, self.localised = prediction.box, prediction.localised
         report = report_case(prediction, self.spacing, self.predictor.spec, axcodes=self.axcodes)
         return VolumeResult(prediction, report)

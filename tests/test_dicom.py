@@ -3,6 +3,7 @@ the NIfTI it was made from; bad series are refused in one line; lasc infer takes
 
 from __future__ import annotations
 
+import locale
 import shutil
 from pathlib import Path
 
@@ -22,6 +23,16 @@ def write_dicom_series(
     """A real scan as a DICOM series, one file per slice (SimpleITK's own recipe: the
     position and orientation of each slice are set explicitly); slice ``tilted`` gets
     another orientation."""
+    # GDCM's writer sets the process locale to "C" (ASCII): every later text decoding in this
+    # process would fail on "±" or "mm²". Restore it when done (lasc never writes DICOM).
+    saved = locale.setlocale(locale.LC_ALL, None)
+    try:
+        return _write_series(source, folder, uid, description, tilted)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_series(source: Path, folder: Path, uid: str, description: str, tilted) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     image = sitk.Cast(sitk.ReadImage(str(source)), sitk.sitkInt16)
     direction = image.GetDirection()
@@ -125,4 +136,49 @@ def test_slices_of_mixed_orientations_are_refused(tmp_path, capsys):
         read_scan(folder)
     assert lasc(["infer", str(folder), "--out", str(tmp_path / "out")]) == 2
     assert "different orientations" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_and_prepare_take_dicom_series_folders(series, tmp_path):
+    """lasc evaluate --pred pairs a prediction stored as a DICOM series' folder by its name;
+    lasc prepare reads an MSD dataset whose image is a DICOM series' folder."""
+    from src_monai.model.files import SAMPLE_LABEL
+
+    pred, truth = tmp_path / "pred", tmp_path / "truth"
+    write_dicom_series(SAMPLE_LABEL, pred / "la_016", "1.2.826.0.1.3680043.2.1125.10", "labels")
+    truth.mkdir()
+    shutil.copy(SAMPLE_LABEL, truth / "la_016.nii.gz")
+    report = tmp_path / "report"
+    argv = ["evaluate", "--pred", str(pred), "--truth", str(truth), "--out", str(report)]
+    assert lasc(argv) == 0
+    assert '"dice": {\n   "mean": 1.0' in (report / "summary.json").read_text()
+    data = tmp_path / "data"
+    (data / "labelsTr").mkdir(parents=True)
+    shutil.copytree(series, data / "imagesTr" / "la_016")
+    shutil.copy(SAMPLE_LABEL, data / "labelsTr" / "la_016.nii.gz")
+    assert lasc(["prepare", str(data), str(tmp_path / "prepared")]) == 0
+    assert "la_016" in (tmp_path / "prepared" / "stats.csv").read_text()
+
+
+def test_a_colour_screenshot_series_is_refused(tmp_path, capsys):
+    """A series that is not a greyscale image volume (a screen capture in colour)."""
+    folder = tmp_path / "capture"
+    folder.mkdir()
+    saved = locale.setlocale(locale.LC_ALL, None)  # see write_dicom_series
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for index in range(3):
+        plane = sitk.Image([16, 16], sitk.sitkVectorUInt8, 3)
+        for tag, value in (
+            ("0020|000e", "1.2.826.0.1.3680043.2.1125.11"),
+            ("0020|0037", "1\\0\\0\\0\\1\\0"),
+            ("0020|0032", f"0\\0\\{index}"),
+            ("0008|0018", f"1.2.826.0.1.3680043.2.1125.11.{index + 1}"),
+        ):
+            plane.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"{index}.dcm"))
+        writer.Execute(plane)
+    locale.setlocale(locale.LC_ALL, saved)
+    assert lasc(["infer", str(folder), "--out", str(tmp_path / "out")]) == 2
+    assert "a scalar (greyscale) volume is needed" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -27,7 +27,13 @@ from src_monai.inference.measure import measure_atrium
 from src_monai.inference.predictor import DEFAULT_OPTIONS, PredictOptions
 from src_monai.io.files import write_json, write_text
 from src_monai.io.outputs import write_unit
-from src_monai.io.scans import case_id_from_path, check_pair, read_labels, scan_suffix
+from src_monai.io.scans import (
+    case_id_from_path,
+    check_pair,
+    is_dicom_folder,
+    read_labels,
+    scan_suffix,
+)
 from src_monai.io.tables import new_figure, save_figure, write_csv
 from src_monai.progress import Job, Progress
 
@@ -84,7 +90,8 @@ def pairs_from_folders(
         return {
             case_id_from_path(p): p
             for p in sorted(folder.iterdir())
-            if p.is_file() and scan_suffix(p) and not p.name.startswith(".")
+            if not p.name.startswith(".")
+            and ((p.is_file() and scan_suffix(p)) or is_dicom_folder(p))  # a DICOM series
         }
 
     predictions, truths = scans(pred_dir), scans(truth_dir)

@@ -540,7 +540,8 @@ class SegmentWidget(Container):
 
     def _new_box_layer(self, image: Any, rectangles: list[np.ndarray]):
         return self._viewer.add_shapes(
-            rectangles,
+            rectangles or None,
+            ndim=3,  # an empty layer would otherwise be 2D
             shape_type="rectangle",
             name=f"{image.name} atrium box",
             edge_color="yellow",

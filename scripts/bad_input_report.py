@@ -173,6 +173,34 @@ def _metadata_rows(root: Path, model: Path, scan: Path) -> list[tuple]:
     return rows
 
 
+def _dicom_rows(root: Path, model: Path) -> list[tuple]:
+    """DICOM series' folders that are not one regular volume (issue 17)."""
+    import shutil
+
+    from test_dicom import write_dicom_series
+
+    from src_monai.model.files import SAMPLE_SCAN
+
+    uid = "1.2.826.0.1.3680043.2.1125.7"
+    good = write_dicom_series(SAMPLE_SCAN, root / "good", uid, "LA MRI")
+    cases = {}
+    cases["DICOM: a slice missing"] = shutil.copytree(good, root / "missing")
+    (cases["DICOM: a slice missing"] / "7_040.dcm").unlink()
+    cases["DICOM: slices of two orientations"] = write_dicom_series(
+        SAMPLE_SCAN, root / "mixed", uid, "LA MRI", tilted=10
+    )
+    cases["DICOM: two series in one folder"] = shutil.copytree(good, root / "two")
+    write_dicom_series(SAMPLE_SCAN, root / "two", uid[:-1] + "8", "second copy")
+    (root / "notes").mkdir()
+    (root / "notes" / "readme.txt").write_text("not an image")
+    cases["a folder of unrelated files"] = root / "notes"
+    rows = []
+    for problem, folder in cases.items():
+        argv = ["infer", str(folder), "--out", str(root / "out"), "--model", str(model)]
+        rows.append((problem, "lasc infer", *_run(argv, root)))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "bad_inputs.md")
@@ -246,6 +274,7 @@ def main() -> int:
         rows += _output_rows(root / "outputs", dataset, model)
         rows += _range_rows(root / "ranges", dataset)
         rows += _metadata_rows(root / "metadata", model, scan_path)
+        rows += _dicom_rows(root / "dicom", model)
 
     lines = [
         "# Bad inputs and what happens",

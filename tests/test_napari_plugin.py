@@ -657,3 +657,29 @@ def test_a_box_that_misses_the_atrium_gives_a_flag_not_a_crash(make_napari_viewe
     assert errors() == []
     assert "box: yours, slices 0-10" in widget._result.value
     assert "QC: ok" not in widget._result.value
+
+
+def test_when_the_model_finds_no_atrium_the_widget_asks_for_a_box(make_napari_viewer, qtbot):
+    """A phantom (a bright bar at the edge, faint noise) where the bundled localiser finds no
+    atrium: an empty box layer waits in rectangle mode and the result asks for a box; a box
+    drawn there is then used."""
+    viewer = make_napari_viewer()
+    grid = np.indices((256, 256, 40))[0]
+    noise = 0.01 * np.random.default_rng(0).random((256, 256, 40))
+    phantom = (((grid - 20) ** 2 < 100) + noise).astype(np.float32)
+    image = viewer.add_image(phantom.transpose(2, 1, 0), name="phantom", scale=(1.37, 1.25, 1.25))
+    widget = dock(viewer, "Segment left atrium")
+    widget._image.value = image
+    widget.run()
+    wait_for(qtbot, widget)
+    boxes = viewer.layers["phantom atrium box"]
+    assert len(boxes.data) == 0 and boxes.mode == "add_rectangle"
+    assert "box: none found: draw one and press Segment" in widget._result.value
+    drawn = np.array(
+        [[20.0, 100.0, 100.0], [20.0, 100.0, 160.0], [20.0, 160.0, 160.0], [20.0, 160.0, 100.0]]
+    )
+    boxes.add_rectangles(drawn)
+    widget._box_first.value, widget._box_last.value = 10, 30
+    widget.run()
+    wait_for(qtbot, widget)
+    assert "box: yours, slices 10-30" in widget._result.value

@@ -400,3 +400,15 @@ def test_two_stage_uncertainty_map_covers_the_crop_and_is_certain_outside(stages
     outside[:, :, first:stop] = False
     assert not prediction.uncertainty[outside].any()  # background by construction: certain
     assert prediction.uncertainty.min() >= 0.0 and prediction.uncertainty.max() <= 1.0 + 1e-6
+
+
+def test_a_scan_with_no_structure_at_the_localisers_resolution_falls_back_not_fails():
+    """Stripes finer than the localiser's 4x4 blocks average out to a constant there: the
+    localiser finds nothing (not "the scan is blank") and whole slices are segmented."""
+    from src_monai.inference.predictor import Predictor
+    from src_monai.progress import run_to_end
+
+    stripes = np.zeros((256, 256, 24), np.float32)
+    stripes[::2] = 1.0
+    prediction = run_to_end(Predictor.from_checkpoint(device="cpu").predict_volume(stripes))
+    assert prediction.localised is False and prediction.labels.shape == stripes.shape

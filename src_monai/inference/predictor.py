@@ -446,6 +446,10 @@ class Predictor:
         values = volume if normalised else normalise_volume(volume, spec.normalisation)
         slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(values, axis, 0)))
         small = shrink_slices(slices, spec.downsample).numpy()
+        if float(small.max()) == float(small.min()):
+            # Structure finer than the localiser's pixels (or none) averages out: nothing to
+            # find at its resolution; not a blank scan (the caller segments whole slices).
+            return None
         at_its_resolution = Predictor(self.network, replace(spec, downsample=1), self.device)
         coarse = yield from at_its_resolution.predict_volume(
             np.moveaxis(small, 0, axis), normalised=True, batch_size=batch_size, postprocess=True

@@ -360,6 +360,11 @@ HEADER_FIELD_SCANS = {
         CorruptScanError,
         "header field toffset = nan",
     ),
+    "undefined spatial unit code": (
+        lambda d: _nifti_with_fields(d / "units.nii.gz", xyzt_units=5),
+        CorruptScanError,
+        "header field xyzt_units: unknown spatial unit 'code 5'",
+    ),
     "voxel offset 0 in a .nii": (
         lambda d: _nifti_bytes_patched(d / "offset0.nii", vox_offset=0.0),
         CorruptScanError,

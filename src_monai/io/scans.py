@@ -494,7 +494,10 @@ def _voxel_offset(raw: bytes, image: nib.Nifti1Image, path: Path) -> int:
 def _world_mm(header, affine: np.ndarray, path: Path, *, warn: bool) -> np.ndarray:
     """The affine in millimetres (the header's spatial units honoured), after warning about
     the header disagreeing with itself: pixdim against the affine, qform against sform."""
-    unit = header.get_xyzt_units()[0]
+    try:
+        unit = header.get_xyzt_units()[0]
+    except KeyError:  # a code NIfTI does not define
+        unit = f"code {int(header['xyzt_units']) & 0x07}"
     if unit not in _UNIT_MM:
         raise CorruptScanError(path, f"header field xyzt_units: unknown spatial unit {unit!r}")
     scaled = affine.copy()

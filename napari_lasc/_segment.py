@@ -323,7 +323,7 @@ class SegmentWidget(Container):
         text = self.summary.text()
         if isinstance(result, VolumeResult):
             text += self._show_report(image, layer, result, axis)
-            text += self._show_box(image, result.prediction, user_box)
+            text += self._show_box(image, result.prediction, user_box, predictor.spec.slice_axis)
         self._show(text)
         logger.info("%s", text.replace("\n", " · "))
 
@@ -469,7 +469,7 @@ class SegmentWidget(Container):
         layer = self.box_layer(image)
         if layer is None or not len(layer.data):
             return None
-        spec_axis = self._slice_axis()
+        spec_axis = _predictor(self._model_path(), self._device.value).spec.slice_axis
         shape = from_layer_axes(np.asarray(image.data)).shape
         vertices = np.asarray(layer.data[-1], dtype=float)  # napari data axes of the image
         in_plane = [a for a in range(3) if a != spec_axis]  # file axes: the box's y, x
@@ -493,11 +493,7 @@ class SegmentWidget(Container):
             )
         return AtriumBox(first, last + 1, *edges)
 
-    def _slice_axis(self) -> int:
-        model_path = self._model_path()
-        return _predictor(model_path, self._device.value).spec.slice_axis
-
-    def _show_box(self, image: Any, prediction: Any, user_box: bool) -> str:
+    def _show_box(self, image: Any, prediction: Any, user_box: bool, slice_axis: int) -> str:
         """After a whole-volume run: the box stage 2 used, as an editable Shapes layer and the
         slice range; when the localiser found nothing, an empty one to draw in."""
         from napari.utils.notifications import show_warning
@@ -516,7 +512,7 @@ class SegmentWidget(Container):
         if box is None:
             return ""
         if not user_box:
-            rectangle = self._rectangle(image, box)
+            rectangle = self._rectangle(box, slice_axis)
             if layer is None:
                 self._new_box_layer(image, [rectangle])
             else:
@@ -525,9 +521,10 @@ class SegmentWidget(Container):
         owner = "yours" if user_box else "found by the model"
         return f"\nbox: {owner}, slices {box.z0}-{box.z1 - 1}"
 
-    def _rectangle(self, image: Any, box: AtriumBox) -> np.ndarray:
-        """The box's in-plane rectangle on its middle slice, in the image's napari data axes."""
-        axis = self._slice_axis()
+    @staticmethod
+    def _rectangle(box: AtriumBox, axis: int) -> np.ndarray:
+        """The box's in-plane rectangle on its middle slice, in the image's napari data axes
+        (``axis``: the file axis the model slices along)."""
         (y_axis, x_axis) = [a for a in range(3) if a != axis]
         corners = []
         top, bottom, left, right = box.y0, box.y1 - 1, box.x0, box.x1 - 1
@@ -581,11 +578,7 @@ def seen_by_model_text(spec: Any, image: Any) -> str:
     if not role:
         return ""
     cv = spec.cross_validation
-    honest = (
-        f"cross-validated Dice {cv.dice_mean:.3f}, HD95 {cv.hd95_mean:.1f} mm"
-        if cv is not None
-        else "see its model card"
-    )
+    honest = f"cross-validated {cv.text()}" if cv is not None else "see its model card"
     return f"a {role} case of the model: not its accuracy ({honest})"
 
 

@@ -45,6 +45,15 @@ def wait_for_progress(qtbot, widget) -> None:
     qtbot.waitUntil(lambda: widget._bar.value >= 1, timeout=WORKER_TIMEOUT_MS)
 
 
+def segment(viewer, qtbot, image):
+    """Dock the Segment widget, run it on ``image`` and wait for its result."""
+    widget = dock(viewer, "Segment left atrium")
+    widget._image.value = image
+    widget.run()
+    wait_for(qtbot, widget)
+    return widget
+
+
 def open_sample(viewer):
     layers = viewer.open_sample(PLUGIN, "la_016")
     return layers[0], layers[1]
@@ -164,10 +173,7 @@ def test_sample_data_is_a_real_scan_with_its_labels(make_napari_viewer):
 def test_segment_widget_whole_volume_then_update_in_place(make_napari_viewer, qtbot, errors):
     viewer = make_napari_viewer()
     image, truth = open_sample(viewer)
-    widget = dock(viewer, "Segment left atrium")
-    widget._image.value = image
-    widget.run()
-    wait_for(qtbot, widget)
+    widget = segment(viewer, qtbot, image)
     assert errors() == []
     layer = viewer.layers["la_016 left atrium"]
     assert layer.data.shape == image.data.shape
@@ -362,10 +368,7 @@ def test_compare_says_when_the_model_had_learnt_from_the_scan(make_napari_viewer
     cross-validated figure beside it."""
     viewer = make_napari_viewer()
     image, truth = open_sample(viewer)
-    segment = dock(viewer, "Segment left atrium")
-    segment._image.value = image
-    segment.run()
-    wait_for(qtbot, segment)
+    segment(viewer, qtbot, image)
     compare = dock(viewer, "Compare with ground truth")
     compare._prediction.value = viewer.layers["la_016 left atrium"]
     compare._truth.value = truth
@@ -620,10 +623,7 @@ def test_napari_opens_a_dicom_folder_in_place_of_its_nifti(make_napari_viewer, t
 def test_the_atrium_box_is_shown_and_a_moved_box_steers_stage_2(make_napari_viewer, qtbot, errors):
     viewer = make_napari_viewer()
     image, _truth = open_sample(viewer)
-    widget = dock(viewer, "Segment left atrium")
-    widget._image.value = image
-    widget.run()
-    wait_for(qtbot, widget)
+    widget = segment(viewer, qtbot, image)
     boxes = viewer.layers["la_016 atrium box"]
     assert len(boxes.data) == 1 and "box: found by the model" in widget._result.value
     first, last = widget._box_first.value, widget._box_last.value
@@ -668,10 +668,7 @@ def test_when_the_model_finds_no_atrium_the_widget_asks_for_a_box(make_napari_vi
     noise = 0.01 * np.random.default_rng(0).random((256, 256, 40))
     phantom = (((grid - 20) ** 2 < 100) + noise).astype(np.float32)
     image = viewer.add_image(phantom.transpose(2, 1, 0), name="phantom", scale=(1.37, 1.25, 1.25))
-    widget = dock(viewer, "Segment left atrium")
-    widget._image.value = image
-    widget.run()
-    wait_for(qtbot, widget)
+    widget = segment(viewer, qtbot, image)
     boxes = viewer.layers["phantom atrium box"]
     assert len(boxes.data) == 0 and boxes.mode == "add_rectangle"
     assert "box: none found: draw one and press Segment" in widget._result.value

@@ -42,7 +42,6 @@ def run(args: argparse.Namespace) -> int:
     from src_monai.cli.support import drive
 
     summary = drive(run_demo(args.out, args.device), description="demo")
-    cv = summary["model"]
     print(
         f"LA volume {summary['la_volume_ml']:.1f} mL (ground truth "
         f"{summary['la_volume_truth_ml']:.1f} mL); Dice {summary['dice']:.3f}, "
@@ -53,9 +52,8 @@ def run(args: argparse.Namespace) -> int:
             else ""
         )
         + (
-            f" (on unseen patients: Dice {cv['dice_mean']:.3f}, HD95 {cv['hd95_mean']:.1f} mm, "
-            "docs/MODEL_CARD.md)"
-            if cv
+            f" (on unseen patients: {summary['cross_validated']}, docs/MODEL_CARD.md)"
+            if summary["cross_validated"]
             else " (see docs/MODEL_CARD.md)"
         )
         + f"; segmented in {summary['segmentation_seconds']} s on {summary['device']}"

@@ -128,17 +128,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _given_box(args: argparse.Namespace, slice_axis: int):
-    """``--box``/``--box-mm`` as a slices-first voxel box of the one input scan."""
+def _given_box(args: argparse.Namespace, plans, slice_axis: int):
+    """``--box``/``--box-mm`` as a slices-first voxel box of the one input scan (``plans``:
+    the inputs as :func:`plan_files` found them)."""
     from src_monai.data.crops import AtriumBox
-    from src_monai.inference.files import find_inputs
     from src_monai.io.scans import read_geometry
 
-    scans, pngs = find_inputs(args.inputs)
-    if len(scans) != 1 or pngs:
+    if len(plans) != 1 or plans[0].source.suffix.lower() == ".png":
         option = "--box" if args.box else "--box-mm"
-        raise LascError(None, f"{option} is for one scan; {len(scans) + len(pngs)} inputs given")
-    geometry = read_geometry(scans[0], args.series)
+        raise LascError(None, f"{option} is for one scan; {len(plans)} inputs given")
+    geometry = read_geometry(plans[0].source, args.series)
     if args.box_mm:
         return AtriumBox.from_world(args.box_mm, geometry.affine, geometry.shape, slice_axis)
     shape = geometry.shape
@@ -155,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     rgb_map = parse_rgb_map(args.rgb_map) if args.rgb_map else None
     # Every input's header and every output planned and checked before the model loads: a
     # plan that would lose data is refused before any work or any new file.
-    plan_files(
+    plans = plan_files(
         args.inputs,
         args.out,
         probabilities=args.probabilities,
@@ -166,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     )
     creatable_folder(args.out)  # checked here, made only once the model file is known good
     predictor = Predictor.from_checkpoint(args.model, args.device, tri_planar=args.tri_planar)
-    box = _given_box(args, predictor.spec.slice_axis) if args.box or args.box_mm else None
+    box = _given_box(args, plans, predictor.spec.slice_axis) if args.box or args.box_mm else None
     writable_folder(args.out)
     rows = drive(
         predict_files(
@@ -181,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
             rgb_map=rgb_map,
             box=box,
             series=args.series,
+            plans=plans,
         ),
         description="infer",
         unit="file",

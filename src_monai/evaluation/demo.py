@@ -40,6 +40,9 @@ def run_demo(out: Path | None = None, device: str = "auto") -> Job[dict]:
     summary = {
         "scan": SAMPLE_SCAN.name,
         "model": asdict(predictor.spec.cross_validation) if predictor.spec.cross_validation else {},
+        "cross_validated": predictor.spec.cross_validation.text()
+        if predictor.spec.cross_validation
+        else "",
         "la_volume_ml": metrics["volume_pred_ml"],
         "la_volume_truth_ml": metrics["volume_truth_ml"],
         "dice": round(metrics["dice"], 4),

@@ -195,9 +195,7 @@ def seen_cases_note(rows: Sequence[dict[str, Any]], spec=None) -> str:
     honest = "the cross-validated accuracy in docs/MODEL_CARD.md"
     cv = getattr(spec, "cross_validation", None)
     if cv is not None:
-        honest = (
-            f"its cross-validated accuracy: Dice {cv.dice_mean:.3f}, HD95 {cv.hd95_mean:.1f} mm"
-        )
+        honest = f"its cross-validated accuracy: {cv.text()}"
     return (
         f"{len(seen)} of {len(rows)} cases were seen by the model in training, so their scores "
         f"overstate its accuracy ({names}); on unseen patients see {honest}"

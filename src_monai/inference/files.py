@@ -136,10 +136,13 @@ def predict_files(
     rgb_map: dict | None = None,
     box: AtriumBox | None = None,
     series: str | None = None,
+    plans: Sequence[CaseOutputs] | None = None,
 ) -> Job[list[dict[str, Any]]]:
     """Segment scans (and PNG slices) into ``out``; returns this run's summary rows.
 
     ``box`` (one scan only): stage 2 segments around it instead of the localiser's box.
+    ``plans``: what :func:`plan_files` returned for these inputs and options (the CLI plans
+    before the model loads), so that they are not listed and checked a second time.
 
     Before any work, every output file is planned and checked (:func:`~src_monai.io.outputs.
     check_planned_outputs`): none may be an input, no two inputs may write one file, and
@@ -149,15 +152,16 @@ def predict_files(
     done (rows of earlier runs and of concurrent runs into the same folder are kept).
     ``save_uncertainty`` writes ``<name>_uncertainty.nii.gz`` per scan and adds the uncertain
     volume (% of the LA) and the most uncertain slice to the summary."""
-    plans = plan_files(
-        inputs,
-        out,
-        probabilities=save_probabilities,
-        uncertainty=save_uncertainty,
-        overwrite=overwrite,
-        skip_existing=skip_existing,
-        series=series,
-    )
+    if plans is None:
+        plans = plan_files(
+            inputs,
+            out,
+            probabilities=save_probabilities,
+            uncertainty=save_uncertainty,
+            overwrite=overwrite,
+            skip_existing=skip_existing,
+            series=series,
+        )
     out = writable_folder(out)
     for stale in remove_stale_partials(out):
         logger.info("removed %s, left by an interrupted run", stale.name)

@@ -42,6 +42,10 @@ class CrossValidation:
     hd95_sd: float
     hd95_undefined: int = 0
 
+    def text(self) -> str:
+        """The figures a user quotes: ``Dice 0.899, HD95 8.2 mm`` (per-case means)."""
+        return f"Dice {self.dice_mean:.3f}, HD95 {self.hd95_mean:.1f} mm"
+
 
 @dataclass(frozen=True)
 class ModelSpec:

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import zipfile
 from importlib.metadata import entry_points, metadata
 from pathlib import Path
-
-import pytest
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_npe2_manifest_validates_with_imports():
@@ -50,22 +45,3 @@ def test_core_imports_without_napari_or_qt():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
-
-
-@pytest.mark.slow
-def test_wheel_ships_the_manifest(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
-    (wheel,) = tmp_path.glob("napari_lasc-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    assert "napari_lasc/napari.yaml" in names
-    assert "src_monai/io/scans.py" in names
-    for stage in ("io", "data", "model", "inference", "training", "evaluation", "legacy", "cli"):
-        assert f"src_monai/{stage}/__init__.py" in names
-    assert "src_monai/resources/left_atrium_2d5.safetensors" in names
-    assert not any(name.startswith("tests/") for name in names)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -125,6 +126,34 @@ def _epochs(run: Path) -> list[str]:
 
 def _losses(run: Path) -> list[str]:
     return [r["train_loss"] for r in csv.DictReader((run / "metrics.csv").open())]
+
+
+def test_resume_removes_the_unfinished_writes_of_a_killed_run(tmp_path, msd_dataset):
+    """SIGKILL during a write leaves its `.partial-<pid>-*` temporary; the resumed run
+    removes those of dead processes (a live process's are its writes in progress)."""
+    config = tiny_config(
+        msd_dataset, tmp_path / "runs", train={"epochs": 2, "steps_per_epoch": 2, "run_name": "r"}
+    )
+    job = run_training(config)
+    run = tmp_path / "runs" / "r"
+    for progress in job:
+        if progress.done == 2:
+            (run / "STOP").touch()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = [
+        run / f".partial-{dead.pid}-curves.png",
+        run / "checkpoints" / f".partial-{dead.pid}-last_state.pt",
+        run / "previews" / f".partial-{dead.pid}-epoch_002.png",
+    ]
+    in_progress = run / f".partial-{os.getppid()}-notes.txt"  # a live process's write
+    for path in [*stale, in_progress]:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"half")
+    resumed = run_to_end(run_training(load_config(run / "config.toml"), resume=run))
+    assert resumed.stopped == "completed" and _epochs(run) == ["1", "2"]
+    assert [path for path in stale if path.exists()] == []
+    assert in_progress.read_bytes() == b"half"
 
 
 def test_resume_of_a_folder_without_checkpoint_is_an_error(tmp_path):

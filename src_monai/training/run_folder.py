@@ -22,7 +22,12 @@ import torch
 from src_monai.config import Config, ConfigError, save_config
 from src_monai.data.sampling import VolumeCase
 from src_monai.errors import LascError
-from src_monai.io.files import atomic_destination, writable_folder, write_json
+from src_monai.io.files import (
+    atomic_destination,
+    remove_stale_partials,
+    writable_folder,
+    write_json,
+)
 from src_monai.io.tables import new_figure, read_csv, save_figure, write_csv
 from src_monai.model.files import save_model
 from src_monai.model.spec import ModelSpec
@@ -66,6 +71,13 @@ class RunFolder:
         if self.stop_requested:
             (self.path / STOP_FILE).unlink()
             logger.info("removed %s left by the interrupted run", self.path / STOP_FILE)
+
+    def clear_interrupted_writes(self) -> None:
+        """Remove the temporary files of writes a killed run (SIGKILL) could not finish:
+        metrics, curves, previews or checkpoints it was writing when it died."""
+        for folder in (self.path, self.checkpoints, self.path / "previews"):
+            for stale in remove_stale_partials(folder):
+                logger.info("removed %s, an unfinished write of the interrupted run", stale)
 
     def start(self, config: Config, split: dict[str, list[str]]) -> None:
         """Write what the run is: its config and split; send the log here too."""

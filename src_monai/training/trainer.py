@@ -198,6 +198,7 @@ class Trainer:
         self.config = config_from_dict(state["config"], self.resume, saved=True)
         if self.dist.main:
             self.run_folder.clear_stop_request()
+            self.run_folder.clear_interrupted_writes()
         return state
 
     def _move_data_to_device(self) -> None:

@@ -197,8 +197,20 @@ def make_napari_user_environment(root: Path) -> FreshEnvironment:
     run([_base_python(), "-m", "venv", root])
     environment = FreshEnvironment(root)
     environment.pip_install(torch_requirement())
-    environment.pip_install(*NAPARI_USER_PACKAGES)
+    environment.pip_install(*napari_user_requirements())
     return environment
+
+
+def napari_user_requirements() -> list[str]:
+    """napari pinned to the version the rest of the tests run here (when there is one), so a
+    new napari release shows up as a deliberate upgrade, not as a failure of this check."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        pinned = f"=={version('napari')}"
+    except PackageNotFoundError:
+        pinned = ""
+    return [f"{NAPARI_USER_PACKAGES[0]}{pinned}", *NAPARI_USER_PACKAGES[1:]]
 
 
 def _base_python() -> str:

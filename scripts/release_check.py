@@ -491,7 +491,11 @@ def main(argv: list[str] | None = None) -> int:
     if options.out.exists() and any(options.out.iterdir()):
         parser.error(f"{options.out} is not empty: give a new --out folder")
     screenshots = (options.screenshots or options.out / "screenshots").resolve()
-    report = check_release(options.out.resolve(), screenshots)
+    try:
+        report = check_release(options.out.resolve(), screenshots)
+    except ReleaseCheckError as error:
+        log.error("release check failed: %s", error)
+        return 1
     (options.out / "release_check.json").write_text(json.dumps(asdict(report), indent=2))
     print_table(report)
     return 0

@@ -214,18 +214,13 @@ def _read_dicom(folder: Path, series: str | None) -> tuple[np.ndarray, ScanGeome
         raise CorruptScanError(folder, f"DICOM voxels unreadable ({_itk_message(exc)})") from exc
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ScanShapeError(folder, "RGB/vector voxels: a scalar (greyscale) volume is needed")
-    array = sitk.GetArrayFromImage(image)
-    array = np.ascontiguousarray(array.transpose(tuple(range(array.ndim))[::-1]))
-    spacing = np.array(image.GetSpacing()[:3], dtype=np.float64)
-    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    affine = np.eye(4)
-    affine[:3, :3] = _LPS_TO_RAS @ direction @ np.diag(spacing)
-    affine[:3, 3] = _LPS_TO_RAS @ np.array(image.GetOrigin()[:3], dtype=np.float64)
+    array = _itk_array(image)
+    affine = _itk_affine(image, image.GetDimension())
     _check_affine(affine, folder)
     geometry = ScanGeometry(
         affine=affine,
         shape=_spatial_shape(tuple(array.shape), folder),
-        spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
+        spacing=tuple(float(s) for s in image.GetSpacing()[:3]),  # type: ignore[arg-type]
         dtype=str(array.dtype),
         source_format="dicom",
     )
@@ -576,23 +571,35 @@ def _itk_geometry(reader, path: Path) -> ScanGeometry:
             path,
             f"{reader.GetNumberOfComponents()} components per voxel: a scalar volume is needed",
         )
-    dimension = reader.GetDimension()
     shape = _spatial_shape(tuple(int(n) for n in reader.GetSize()), path)
-    spacing = np.array(reader.GetSpacing()[:3], dtype=np.float64)
-    direction = np.array(reader.GetDirection(), dtype=np.float64).reshape(dimension, dimension)
-    origin = np.array(reader.GetOrigin()[:3], dtype=np.float64)
-    affine = np.eye(4)
-    affine[:3, :3] = _LPS_TO_RAS @ direction[:3, :3] @ np.diag(spacing)
-    affine[:3, 3] = _LPS_TO_RAS @ origin
+    affine = _itk_affine(reader, reader.GetDimension())
     _check_affine(affine, path)
     suffix = scan_suffix(path)
     return ScanGeometry(
         affine=affine,
         shape=shape,
-        spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
+        spacing=tuple(float(s) for s in reader.GetSpacing()[:3]),  # type: ignore[arg-type]
         dtype=str(np.dtype(_itk_numpy_dtype(reader))),
         source_format="nrrd" if suffix in (".nrrd", ".nhdr") else "metaimage",
     )
+
+
+def _itk_affine(source, dimension: int) -> np.ndarray:
+    """The RAS affine of an ITK image or image reader (ITK's world is LPS)."""
+    spacing = np.array(source.GetSpacing()[:3], dtype=np.float64)
+    direction = np.array(source.GetDirection(), dtype=np.float64).reshape(dimension, dimension)
+    affine = np.eye(4)
+    affine[:3, :3] = _LPS_TO_RAS @ direction[:3, :3] @ np.diag(spacing)
+    affine[:3, 3] = _LPS_TO_RAS @ np.array(source.GetOrigin()[:3], dtype=np.float64)
+    return affine
+
+
+def _itk_array(image) -> np.ndarray:
+    """An ITK image's voxels in the file's (i, j, k) order (SimpleITK's arrays are (k, j, i))."""
+    import SimpleITK as sitk
+
+    array = sitk.GetArrayFromImage(image)
+    return np.ascontiguousarray(array.transpose(tuple(range(array.ndim))[::-1]))
 
 
 def _itk_numpy_dtype(reader) -> np.dtype:
@@ -604,7 +611,6 @@ def _itk_numpy_dtype(reader) -> np.dtype:
 
 
 def _read_itk(path: Path) -> tuple[np.ndarray, ScanGeometry]:
-    import SimpleITK as sitk
 
     reader = _itk_reader(path)
     geometry = _itk_geometry(reader, path)
@@ -612,10 +618,7 @@ def _read_itk(path: Path) -> tuple[np.ndarray, ScanGeometry]:
         image = reader.Execute()
     except RuntimeError as exc:
         raise CorruptScanError(path, f"voxel data unreadable ({_itk_message(exc)})") from exc
-    # SimpleITK arrays are indexed (k, j, i); reverse to the file's (i, j, k) order.
-    array = sitk.GetArrayFromImage(image)
-    array = np.ascontiguousarray(array.transpose(tuple(range(array.ndim))[::-1]))
-    return _squeeze_to_3d(array, path), geometry
+    return _squeeze_to_3d(_itk_array(image), path), geometry
 
 
 def _spatial_shape(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:

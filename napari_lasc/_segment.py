@@ -459,7 +459,7 @@ class SegmentWidget(Container):
 
     def box_layer(self, image: Any):
         """The Shapes layer ``<scan> atrium box`` of ``image``, if there is one."""
-        name = f"{image.name} atrium box"
+        name = _box_layer_name(image)
         return self._viewer.layers[name] if name in self._viewer.layers else None  # noqa: SIM401
 
     def user_box(self, image: Any) -> AtriumBox | None:
@@ -540,7 +540,7 @@ class SegmentWidget(Container):
             rectangles or None,
             ndim=3,  # an empty layer would otherwise be 2D
             shape_type="rectangle",
-            name=f"{image.name} atrium box",
+            name=_box_layer_name(image),
             edge_color="yellow",
             face_color="transparent",
             edge_width=1.5,
@@ -569,6 +569,11 @@ class SegmentWidget(Container):
         kwargs["metadata"][SEEN_BY_MODEL_KEY] = seen_by_model_text(predictor.spec, image)
         name = f"{image.name} left atrium"
         return self._viewer.add_labels(np.ascontiguousarray(data), name=name, **kwargs)
+
+
+def _box_layer_name(image: Any) -> str:
+    """The name that ties a box layer to its scan: found by it, made with it."""
+    return f"{image.name} atrium box"
 
 
 def seen_by_model_text(spec: Any, image: Any) -> str:

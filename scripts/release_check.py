@@ -13,8 +13,8 @@ pins it, napari with PyQt6 and napari's plugin manager):
 2. checks the installed files are the wheel's files, imported from site-packages;
 3. from a folder outside the source tree runs ``lasc --version``, ``lasc demo``,
    ``npe2 validate napari-lasc`` and ``npe2 list``;
-4. opens the bundled sample through the plugin in a real viewer and segments it with the
-   *Segment left atrium* widget.
+4. opens the bundled sample through the plugin in a real viewer, segments it with the
+   *Segment left atrium* widget and scores it with *Compare with ground truth*.
 
 Needs a display for steps 1 and 4: on a headless machine run it under Xvfb::
 
@@ -252,6 +252,13 @@ def _pump(app, seconds: float) -> None:
         time.sleep(0.02)
 
 
+def _wait_for_worker(app, widget) -> None:
+    """Let napari run until the widget's worker is done (it clears ``widget.worker``)."""
+    started = time.perf_counter()
+    while widget.worker is not None and time.perf_counter() - started < GUI_TIMEOUT_S:
+        _pump(app, 0.05)
+
+
 def gui_install(wheel: str, screenshots: str) -> dict:
     """Install ``wheel`` through napari's plugin dialog, as a user would; screenshot it.
 
@@ -352,9 +359,9 @@ def _screenshot_plugins_menu(viewer, app, path: Path) -> None:
 
 
 def gui_sample() -> dict:
-    """Open the bundled sample through the plugin and segment it (``gui-sample``)."""
+    """Open the bundled sample through the plugin, segment it and compare the result with
+    the sample's labels, with the plugin's own widgets (``gui-sample``)."""
     import napari
-    import numpy as np
     from qtpy.QtWidgets import QApplication
 
     viewer = napari.Viewer(show=True)
@@ -364,12 +371,13 @@ def gui_sample() -> dict:
     widget._image.value = image
     started = time.perf_counter()
     widget.run()
-    while widget.worker is not None and time.perf_counter() - started < GUI_TIMEOUT_S:
-        _pump(app, 0.05)
+    _wait_for_worker(app, widget)
     segment_s = time.perf_counter() - started
     predicted = viewer.layers[f"{image.name} left atrium"]
-    overlap = np.logical_and(predicted.data == 1, truth.data == 1).sum()
-    dice = 2 * overlap / ((predicted.data == 1).sum() + (truth.data == 1).sum())
+    _, compare = viewer.window.add_plugin_dock_widget(DISTRIBUTION, PLUGIN_WIDGETS[1])
+    compare._prediction.value, compare._truth.value = predicted, truth
+    compare.compare()
+    _wait_for_worker(app, compare)
     answer = {
         "layers": [(layer.name, type(layer).__name__) for layer in viewer.layers],
         "image_scale": [float(s) for s in image.scale],
@@ -378,7 +386,7 @@ def gui_sample() -> dict:
         "labels_translate": [float(t) for t in predicted.translate],
         "truth_visible": bool(truth.visible),
         "result": str(widget._result.value),
-        "dice": round(float(dice), 4),
+        "dice": round(compare.metrics["dice"], 4),
         "segment_s": round(segment_s, 1),
         "plugin_file": __import__("napari_lasc").__file__,
     }

@@ -60,7 +60,7 @@ def main() -> int:
             if args.device == "cuda":
                 torch.cuda.synchronize()
             started = time.perf_counter()
-            run_to_end(predictor.predict_volume(volume, **options))
+            run_to_end(predictor.predict_volume(volume, predictor.options(**options)))
             if args.device == "cuda":
                 torch.cuda.synchronize()
             times[mode].append(time.perf_counter() - started)

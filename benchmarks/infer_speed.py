@@ -80,12 +80,12 @@ def baseline_labels(predictor, values: np.ndarray) -> np.ndarray:
 
 
 def project_labels(predictor, values: np.ndarray, batch_size: int) -> np.ndarray:
+    from src_monai.inference.steps import prepared_as_is
     from src_monai.progress import run_to_end
 
-    job = predictor.predict_volume(
-        values, normalised=True, postprocess=False, batch_size=batch_size
-    )
-    return run_to_end(job).labels
+    options = predictor.options(postprocess=False, batch_size=batch_size)
+    prepared = prepared_as_is(values, predictor.spec.slice_axis)  # normalised already
+    return run_to_end(predictor.predict_prepared(prepared, options)).labels
 
 
 def _timed(function, repeats: int, device: torch.device) -> tuple[list[float], object]:
@@ -122,7 +122,7 @@ def _peak_memory(model: str, height: int, depth: int, device: str, batch_size: i
             "from src_monai.progress import run_to_end",
             f"p = Predictor.from_checkpoint({model!r}, device={device!r})",
             f"v = b.sized(b._volumes(1)[0][1], {height}, {depth})",
-            f"run_to_end(p.predict_volume(v, batch_size={batch_size}))",
+            f"run_to_end(p.predict_volume(v, p.options(batch_size={batch_size})))",
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)",
         ]
     )

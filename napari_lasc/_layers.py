@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from src_monai.errors import LascError
-from src_monai.inference.predictor import check_volume
+from src_monai.inference.steps import check_volume
 from src_monai.io.scans import ScanGeometry
 
 GEOMETRY_KEY = "lasc_geometry"

@@ -34,7 +34,9 @@ from src_monai.inference.measure import (
 )
 from src_monai.inference.predictor import Predictor, resolve_device
 from src_monai.inference.session import InteractiveSession, VolumeResult
+from src_monai.inference.steps import model_grid
 from src_monai.io.scans import image_digest
+from src_monai.model.files import load_spec
 from src_monai.progress import Progress
 
 from ._area_plot import AreaCurve
@@ -226,7 +228,7 @@ class SegmentWidget(Container):
         point = None
         if self._current_slice.value:
             point = np.asarray(layer.world_to_data(self._viewer.dims.point))
-        options = {
+        choices = {
             "batch_size": int(self._batch_size.value),
             "tta": bool(self._tta.value),
             "postprocess": bool(self._postprocess.value),
@@ -235,15 +237,15 @@ class SegmentWidget(Container):
         started = time.perf_counter()
 
         def job():
+            # In the worker: the model loads, the scan is prepared and localised here.
             session = self._session_for(layer, _predictor(model_path, device))
+            session.set_box(box)
+            options = session.predictor.options(**choices)
             if point is None:
-                return (yield from session.segment_volume(box=box, **options))
-            if box is not None:
-                session.box, session.localised = box, True
+                return (yield from session.segment_volume(options))
             axis = layer_axis(session.slice_axis)
             index = int(np.clip(np.round(point[axis]), 0, session.slice_count - 1))
-            labels = session.segment_slice(index, tta=options["tta"])
-            yield Progress(f"slice {index}", 1, 1)
+            labels = yield from session.segment_slice(index, options)
             return SliceResult(index, labels)
 
         self._set_running(True)
@@ -268,6 +270,7 @@ class SegmentWidget(Container):
                 predictor,
                 from_layer_axes(np.asarray(layer.data)),
                 geometry.spacing,
+                affine=geometry.affine if known else None,
                 axcodes=geometry.axcodes if known else None,
             )
             self._session = (key, session)
@@ -300,8 +303,9 @@ class SegmentWidget(Container):
     def _add_result(
         self, image: Any, result: VolumeResult | SliceResult, started: float, user_box: bool
     ) -> None:
-        predictor = self._session[1].predictor
-        axis = layer_axis(predictor.spec.slice_axis)
+        session = self._session[1]
+        predictor = session.predictor
+        axis = layer_axis(session.slice_axis)
         layer = self._prediction_layer(image)
         if isinstance(result, VolumeResult):
             data = np.ascontiguousarray(to_layer_axes(result.prediction.labels))
@@ -323,7 +327,7 @@ class SegmentWidget(Container):
         text = self.summary.text()
         if isinstance(result, VolumeResult):
             text += self._show_report(image, layer, result, axis)
-            text += self._show_box(image, result.prediction, user_box, predictor.spec.slice_axis)
+            text += self._show_box(image, result.prediction, user_box, session.slice_axis)
         self._show(text)
         logger.info("%s", text.replace("\n", " · "))
 
@@ -469,8 +473,8 @@ class SegmentWidget(Container):
         layer = self.box_layer(image)
         if layer is None or not len(layer.data):
             return None
-        spec_axis = _predictor(self._model_path(), self._device.value).spec.slice_axis
         shape = from_layer_axes(np.asarray(image.data)).shape
+        spec_axis = self._scan_slice_axis(image, shape)
         vertices = np.asarray(layer.data[-1], dtype=float)  # napari data axes of the image
         in_plane = [a for a in range(3) if a != spec_axis]  # file axes: the box's y, x
         edges = []
@@ -492,6 +496,14 @@ class SegmentWidget(Container):
                 f"box slices {first}-{last} are not within the scan's 0-{shape[spec_axis] - 1}",
             )
         return AtriumBox(first, last + 1, *edges)
+
+    def _scan_slice_axis(self, image: Any, shape: tuple[int, ...]) -> int:
+        """The scan's file axis the model slices across, from the model file's header and
+        the layer's geometry (no network is loaded on napari's thread)."""
+        geometry = layer_geometry(image)
+        known = image.metadata.get(GEOMETRY_KEY) is geometry and geometry.orientation_known
+        spec = load_spec(self._model_path())
+        return model_grid(spec, shape, affine=geometry.affine if known else None).scan_slice_axis
 
     def _show_box(self, image: Any, prediction: Any, user_box: bool, slice_axis: int) -> str:
         """After a whole-volume run: the box stage 2 used, as an editable Shapes layer and the

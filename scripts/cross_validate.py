@@ -28,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from src_monai.config import STAGES, load_config, save_config
+from src_monai.config import STAGES, Stage, load_config, save_config
 from src_monai.data.datasets import discover_msd
 from src_monai.data.splits import SplitPlan, kfold_split, save_split
 from src_monai.evaluation.report import EvalPair, evaluate_pairs
-from src_monai.inference.predictor import PredictOptions, Predictor
+from src_monai.inference.predictor import Predictor
 from src_monai.io.tables import write_csv
-from src_monai.model.files import load_model, save_model
+from src_monai.model.files import load_model, load_spec, save_model
 from src_monai.model.spec import CrossValidation, InferenceDefaults
 from src_monai.progress import run_to_end
 
@@ -142,7 +142,10 @@ def main() -> int:
         return 1
     train_seconds = time.perf_counter() - started
 
-    if load_model(out / "runs" / "fold0" / "checkpoints" / "last.safetensors")[1].downsample > 1:
+    if (
+        load_spec(out / "runs" / "fold0" / "checkpoints" / "last.safetensors").stage
+        is Stage.LOCALISER
+    ):
         logger.info("localisers find boxes: score them with scripts/cv_two_stage.py")
         return 0
     rows = []
@@ -158,9 +161,9 @@ def main() -> int:
                     pairs,
                     dataset.num_classes,
                     predictor=predictor,
-                    options=PredictOptions(tta=tta, postprocess=post),
+                    options=predictor.options(tta=tta, postprocess=post),
                     # A crop model alone is scored on the crop around the true atrium.
-                    true_box=bool(predictor.spec.crop_size),
+                    true_box=predictor.spec.stage is Stage.CROP_SEGMENTER,
                 )
             ):
                 rows.append(

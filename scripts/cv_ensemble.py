@@ -25,7 +25,6 @@ from cv_two_stage import fold_models, mean_sd  # this folder
 
 from src_monai.data.datasets import discover_msd
 from src_monai.data.splits import load_split
-from src_monai.data.transforms import normalise_volume
 from src_monai.evaluation.metrics import case_metrics
 from src_monai.inference.postprocess import postprocess_labels
 from src_monai.inference.predictor import Predictor
@@ -39,15 +38,15 @@ logger = logging.getLogger("cv_ensemble")
 def atrium_probabilities(predictors: dict[str, Predictor], localiser: Predictor, image: Path):
     """Each crop model's atrium probability on the localiser's box of one scan."""
     scan = read_scan(image)
-    volume = normalise_volume(scan.array, localiser.spec.normalisation)
-    box = run_to_end(localiser.localise(volume, normalised=True))
+    # One preparation for every model: they share the localiser's normalisation and grid.
+    prepared = localiser.prepare(
+        scan.array, spacing=scan.geometry.spacing, affine=scan.geometry.stated_affine
+    )
+    box = run_to_end(localiser.localise(prepared))
     found = {}
     for name, predictor in predictors.items():
-        prediction = run_to_end(
-            predictor.predict_volume(
-                volume, normalised=True, box=box, probabilities=True, postprocess=False
-            )
-        )
+        options = predictor.options(probabilities=True, postprocess=False)
+        prediction = run_to_end(predictor.predict_prepared(prepared, options, box=box))
         found[name] = prediction.probabilities[1]
     return found, scan.geometry.spacing
 

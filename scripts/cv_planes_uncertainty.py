@@ -150,9 +150,9 @@ def evaluate_all(args: argparse.Namespace, out: Path, folds) -> None:
                 prediction = run_to_end(
                     predictor.predict_volume(
                         scan.array,
-                        postprocess=True,
-                        tri_planar=tri_planar,
-                        uncertainty=variant == "single",
+                        predictor.options(
+                            postprocess=True, tri_planar=tri_planar, uncertainty=variant == "single"
+                        ),
                     )
                 )
                 seconds = time.perf_counter() - started

@@ -35,7 +35,7 @@ from src_monai.data.datasets import discover_msd
 from src_monai.data.splits import load_split
 from src_monai.evaluation.boxes import box_rows
 from src_monai.evaluation.report import EvalPair, evaluate_pairs
-from src_monai.inference.predictor import PredictOptions, Predictor
+from src_monai.inference.predictor import Predictor
 from src_monai.io.scans import read_labels, read_scan
 from src_monai.io.tables import write_csv
 from src_monai.model.files import combine_stages, load_model, save_model
@@ -62,7 +62,9 @@ def case_uncertainty(predictor: Predictor, pair: EvalPair):
     scan, truth = read_scan(pair.image), read_labels(pair.truth)
     prediction = run_to_end(
         predictor.predict_volume(
-            scan.array, postprocess=True, uncertainty=True, spacing=scan.geometry.spacing
+            scan.array,
+            predictor.options(postprocess=True, uncertainty=True),
+            spacing=scan.geometry.spacing,
         )
     )
     return uncertainty_row(
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = predictor.spec
         found = run_to_end(
             box_rows(
-                predictor.localiser,
+                predictor,
                 pairs,
                 crop_size=spec.crop_size,
                 slice_margin=spec.crop_slice_margin,
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                     pairs,
                     dataset.num_classes,
                     predictor=predictor,
-                    options=PredictOptions(postprocess=post),
+                    options=predictor.options(postprocess=post),
                 )
             )
             seconds = (time.perf_counter() - started) / len(pairs)

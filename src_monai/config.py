@@ -15,6 +15,7 @@ import tomllib
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,17 @@ logger = logging.getLogger(__name__)
 
 class ConfigError(LascError):
     """A config file or value is invalid; the message names the file or key."""
+
+
+class Stage(StrEnum):
+    """What a trained network does: a model file states it for each network it holds."""
+
+    LOCALISER = "localiser"
+    """Stage 1: finds the atrium's box on slices shrunk by ``data.downsample``."""
+    CROP_SEGMENTER = "crop_segmenter"
+    """Stage 2: segments a ``data.crop_size`` square around a box."""
+    WHOLE_SLICE = "whole_slice"
+    """One stage: segments whole slices."""
 
 
 @dataclass
@@ -73,6 +85,14 @@ class DataConfig:
     class_names: list[str] = field(default_factory=lambda: ["background", "left atrium"])
     rgb_map: str = "{(0,0,0):0, (255,0,255):1}"
     """Colour of each class in PNG masks (the earlier tool's ``rgb_map``)."""
+
+    @property
+    def stage(self) -> Stage:
+        """The stage a config with these keys trains (``downsample`` > 1: a localiser;
+        ``crop_size``: a crop segmenter; else whole slices): the one place that reads it."""
+        if self.downsample > 1:
+            return Stage.LOCALISER
+        return Stage.CROP_SEGMENTER if self.crop_size else Stage.WHOLE_SLICE
 
 
 @dataclass

@@ -98,7 +98,9 @@ def test_crop_model_trains_and_segments_only_the_box(tmp_path):
     slices_first = np.moveaxis(truth, 2, 0)
     box = AtriumBox.around(slices_first)
     boxed = run_to_end(
-        predictor.predict_volume(scan, box=box, probabilities=True, postprocess=False)
+        predictor.predict_volume(
+            scan, predictor.options(probabilities=True, postprocess=False), box=box
+        )
     )
     assert boxed.labels.shape == scan.shape
     first, stop = box.slice_range(1, scan.shape[2])
@@ -133,7 +135,7 @@ def test_localiser_box_holds_the_atrium_of_held_out_cases(tmp_path):
     for case_id in localiser.spec.split["val"]:
         scan = read_scan(dataset / "imagesTr" / f"{case_id}.nii.gz").array
         truth = np.moveaxis(read_labels(dataset / "labelsTr" / f"{case_id}.nii.gz").array, 2, 0)
-        box = run_to_end(localiser.localise(scan))
+        box = run_to_end(localiser.localise(localiser.prepare(scan)))
         true_box = AtriumBox.around(truth)
         assert box is not None and box.contains(true_box), (box, true_box)
     with pytest.raises(LascError, match="localiser"):

@@ -30,7 +30,7 @@ def predictor(tiny_run):
 def test_predict_volume_yields_progress_and_returns_labels(predictor, tiny_run):
     dataset, _ = tiny_run
     volume = read_scan(dataset / "imagesTr" / "case_002.nii.gz").array
-    job = predictor.predict_volume(volume, batch_size=4, probabilities=True)
+    job = predictor.predict_volume(volume, predictor.options(batch_size=4, probabilities=True))
     progress = []
     while True:
         try:
@@ -48,8 +48,8 @@ def test_predict_volume_yields_progress_and_returns_labels(predictor, tiny_run):
 def test_batch_size_does_not_change_the_labels(predictor, tiny_run):
     dataset, _ = tiny_run
     volume = read_scan(dataset / "imagesTr" / "case_001.nii.gz").array
-    one = run_to_end(predictor.predict_volume(volume, batch_size=1)).labels
-    many = run_to_end(predictor.predict_volume(volume, batch_size=16)).labels
+    one = run_to_end(predictor.predict_volume(volume, predictor.options(batch_size=1))).labels
+    many = run_to_end(predictor.predict_volume(volume, predictor.options(batch_size=16))).labels
     assert np.array_equal(one, many)
 
 
@@ -63,9 +63,9 @@ def test_sliding_window_for_slices_larger_than_the_patch(predictor):
 def test_tta_is_skipped_for_a_model_trained_without_flips(predictor, tiny_run, caplog):
     dataset, _ = tiny_run
     volume = read_scan(dataset / "imagesTr" / "case_001.nii.gz").array
-    plain = run_to_end(predictor.predict_volume(volume, tta=False)).labels
+    plain = run_to_end(predictor.predict_volume(volume, predictor.options(tta=False))).labels
     with caplog.at_level("WARNING"):
-        tta = run_to_end(predictor.predict_volume(volume, tta=True)).labels
+        tta = run_to_end(predictor.predict_volume(volume, predictor.options(tta=True))).labels
     assert np.array_equal(plain, tta)
     assert "trained without flips" in caplog.text
 
@@ -75,12 +75,18 @@ def test_tta_averages_the_flip_the_model_was_trained_with(predictor, tiny_run):
     volume = read_scan(dataset / "imagesTr" / "case_001.nii.gz").array
     spec = replace(predictor.spec, config={"augment": {"flip": True}})
     flipping = Predictor(predictor.network, spec, predictor.device)
-    averaged = run_to_end(flipping.predict_volume(volume, tta=True, probabilities=True))
-    plain = run_to_end(predictor.predict_volume(volume, probabilities=True)).probabilities
+    averaged = run_to_end(
+        flipping.predict_volume(volume, flipping.options(tta=True, probabilities=True))
+    )
+    plain = run_to_end(
+        predictor.predict_volume(volume, predictor.options(probabilities=True))
+    ).probabilities
     # Slices run along volume axis 2, so a slice's (H, W) are volume axes (0, 1): the
     # flipped W is volume axis 1.
     mirrored = run_to_end(
-        predictor.predict_volume(np.ascontiguousarray(volume[:, ::-1]), probabilities=True)
+        predictor.predict_volume(
+            np.ascontiguousarray(volume[:, ::-1]), predictor.options(probabilities=True)
+        )
     ).probabilities[:, :, ::-1]
     assert np.allclose(averaged.probabilities, (plain + mirrored) / 2, atol=1e-5)
 
@@ -220,7 +226,7 @@ def test_a_suspended_or_abandoned_prediction_leaves_grad_mode_alone(predictor):
     """Grad mode is thread-local: a generator paused (or dropped, as on Cancel) between
     batches must not leave the thread in inference mode for whatever runs next there."""
     volume = np.random.default_rng(0).normal(size=(32, 32, 6)).astype(np.float32)
-    job = predictor.predict_volume(volume, batch_size=1)
+    job = predictor.predict_volume(volume, predictor.options(batch_size=1))
     next(job)
     assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
     del job
@@ -229,15 +235,21 @@ def test_a_suspended_or_abandoned_prediction_leaves_grad_mode_alone(predictor):
     assert weight.grad is not None
 
 
-def test_predict_slice_equals_the_whole_volume_slice(predictor):
+def test_one_slice_equals_the_whole_volume_slice(predictor):
+    from src_monai.inference.steps import segment_one_slice
+
     volume = np.random.default_rng(1).normal(size=(32, 32, 7)).astype(np.float32)
-    whole = run_to_end(predictor.predict_volume(volume, postprocess=False)).labels
+    whole = run_to_end(
+        predictor.predict_volume(volume, predictor.options(postprocess=False))
+    ).labels
+    prepared = predictor.prepare(volume)
     for index in (0, 3, 6):  # edges repeat their slice as context, as in training
         np.testing.assert_array_equal(
-            predictor.predict_slice(volume, index), np.take(whole, index, axis=2)
+            segment_one_slice(predictor.segmenter, prepared, index, None, tta=False),
+            np.take(whole, index, axis=2),
         )
     with pytest.raises(LascError, match="outside"):
-        predictor.predict_slice(volume, 7)
+        segment_one_slice(predictor.segmenter, prepared, 7, None, tta=False)
 
 
 def test_a_blank_scan_is_refused_naming_the_file(predictor, tmp_path):
@@ -283,5 +295,7 @@ def test_postprocessing_equals_monais_on_real_predictions(lasc13):
     predictor = Predictor.from_checkpoint(device="cpu")
     for case in ("la_004", "la_011"):
         volume = read_scan(lasc13 / "imagesTr" / f"{case}.nii.gz").array
-        raw = run_to_end(predictor.predict_volume(volume, postprocess=False)).labels
+        raw = run_to_end(
+            predictor.predict_volume(volume, predictor.options(postprocess=False))
+        ).labels
         np.testing.assert_array_equal(postprocess_labels(raw, 2), _monai_postprocess(raw, 2))

@@ -250,7 +250,7 @@ def test_segment_current_slice_matches_the_whole_volume(make_napari_viewer, qtbo
     layer = viewer.layers["la_016 left atrium"]
     predictor = Predictor.from_checkpoint(device="cpu")
     whole = run_to_end(
-        predictor.predict_volume(read_scan(SAMPLE_SCAN).array, postprocess=False)
+        predictor.predict_volume(read_scan(SAMPLE_SCAN).array, predictor.options(postprocess=False))
     ).labels
     np.testing.assert_array_equal(layer.data[index], whole[:, :, index].T)
     assert not np.any(np.delete(layer.data, index, axis=0))

@@ -13,7 +13,8 @@ from conftest import LASC, make_msd_dataset, tiny_config
 from src_monai.data.sampling import load_training_data
 from src_monai.errors import LascError
 from src_monai.inference.measure import uncertainty_scores
-from src_monai.inference.predictor import Predictor, normalised_entropy
+from src_monai.inference.predictor import Predictor
+from src_monai.inference.stage import normalised_entropy
 from src_monai.io.scans import read_labels, read_scan
 from src_monai.model.files import SAMPLE_LABEL, SAMPLE_SCAN
 from src_monai.progress import Progress, run_to_end
@@ -49,7 +50,7 @@ def test_fused_prediction_is_the_mean_of_the_three_planes(tri_run):
     dataset, _, result = tri_run
     predictor = Predictor.from_checkpoint(result.best_model, "cpu")
     volume = read_scan(dataset / "imagesTr" / "case_001.nii.gz").array
-    job = predictor.predict_volume(volume, probabilities=True)
+    job = predictor.predict_volume(volume, predictor.options(probabilities=True))
     steps = []
     try:
         while True:
@@ -61,11 +62,15 @@ def test_fused_prediction_is_the_mean_of_the_three_planes(tri_run):
     for axis in range(3):
         spec = replace(predictor.spec, slice_axis=axis, tri_planar=False)
         one = Predictor(predictor.network, spec, predictor.device)
-        per_plane.append(run_to_end(one.predict_volume(volume, probabilities=True)).probabilities)
+        per_plane.append(
+            run_to_end(one.predict_volume(volume, one.options(probabilities=True))).probabilities
+        )
     mean = np.mean(per_plane, axis=0)
     np.testing.assert_allclose(fused.probabilities, mean, atol=1e-5)
     np.testing.assert_array_equal(fused.labels, mean.argmax(0))
-    single = run_to_end(predictor.predict_volume(volume, tri_planar=False, probabilities=True))
+    single = run_to_end(
+        predictor.predict_volume(volume, predictor.options(tri_planar=False, probabilities=True))
+    )
     np.testing.assert_allclose(single.probabilities, per_plane[2], atol=1e-5)
 
 
@@ -77,7 +82,7 @@ def predictor(tiny_run):
 def test_tri_planar_needs_a_tri_planar_model(predictor):
     volume = np.random.default_rng(0).normal(size=(24, 20, 8)).astype(np.float32)
     with pytest.raises(LascError, match="trained on all three axes"):
-        run_to_end(predictor.predict_volume(volume, tri_planar=True))
+        run_to_end(predictor.predict_volume(volume, predictor.options(tri_planar=True)))
 
 
 def test_tri_planar_refuses_png_datasets(seed_mini_test, tmp_path):
@@ -92,7 +97,7 @@ def test_small_slices_are_padded_to_the_patch_as_in_training(predictor):
 
     batch = torch.randn(2, predictor.spec.context_slices, 13, 21)
     with torch.inference_mode():
-        ours = predictor._logits(batch, overlap=0.25)
+        ours = predictor.segmenter.scores(batch, tta=False, overlap=0.25, softmax=False)
         padded = torch.stack([SpatialPad(predictor.spec.patch_size)(x) for x in batch])
         theirs = predictor.network(torch.as_tensor(padded))
     height, width = predictor.spec.patch_size
@@ -132,8 +137,10 @@ def test_uncertainty_on_the_sample_lies_at_the_atrium_border():  # reads only bu
 
     predictor = Predictor.from_checkpoint(None, "cpu")
     scan = read_scan(SAMPLE_SCAN).array[:, :, 30:46]  # 16 slices through the atrium
-    plain = run_to_end(predictor.predict_volume(scan, postprocess=False))
-    result = run_to_end(predictor.predict_volume(scan, postprocess=False, uncertainty=True))
+    plain = run_to_end(predictor.predict_volume(scan, predictor.options(postprocess=False)))
+    result = run_to_end(
+        predictor.predict_volume(scan, predictor.options(postprocess=False, uncertainty=True))
+    )
     np.testing.assert_array_equal(result.labels, plain.labels)
     u = result.uncertainty
     assert u.shape == scan.shape and u.dtype == np.float32
@@ -198,6 +205,8 @@ def test_tri_planar_validation_dice_is_that_of_the_saved_model_on_the_file(tri_r
     (val_case,) = predictor.spec.split["val"]
     scan = read_scan(dataset / "imagesTr" / f"{val_case}.nii.gz")
     truth = read_labels(dataset / "labelsTr" / f"{val_case}.nii.gz", 2).array
-    labels = run_to_end(predictor.predict_volume(scan.array, postprocess=False)).labels
+    labels = run_to_end(
+        predictor.predict_volume(scan.array, predictor.options(postprocess=False))
+    ).labels
     dice = case_metrics(labels, truth, scan.geometry.spacing, 2)["dice"]
     assert result.best_dice == pytest.approx(dice, abs=1e-3)

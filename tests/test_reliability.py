@@ -532,7 +532,11 @@ def _unconstrained_prediction(tiny_run):
     _, run = tiny_run
     reference = Predictor.from_checkpoint(run.best_model, device="cpu")
     volume = np.random.default_rng(0).normal(size=(32, 32, 12)).astype(np.float32)
-    return reference, volume, run_to_end(reference.predict_volume(volume, postprocess=False)).labels
+    return (
+        reference,
+        volume,
+        run_to_end(reference.predict_volume(volume, reference.options(postprocess=False))).labels,
+    )
 
 
 def test_out_of_memory_splits_batches(tiny_run, caplog):
@@ -542,7 +546,9 @@ def test_out_of_memory_splits_batches(tiny_run, caplog):
     reference, volume, expected = _unconstrained_prediction(tiny_run)
     limited = _OutOfMemoryAbove(reference.network, limit=3)
     predictor = Predictor(limited, reference.spec, torch.device("cpu"))
-    labels = run_to_end(predictor.predict_volume(volume, batch_size=8, postprocess=False)).labels
+    labels = run_to_end(
+        predictor.predict_volume(volume, predictor.options(batch_size=8, postprocess=False))
+    ).labels
     np.testing.assert_array_equal(labels, expected)
     assert limited.calls[:3] == [8, 4, 2]  # halved until it fit ...
     assert max(limited.calls[3:]) <= 2  # ... and later batches start at the size that fit
@@ -557,7 +563,9 @@ def test_out_of_memory_for_one_slice_on_the_gpu_continues_on_the_cpu(tiny_run, c
     reference, volume, expected = _unconstrained_prediction(tiny_run)
     no_room = _OutOfMemoryAbove(reference.network, limit=0)
     predictor = Predictor(no_room, reference.spec, torch.device("cuda"))
-    labels = run_to_end(predictor.predict_volume(volume, batch_size=4, postprocess=False)).labels
+    labels = run_to_end(
+        predictor.predict_volume(volume, predictor.options(batch_size=4, postprocess=False))
+    ).labels
     np.testing.assert_array_equal(labels, expected)
     assert predictor.device.type == "cpu"
     assert "continuing on the CPU" in caplog.text

@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import make_msd_dataset, tiny_config, torchrun_train
 
+from src_monai.config import Stage
 from src_monai.data.crops import AtriumBox
 from src_monai.errors import LascError
 from src_monai.inference.predictor import Predictor
@@ -54,12 +55,13 @@ def test_one_file_holds_both_stages(stages):
     network, spec = load_model(model)
     assert spec.crop_size == 16 and spec.localiser is not None
     assert spec.localiser.downsample == 2
+    assert (spec.stage, spec.localiser.stage) == (Stage.CROP_SEGMENTER, Stage.LOCALISER)
     alone, _ = load_model(segmenter_path)
     for name, value in alone.state_dict().items():
         assert torch.equal(network.segmenter.state_dict()[name], value)
     with pytest.raises(ModelFileError, match="not a localiser"):
         combine_stages(segmenter_path, segmenter_path, model.with_name("wrong.safetensors"))
-    with pytest.raises(ModelFileError, match="not a crop model"):
+    with pytest.raises(ModelFileError, match="not a crop segmenter"):
         combine_stages(localiser_path, localiser_path, model.with_name("wrong.safetensors"))
 
 
@@ -69,10 +71,14 @@ def test_two_stage_prediction_is_the_crop_model_inside_the_localisers_box(stages
     localiser = Predictor.from_checkpoint(localiser_path, "cpu")
     segmenter = Predictor.from_checkpoint(segmenter_path, "cpu")
     scan = read_scan(dataset / "imagesTr" / "case_002.nii.gz")
-    prediction = run_to_end(two_stage.predict_volume(scan.array, postprocess=False))
+    prediction = run_to_end(
+        two_stage.predict_volume(scan.array, two_stage.options(postprocess=False))
+    )
     assert prediction.localised is True
-    box = run_to_end(localiser.localise(scan.array))
-    by_hand = run_to_end(segmenter.predict_volume(scan.array, box=box, postprocess=False))
+    box = run_to_end(localiser.localise(localiser.prepare(scan.array)))
+    by_hand = run_to_end(
+        segmenter.predict_volume(scan.array, segmenter.options(postprocess=False), box=box)
+    )
     np.testing.assert_array_equal(prediction.labels, by_hand.labels)
     first, stop = box.slice_range(1, scan.array.shape[2])
     assert not prediction.labels[:, :, :first].any() and not prediction.labels[:, :, stop:].any()
@@ -85,22 +91,28 @@ def test_current_slice_mode_reuses_the_localisation_and_equals_the_volume(stages
     predictor = Predictor.from_checkpoint(model, "cpu")
     scan = read_scan(dataset / "imagesTr" / "case_003.nii.gz")
     calls = []
-    localise = predictor.localiser.localise
-    predictor.localiser.localise = lambda *a, **k: (
-        calls.append(1),
-        (yield from localise(*a, **k)),
-    )[1]
+    find_box = predictor.find_box
+    predictor.find_box = lambda *a, **k: (calls.append(1), (yield from find_box(*a, **k)))[1]
     session = InteractiveSession(predictor, scan.array, scan.geometry.spacing)
-    whole = run_to_end(predictor.predict_volume(scan.array, postprocess=False)).labels
-    slices = [session.segment_slice(i) for i in range(scan.array.shape[2])]
+    options = predictor.options(postprocess=False)
+    whole = run_to_end(predictor.predict_volume(scan.array, options)).labels
+    slices = [run_to_end(session.segment_slice(i)) for i in range(scan.array.shape[2])]
     assert len(calls) == 2  # once for the volume above, once for every slice of the session
     assert session.localised is True and session.box is not None
     np.testing.assert_array_equal(np.stack(slices, axis=2), whole)
+    # The session's whole volume reuses its box and equals the predictor's.
+    result = run_to_end(session.segment_volume(options))
+    np.testing.assert_array_equal(result.prediction.labels, whole)
+    assert session.box == result.prediction.box and len(calls) == 2
     narrow = AtriumBox(6, 7, 0, 24, 0, 20)  # margin 1: slices 5-7; slice 0 is background
-    assert not predictor.predict_slice(scan.array, 0, box=narrow).any()
-    assert predictor.predict_slice(scan.array, 6, box=narrow).shape == scan.array.shape[:2]
-    # A whole volume afterwards keeps the session's box in step with its own localisation.
-    result = run_to_end(session.segment_volume(postprocess=False))
+    session.set_box(narrow)
+    assert not run_to_end(session.segment_slice(0)).any()
+    assert run_to_end(session.segment_slice(6)).shape == scan.array.shape[:2]
+    boxed = run_to_end(session.segment_volume(options)).prediction
+    assert boxed.box_from_user and boxed.box == narrow and not boxed.labels[:, :, :5].any()
+    # Forgetting the user's box localises again.
+    session.set_box(None)
+    result = run_to_end(session.segment_volume(options))
     assert session.box == result.prediction.box and len(calls) == 3
 
 
@@ -118,11 +130,13 @@ def test_a_localiser_that_finds_nothing_falls_back_to_whole_slices_and_says_so(
     predictor = Predictor.from_checkpoint(model, "cpu")
     scan = read_scan(dataset / "imagesTr" / "case_001.nii.gz")
     with caplog.at_level(logging.WARNING):
-        prediction = run_to_end(predictor.predict_volume(scan.array, postprocess=False))
+        prediction = run_to_end(
+            predictor.predict_volume(scan.array, predictor.options(postprocess=False))
+        )
     assert prediction.localised is False
     assert "found no left atrium" in caplog.text
     segmenter = Predictor.from_checkpoint(segmenter_path, "cpu")
-    whole = run_to_end(segmenter.predict_volume(scan.array, postprocess=False))
+    whole = run_to_end(segmenter.predict_volume(scan.array, segmenter.options(postprocess=False)))
     np.testing.assert_array_equal(prediction.labels, whole.labels)
     report = report_case(prediction, scan.geometry.spacing, predictor.spec)
     assert "the localiser found no atrium" in report.flags_text
@@ -268,10 +282,13 @@ def test_a_finer_scan_is_resampled_for_volume_and_slices_alike(stages):
     )[0]
     spacing = (scan.geometry.spacing[0] / 2, scan.geometry.spacing[1] / 2, scan.geometry.spacing[2])
     session = InteractiveSession(predictor, fine, spacing)
-    result = run_to_end(session.segment_volume(postprocess=False))
+    options = predictor.options(postprocess=False)
+    result = run_to_end(session.segment_volume(options))
     assert result.prediction.resampled_to == scan.array.shape
     assert result.prediction.labels.shape == fine.shape and result.prediction.labels.any()
-    slices = np.stack([session.segment_slice(i) for i in range(z)], axis=2)
+    by_predictor = run_to_end(predictor.predict_volume(fine, options, spacing=spacing))
+    np.testing.assert_array_equal(result.prediction.labels, by_predictor.labels)
+    slices = np.stack([run_to_end(session.segment_slice(i)) for i in range(z)], axis=2)
     agreement = (slices == result.prediction.labels).mean()
     assert agreement > 0.99
     assert session.box is not None and session.box.y1 <= 2 * x
@@ -390,7 +407,9 @@ def test_two_stage_uncertainty_map_covers_the_crop_and_is_certain_outside(stages
     dataset, *_, model = stages
     predictor = Predictor.from_checkpoint(model, "cpu")
     scan = read_scan(dataset / "imagesTr" / "case_001.nii.gz")
-    prediction = run_to_end(predictor.predict_volume(scan.array, uncertainty=True))
+    prediction = run_to_end(
+        predictor.predict_volume(scan.array, predictor.options(uncertainty=True))
+    )
     plain = run_to_end(predictor.predict_volume(scan.array))
     assert prediction.uncertainty is not None
     assert prediction.uncertainty.shape == scan.array.shape

@@ -9,7 +9,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from src_monai.cli.infer import prediction_options
+from src_monai.cli.infer import check_prediction_arguments, prediction_options
 from src_monai.errors import LascError
 from src_monai.evaluation.metrics import empty_predictions, format_summary
 from src_monai.evaluation.report import (
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from src_monai.data.splits import load_split
     from src_monai.inference.predictor import Predictor
 
-    options = prediction_options(args)  # every option checked before any work
+    check_prediction_arguments(args)  # every option checked before any work
     if not 2 <= args.num_classes <= 255:
         raise LascError(
             None, f"--num-classes must be 2..255 (background included), got {args.num_classes}"
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
             pairs,
             num_classes,
             predictor=predictor,
-            options=options,
+            options=None if predictor is None else prediction_options(args, predictor),
         ),
         description="evaluate",
         unit="case",

@@ -59,11 +59,20 @@ def add_prediction_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def prediction_options(args: argparse.Namespace) -> PredictOptions:
-    """The options :func:`add_prediction_arguments` added, as the core takes them."""
+def check_prediction_arguments(args: argparse.Namespace) -> None:
+    """The options :func:`add_prediction_arguments` added, checked before any work."""
     if args.batch_size < 1:
         raise LascError(None, "--batch-size must be >= 1")
-    return PredictOptions(args.batch_size, args.tta, args.postprocess, args.tri_planar)
+
+
+def prediction_options(args: argparse.Namespace, predictor: Predictor) -> PredictOptions:
+    """Those options for ``predictor``'s model: unset ones take what its file recommends."""
+    return predictor.options(
+        batch_size=args.batch_size,
+        tta=args.tta,
+        postprocess=args.postprocess,
+        tri_planar=args.tri_planar,
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -128,16 +137,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _given_box(args: argparse.Namespace, plans, slice_axis: int):
+def _given_box(args: argparse.Namespace, plans, predictor: Predictor):
     """``--box``/``--box-mm`` as a slices-first voxel box of the one input scan (``plans``:
-    the inputs as :func:`plan_files` found them)."""
+    the inputs as :func:`plan_files` found them), its Z across the scan axis the model
+    slices once the scan is oriented as its training scans."""
     from src_monai.data.crops import AtriumBox
+    from src_monai.inference.steps import model_grid
     from src_monai.io.scans import read_geometry
 
     if len(plans) != 1 or plans[0].source.suffix.lower() == ".png":
         option = "--box" if args.box else "--box-mm"
         raise LascError(None, f"{option} is for one scan; {len(plans)} inputs given")
     geometry = read_geometry(plans[0].source, args.series)
+    grid = model_grid(predictor.spec, geometry.shape, affine=geometry.stated_affine)
+    slice_axis = grid.scan_slice_axis
     if args.box_mm:
         return AtriumBox.from_world(args.box_mm, geometry.affine, geometry.shape, slice_axis)
     shape = geometry.shape
@@ -150,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     from src_monai.cli.support import drive
     from src_monai.legacy.png import parse_rgb_map
 
-    prediction_options(args)  # checked before any work
+    check_prediction_arguments(args)  # checked before any work
     rgb_map = parse_rgb_map(args.rgb_map) if args.rgb_map else None
     # Every input's header and every output planned and checked before the model loads: a
     # plan that would lose data is refused before any work or any new file.
@@ -165,14 +178,14 @@ def run(args: argparse.Namespace) -> int:
     )
     creatable_folder(args.out)  # checked here, made only once the model file is known good
     predictor = Predictor.from_checkpoint(args.model, args.device, tri_planar=args.tri_planar)
-    box = _given_box(args, plans, predictor.spec.slice_axis) if args.box or args.box_mm else None
+    box = _given_box(args, plans, predictor) if args.box or args.box_mm else None
     writable_folder(args.out)
     rows = drive(
         predict_files(
             predictor,
             args.inputs,
             args.out,
-            options=prediction_options(args),
+            options=prediction_options(args, predictor),
             save_probabilities=args.probabilities,
             save_uncertainty=args.uncertainty,
             overwrite=args.overwrite,

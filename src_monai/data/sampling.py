@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src_monai.config import Config, ConfigError
+from src_monai.config import Config, ConfigError, Stage
 from src_monai.data.transforms import context_stack, normalise_volume
 from src_monai.errors import DatasetError
 
@@ -103,7 +103,7 @@ def load_training_data(config: Config) -> TrainingData:
             "%s: no validation cases: training on all cases; the last epoch is saved as the model",
             data.split or "data.val_fraction = 0",
         )
-    if data.downsample > 1:
+    if data.stage is Stage.LOCALISER:
         for case in train + val:
             shrink_case(case, data.downsample)
     logger.info(

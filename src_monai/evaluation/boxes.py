@@ -37,13 +37,16 @@ def box_rows(
     """Per case: the localiser's box, whether it holds the true box, and the atrium voxels
     the stage-2 crop around it would miss."""
     rows = []
-    axis = localiser.spec.slice_axis
     for done, pair in enumerate(pairs, start=1):
         assert pair.image is not None
         scan, truth = read_scan(pair.image), read_labels(pair.truth)
         check_pair(scan.geometry, truth.geometry, pair.image, pair.truth)
-        box = yield from localiser.localise(scan.array)
-        true = np.moveaxis(truth.array, axis, 0)
+        geometry = scan.geometry
+        prepared = localiser.prepare(
+            scan.array, spacing=geometry.spacing, affine=geometry.stated_affine
+        )
+        box = yield from localiser.localise(prepared)
+        true = np.moveaxis(truth.array, prepared.grid.scan_slice_axis, 0)
         true_box = AtriumBox.around(true)
         row: dict[str, Any] = {"case": pair.case_id, "found": box is not None}
         if box is not None and true_box is not None:

@@ -32,7 +32,12 @@ def run_demo(out: Path | None = None, device: str = "auto") -> Job[dict]:
     predictor = Predictor.from_checkpoint(None, device)
     scan, truth = read_scan(SAMPLE_SCAN), read_labels(SAMPLE_LABEL)
     yield Progress("model and sample loaded", 1, 4)
-    prediction = run_to_end(predictor.predict_volume(scan.array, spacing=scan.geometry.spacing))
+    geometry = scan.geometry
+    prediction = run_to_end(
+        predictor.predict_volume(
+            scan.array, spacing=geometry.spacing, affine=geometry.stated_affine
+        )
+    )
     seconds = time.perf_counter() - started
     labels_path = write_labels(out / "la_016_prediction.nii.gz", prediction.labels, scan.geometry)
     yield Progress("labels written", 2, 4)

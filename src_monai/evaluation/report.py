@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from src_monai.evaluation.metrics import (
     summarise,
 )
 from src_monai.inference.measure import measure_atrium
-from src_monai.inference.predictor import DEFAULT_OPTIONS, PredictOptions
+from src_monai.inference.options import PredictOptions
 from src_monai.io.files import write_json, write_text
 from src_monai.io.outputs import write_unit
 from src_monai.io.scans import (
@@ -121,7 +121,7 @@ def evaluate_pairs(
     *,
     predictor=None,
     hd_percentile: float = 95.0,
-    options: PredictOptions = DEFAULT_OPTIONS,
+    options: PredictOptions | None = None,
     true_box: bool = False,
 ) -> Job[list[dict[str, Any]]]:
     """Per-case metric rows; with a ``predictor``, predictions are made from ``image``.
@@ -139,19 +139,16 @@ def evaluate_pairs(
             assert pair.image is not None
             scan = read_scan(pair.image)
             check_pair(scan.geometry, truth.geometry, pair.image, pair.truth)
+            geometry = scan.geometry
+            prepared = predictor.prepare(
+                scan.array, spacing=geometry.spacing, affine=geometry.stated_affine
+            )
             box = None
             if true_box:
-                axis = predictor.spec.slice_axis
+                axis = prepared.grid.scan_slice_axis
                 box = AtriumBox.around(np.moveaxis(truth.array, axis, 0))
-            result = run_to_end(
-                predictor.predict_volume(
-                    scan.array,
-                    **options.as_kwargs(),
-                    probabilities=True,
-                    box=box,
-                    spacing=scan.geometry.spacing,
-                )
-            )
+            chosen = replace(options or predictor.options(), probabilities=True)
+            result = run_to_end(predictor.predict_prepared(prepared, chosen, box=box))
             prediction, probabilities = result.labels, result.probabilities
         else:
             assert pair.prediction is not None

@@ -19,8 +19,10 @@ import numpy as np
 
 from src_monai.data.crops import AtriumBox
 from src_monai.errors import LascError
-from src_monai.inference.predictor import DEFAULT_OPTIONS, Prediction, PredictOptions, Predictor
+from src_monai.inference.options import PredictOptions
+from src_monai.inference.predictor import Predictor
 from src_monai.inference.report import CaseReport, report_case
+from src_monai.inference.steps import Prediction
 from src_monai.io.files import remove_stale_partials, writable_folder
 from src_monai.io.outputs import CaseOutputs, check_planned_outputs, merge_rows, write_unit
 from src_monai.io.scans import (
@@ -128,7 +130,7 @@ def predict_files(
     inputs: Sequence[str | Path],
     out: str | Path,
     *,
-    options: PredictOptions = DEFAULT_OPTIONS,
+    options: PredictOptions | None = None,
     save_probabilities: bool = False,
     save_uncertainty: bool = False,
     overwrite: bool = False,
@@ -141,6 +143,7 @@ def predict_files(
     """Segment scans (and PNG slices) into ``out``; returns this run's summary rows.
 
     ``box`` (one scan only): stage 2 segments around it instead of the localiser's box.
+    ``options``: how the model is applied (``None``: its defaults).
     ``plans``: what :func:`plan_files` returned for these inputs and options (the CLI plans
     before the model loads), so that they are not listed and checked a second time.
 
@@ -162,6 +165,7 @@ def predict_files(
             skip_existing=skip_existing,
             series=series,
         )
+    options = options or predictor.options()
     out = writable_folder(out)
     for stale in remove_stale_partials(out):
         logger.info("removed %s, left by an interrupted run", stale.name)
@@ -213,12 +217,12 @@ def _predict_scan(
     series: str | None = None,
 ) -> Job[dict[str, Any]]:
     scan = read_scan(plan.source, series)
+    geometry = scan.geometry
     prediction = yield from predictor.predict_volume(
         scan.array,
-        **options.as_kwargs(),
-        spacing=scan.geometry.spacing,
-        probabilities=save_probabilities,
-        uncertainty=save_uncertainty,
+        replace(options, probabilities=save_probabilities, uncertainty=save_uncertainty),
+        spacing=geometry.spacing,
+        affine=geometry.stated_affine,
         box=box,
     )
     report = report_case(
@@ -296,9 +300,7 @@ def _predict_png(
 
     image = read_png_image(plan.source).astype(np.float32)
     volume = np.expand_dims(image, axis=predictor.spec.slice_axis)
-    # One slice has no other planes: a tri-planar model answers from its slice axis.
-    single_plane = replace(options, tri_planar=None)
-    labels = run_to_end(predictor.predict_volume(volume, **single_plane.as_kwargs())).labels
+    labels = run_to_end(predictor.predict_volume(volume, options.for_one_slice())).labels
     labels = np.take(labels, 0, axis=predictor.spec.slice_axis)
     mask = colour_mask(labels, rgb_map or DEFAULT_RGB_MAP)
     write_unit(

@@ -114,6 +114,12 @@ class ScanGeometry:
     nifti_header: nib.Nifti1Header | None = field(default=None, repr=False)
 
     @property
+    def stated_affine(self) -> np.ndarray | None:
+        """The affine where the file states the orientation (``None`` where it is nibabel's
+        fall-back): what the pipeline orients a scan by."""
+        return self.affine if self.orientation_known else None
+
+    @property
     def axcodes(self) -> tuple[str, str, str]:
         """Anatomical direction each array axis points to, e.g. ``('R', 'A', 'S')``."""
         return tuple(nib.aff2axcodes(self.affine))  # type: ignore[return-value]

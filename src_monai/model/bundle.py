@@ -33,7 +33,7 @@ from src_monai.errors import LascError
 from src_monai.io.files import atomic_destination, ensure_empty_folder, write_text
 from src_monai.model.files import load_model
 from src_monai.model.networks import network_spec, plain_state_dict
-from src_monai.model.spec import ModelSpec
+from src_monai.model.spec import ModelSpec, Stage
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def bundle_configs(spec: ModelSpec) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _check_exportable(spec: ModelSpec) -> None:
-    if spec.localiser is not None or spec.crop_size or spec.downsample > 1:
+    if spec.localiser is not None or spec.stage is not Stage.WHOLE_SLICE:
         raise LascError(
             None,
             "two-stage models (and their stages alone) cannot be exported yet: the bundle "

@@ -22,7 +22,7 @@ from src_monai import __version__
 from src_monai.errors import LascError
 from src_monai.io.files import atomic_destination
 from src_monai.model.networks import build_network, plain_state_dict
-from src_monai.model.spec import ModelSpec
+from src_monai.model.spec import ModelSpec, Stage
 
 logger = logging.getLogger(__name__)
 
@@ -107,10 +107,14 @@ def combine_stages(
     either may be a two-stage file, whose stage of that name is taken."""
     localiser, localiser_spec = load_stage(localiser_path, "localiser")
     segmenter, segmenter_spec = load_stage(segmenter_path, "segmenter")
-    if localiser_spec.downsample < 2:
-        raise ModelFileError(localiser_path, "is not a localiser (data.downsample = 1)")
-    if not segmenter_spec.crop_size:
-        raise ModelFileError(segmenter_path, "is not a crop model (data.crop_size = 0)")
+    if localiser_spec.stage is not Stage.LOCALISER:
+        raise ModelFileError(
+            localiser_path, f"is not a localiser (its stage: {localiser_spec.stage.value})"
+        )
+    if segmenter_spec.stage is not Stage.CROP_SEGMENTER:
+        raise ModelFileError(
+            segmenter_path, f"is not a crop segmenter (its stage: {segmenter_spec.stage.value})"
+        )
     if (localiser_spec.normalisation, localiser_spec.slice_axis) != (
         segmenter_spec.normalisation,
         segmenter_spec.slice_axis,
@@ -126,6 +130,24 @@ def model_path(value: str | Path | None) -> Path:
     return BUNDLED_MODEL if value is None or str(value) == "bundled" else Path(value)
 
 
+def load_spec(path: str | Path) -> ModelSpec:
+    """A model file's spec from its header alone: no weights read, no network built (what
+    a GUI may read on its own thread)."""
+    path = model_path(path)
+    if path.suffix != ".safetensors":
+        return load_model(path)[1]
+    return _spec(path, _read_safetensors(path, weights=False)[1])
+
+
+def _spec(path: Path, metadata: dict[str, Any]) -> ModelSpec:
+    if metadata.get("format") != MODEL_FORMAT:
+        raise ModelFileError(path, "metadata is not a napari-lasc model description")
+    try:
+        return ModelSpec.from_metadata(metadata)
+    except (KeyError, TypeError, ValueError, LascError) as exc:
+        raise ModelFileError(path, f"metadata does not describe a network ({exc})") from exc
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelSpec]:
     """Rebuild the network a model file describes and load its weights (no code is run);
     ``bundled`` loads the shipped model."""
@@ -136,10 +158,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         state, metadata = _read_safetensors(path)
     else:
         state, metadata = _read_state_dict(path)
-    if metadata.get("format") != MODEL_FORMAT:
-        raise ModelFileError(path, "metadata is not a napari-lasc model description")
+    spec = _spec(path, metadata)
     try:
-        spec = ModelSpec.from_metadata(metadata)
         network = build_model_network(spec)
     except (KeyError, TypeError, ValueError, LascError) as exc:
         raise ModelFileError(path, f"metadata does not describe a network ({exc})") from exc
@@ -157,14 +177,18 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     return network, spec
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _read_safetensors(
+    path: Path, *, weights: bool = True
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
+    if not path.is_file():
+        raise ModelFileError(path, "model file not found")
     try:
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}
-        state = load_file(str(path))
+        state = load_file(str(path)) if weights else {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ModelFileError(path, f"not a readable safetensors file ({exc})") from exc
     try:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from src_monai.config import Config, ModelConfig, config_from_dict
+from src_monai.config import Config, ModelConfig, Stage, config_from_dict
 from src_monai.errors import LascError
 
 # Default class colours (RGB), background first; the earlier tool's LA magenta.
@@ -63,6 +63,9 @@ class ModelSpec:
     patch_size: tuple[int, int]
     class_names: tuple[str, ...]
     class_colours: tuple[tuple[int, int, int], ...] = ()
+    stage: Stage = Stage.WHOLE_SLICE
+    """What this network does; the model file states it (older files: read from the
+    ``downsample`` and ``crop_size`` they record)."""
     tri_planar: bool = False
     downsample: int = 1
     """A localiser (stage 1): sees slices shrunk in-plane by this factor."""
@@ -180,6 +183,7 @@ class ModelSpec:
             else (int(data.patch_size[0]), int(data.patch_size[1])),
             class_names=tuple(data.class_names),
             class_colours=tuple(DEFAULT_COLOURS[: data.num_classes]),
+            stage=data.stage,
             tri_planar=data.tri_planar,
             downsample=data.downsample,
             crop_size=data.crop_size,
@@ -228,6 +232,7 @@ class ModelSpec:
             patch_size=(checked.patch_size[0], checked.patch_size[1]),
             class_names=tuple(checked.class_names),
             class_colours=_colours(metadata.get("class_colours")),
+            stage=_stage(metadata.get("stage"), checked.stage),
             tri_planar=checked.tri_planar,
             downsample=checked.downsample,
             crop_size=checked.crop_size,
@@ -245,8 +250,10 @@ class ModelSpec:
             package_version=_text(metadata.get("package_version", ""), "package_version"),
             localiser=cls.from_metadata(localiser) if localiser is not None else None,
         )
-        if spec.localiser is not None and (spec.localiser.downsample < 2 or not spec.crop_size):
-            raise ValueError("localiser: a two-stage model is a localiser and a crop model")
+        if spec.localiser is not None and (
+            spec.localiser.stage is not Stage.LOCALISER or spec.stage is not Stage.CROP_SEGMENTER
+        ):
+            raise ValueError("localiser: a two-stage model is a localiser and a crop segmenter")
         return spec
 
     def to_metadata(self) -> dict[str, Any]:
@@ -269,6 +276,7 @@ class ModelSpec:
                 "layout": self.data_layout,
                 "source": self.data_source,
             },
+            "stage": self.stage.value,
             "in_channels": self.in_channels,
             "num_classes": self.num_classes,
             "class_colours": [list(c) for c in self.class_colours],
@@ -288,6 +296,19 @@ class ModelSpec:
         if self.localiser is not None:
             metadata["localiser"] = self.localiser.to_metadata()
         return metadata
+
+
+def _stage(value: Any, from_data: Stage) -> Stage:
+    """The stated stage, which must agree with the data keys that make it; ``None`` (a file
+    older than the key) takes theirs."""
+    if value is None:
+        return from_data
+    names = [s.value for s in Stage]
+    if value not in names:
+        raise ValueError(f"stage = {value!r} must be one of {', '.join(names)}")
+    if Stage(value) is not from_data:
+        raise ValueError(f"stage = {value!r} disagrees with its data keys ({from_data.value})")
+    return Stage(value)
 
 
 def _floats(values: Sequence[float] | None) -> tuple[float, float, float] | None:

@@ -39,7 +39,7 @@ from src_monai.data.transforms import training_transforms
 from src_monai.errors import TrainingDivergedError
 from src_monai.io.files import creatable_folder
 from src_monai.model.networks import build_network, count_parameters, plain_state_dict, unwrap
-from src_monai.model.spec import ModelSpec
+from src_monai.model.spec import ModelSpec, Stage
 from src_monai.progress import Job, Progress
 from src_monai.training.components import build_loss, build_optimiser, build_scheduler
 from src_monai.training.distributed import init_distributed, write_rank_checksum
@@ -289,7 +289,7 @@ class Trainer:
         or (``data.crop_size``) crops around the atrium augmented as whole batches."""
         data, rng = self.config.data, np.random.default_rng(seed)
         size, count = data.crop_size, self.config.train.batch_size
-        if size:
+        if data.stage is Stage.CROP_SEGMENTER:
             sampler = CropSampler(
                 self.data.train,
                 jitter=data.crop_jitter,
@@ -457,30 +457,29 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """Mean foreground 3D Dice per validation case (MONAI's Dice, background excluded),
-        from the same predictor as ``lasc infer``."""
-        # The cached cases of a localiser are shrunk already: predict them as they are.
-        spec = replace(self.spec, downsample=1)
-        scores = validate_cases(self.predictor(spec), self.data.val, self.config)
+        from the pipeline steps ``lasc infer`` runs, on the cached (prepared) cases."""
+        scores = validate_cases(self.stage_network(), self.data.val, self.config)
         self.network.train()
         return scores
 
-    def predictor(self, spec: ModelSpec | None = None):
-        """A predictor around the live network (no file written or read)."""
-        from src_monai.inference.predictor import Predictor
+    def stage_network(self):
+        """The live network as the pipeline's stage (no file written or read)."""
+        from src_monai.inference.stage import StageNetwork
 
-        return Predictor(self.model_to_use(), spec or self.spec, self.device)
+        return StageNetwork(self.model_to_use(), self.spec, self.device)
 
     def preview_rows(self) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
-        """(title, image, truth, prediction) of the fixed preview slices."""
-        # The cached cases are normalised and slices-first: predict them as such.
-        predictor = self.predictor(
-            replace(self.spec, slice_axis=0, normalisation="none", downsample=1)
-        )
+        """(title, image, truth, prediction) of the fixed preview slices (whole slices, as
+        the pipeline's one-slice step predicts them)."""
+        from src_monai.inference.steps import prepared_as_is, segment_one_slice
+
+        stage, axis = self.stage_network(), self.spec.slice_axis
         rows = []
         for index, z in self.previews:
             case = self.data.val[index]
             slices = case.slices.cpu().numpy()
-            predicted = predictor.predict_slice(slices, z, tta=False, normalised=True)
+            prepared = prepared_as_is(np.moveaxis(slices, 0, axis), axis)
+            predicted = segment_one_slice(stage, prepared, z, None, tta=False)
             truth = case.labels[z].cpu().numpy()
             rows.append((f"{case.case_id} z={z}", slices[z], truth, predicted))
         self.network.train()
@@ -533,8 +532,10 @@ class Trainer:
         logger.info("resuming %s after epoch %d", self.run_folder.path, state["epoch"] + 1)
 
 
-def validate_cases(predictor, cases: list[VolumeCase], config: Config) -> dict[str, float]:
-    """Mean foreground 3D Dice of ``predictor`` on each cached case.
+def validate_cases(stage, cases: list[VolumeCase], config: Config) -> dict[str, float]:
+    """Mean foreground 3D Dice of a :class:`~src_monai.inference.stage.StageNetwork` on each
+    cached case, through the pipeline's steps: a localiser's labels on its shrunk slices, a
+    crop segmenter's around the true atrium's box (its stage alone), whole slices otherwise.
 
     ``compute_dice`` rather than ``DiceMetric``: the latter all-gathers across ranks when a
     process group exists, and only rank 0 validates.
@@ -542,24 +543,47 @@ def validate_cases(predictor, cases: list[VolumeCase], config: Config) -> dict[s
     from monai.metrics import compute_dice
     from monai.networks.utils import one_hot
 
-    from src_monai.progress import run_to_end
-
-    # The cached cases are normalised and slices-first: put the slice axis back, so a
-    # tri-planar model's other two planes are cut exactly as in training and inference.
-    axis = predictor.spec.slice_axis
     scores = {}
     for case in cases:
-        volume = np.moveaxis(case.slices.cpu().numpy(), 0, axis)
-        # A crop model is validated on the crop around the true atrium (stage 2 alone).
-        box = AtriumBox.around(case.labels.cpu()) if predictor.spec.crop_size else None
-        job = predictor.predict_volume(volume, normalised=True, box=box)
-        labels = run_to_end(job).labels
-        truth = np.moveaxis(case.labels.cpu().numpy(), 0, axis)
+        labels = _validation_labels(stage, case)
         pred = one_hot(torch.from_numpy(labels).long()[None, None], config.data.num_classes)
-        true = one_hot(torch.from_numpy(truth).long()[None, None], config.data.num_classes)
+        true = one_hot(case.labels.cpu().long()[None, None], config.data.num_classes)
         dice = compute_dice(pred, true, include_background=False, ignore_empty=False)
         scores[case.case_id] = float(dice.mean())
     return scores
+
+
+def _validation_labels(stage, case: VolumeCase) -> np.ndarray:
+    """A cached case's predicted labels, slices first (the cases are normalised, slices
+    first, and a localiser's shrunk already)."""
+    from src_monai.inference.options import PredictOptions
+    from src_monai.inference.steps import (
+        localise_shrunk,
+        prepared_as_is,
+        restore,
+        segment_in_box,
+        segment_whole,
+    )
+    from src_monai.progress import run_to_end
+
+    spec = stage.spec
+    options = PredictOptions.for_model(spec)
+    slices = case.slices.cpu().numpy()
+    if spec.stage is Stage.LOCALISER:
+        return run_to_end(localise_shrunk(stage, slices, options))
+    # The slice axis put back, so a tri-planar model's other two planes are cut exactly as
+    # in training and inference.
+    prepared = prepared_as_is(np.moveaxis(slices, 0, spec.slice_axis), spec.slice_axis)
+    box = AtriumBox.around(case.labels.cpu()) if spec.stage is Stage.CROP_SEGMENTER else None
+    job = (
+        segment_whole(stage, prepared, options)
+        if box is None
+        else segment_in_box(stage, prepared, box, options)
+    )
+    restored = restore(
+        run_to_end(job), prepared.grid, spec.num_classes, postprocess=options.postprocess
+    )
+    return np.moveaxis(restored.labels, spec.slice_axis, 0)
 
 
 def load_initial_weights(network: torch.nn.Module, config: Config) -> None:
@@ -569,7 +593,7 @@ def load_initial_weights(network: torch.nn.Module, config: Config) -> None:
 
     source = config.train.init_model
     path = model_path(source)
-    stage = "localiser" if config.data.downsample > 1 else "segmenter"
+    stage = "localiser" if config.data.stage is Stage.LOCALISER else "segmenter"
     trained, spec = load_stage(path, stage)
     if (
         spec.in_channels != config.data.context_slices

@@ -389,7 +389,7 @@ def validate(config: Config, source: str | Path | None = None) -> None:
 
 
 def _check_rgb_map(data: DataConfig, source) -> None:
-    from src_monai.legacy.png import parse_rgb_map
+    from src_monai.io.png import parse_rgb_map
 
     try:
         rgb_map = parse_rgb_map(data.rgb_map)
@@ -447,7 +447,8 @@ SHARED_ONLY_KEYS = ("train.runs_dir", "train.run_name")
 def load_config(
     path: str | Path, overrides: list[str] | None = None, *, stage: str | None = None
 ) -> Config:
-    """Read a TOML config or the earlier tool's INI ``train_eval_infer.config``.
+    """Read a TOML config (the earlier tool's INI ``train_eval_infer.config``: see
+    :func:`src_monai.legacy.ini.load_any_config`).
 
     A two-stage TOML (with ``[localiser]`` and ``[segmenter]`` tables) gives the config of
     ``stage``; overrides then read ``section.key=value`` (both stages) or
@@ -455,13 +456,9 @@ def load_config(
     path = Path(path)
     if not path.is_file():
         raise ConfigError(path, "config file not found")
-    text = _read_text(path)
     if path.suffix.lower() != ".toml":
-        from src_monai.legacy.ini import config_from_ini
-
-        config = _resolve_paths(config_from_ini(text, path), path.parent)
-        return apply_overrides(config, overrides) if overrides else config
-    raw = _read_toml(text, path)
+        raise ConfigError(path, "is not a TOML config (.toml); INI configs: lasc train")
+    raw = _read_toml(read_config_text(path), path)
     stages = [name for name in STAGES if name in raw]
     if stages and stage is None:
         raise ConfigError(
@@ -473,7 +470,7 @@ def load_config(
     if stage is not None:
         raw = stage_dict(raw, stage, path)
         overrides = _stage_overrides(overrides, stage)
-    config = _resolve_paths(config_from_dict(raw, path), path.parent)
+    config = resolve_paths(config_from_dict(raw, path), path.parent)
     return apply_overrides(config, overrides) if overrides else config
 
 
@@ -482,7 +479,7 @@ def is_two_stage_config(path: str | Path) -> bool:
     path = Path(path)
     if path.suffix.lower() != ".toml" or not path.is_file():
         return False
-    raw = _read_toml(_read_text(path), path)
+    raw = _read_toml(read_config_text(path), path)
     return any(name in raw for name in STAGES)
 
 
@@ -532,14 +529,15 @@ def _read_toml(text: str, path: Path) -> dict[str, Any]:
         raise ConfigError(path, f"not valid TOML ({exc})") from exc
 
 
-def _read_text(path: Path) -> str:
+def read_config_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, f"unreadable config file ({exc})") from exc
 
 
-def _resolve_paths(config: Config, base: Path) -> Config:
+def resolve_paths(config: Config, base: Path) -> Config:
+    """Relative paths of the config's path keys, read relative to ``base`` (its folder)."""
     raw = config.to_dict()
     for key in PATH_KEYS:
         section, name = key.split(".")

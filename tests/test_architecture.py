@@ -71,3 +71,64 @@ def test_lasc_infer_labels_equal_the_recorded_reference(lasc13):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 of 2 cases identical" in result.stderr
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """Each module of the two packages and the modules of them it imports, imports inside
+    functions included."""
+    modules = {}
+    for package in ("src_monai", "napari_lasc"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+            modules[name] = path
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*parts, *([base] if base else [])])
+                targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+            for target in targets:
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    graph[name].add(target)
+    return graph
+
+
+def test_no_import_cycle_between_modules():
+    graph = _module_imports()
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            current = todo.pop()
+            if current == goal:
+                return True
+            if current not in seen:
+                seen.add(current)
+                todo.extend(graph[current])
+        return False
+
+    cycles = sorted(f"{a} <-> {b}" for a in graph for b in graph[a] if reaches(b, a))
+    assert not cycles, "import cycles: " + "; ".join(cycles)
+
+
+def test_the_core_never_imports_the_earlier_tools_package():
+    """``legacy`` depends on the core, never the reverse (the CLI chooses the legacy paths)."""
+    graph = _module_imports()
+    reaching = sorted(
+        f"{name} -> {target}"
+        for name, targets in graph.items()
+        if name.startswith("src_monai.")
+        and not name.startswith(("src_monai.legacy", "src_monai.cli"))
+        for target in targets
+        if target.startswith("src_monai.legacy")
+    )
+    assert not reaching, "; ".join(reaching)

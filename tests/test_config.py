@@ -14,6 +14,7 @@ from src_monai.config import (
     config_from_dict,
     load_config,
 )
+from src_monai.legacy.ini import load_any_config
 
 EARLIER_TOOL_INI = """\
 [model]
@@ -128,7 +129,7 @@ def test_overrides(tmp_path):
 
 def test_earlier_tool_ini_is_mapped(tmp_path, caplog):
     with caplog.at_level(logging.INFO):
-        config = load_config(write(tmp_path, "train_eval_infer.config", EARLIER_TOOL_INI))
+        config = load_any_config(write(tmp_path, "train_eval_infer.config", EARLIER_TOOL_INI))
     assert config.model.name == "UNet"
     assert (config.model.base_filters, config.model.first_kernel_size, config.model.levels) == (
         16,
@@ -167,14 +168,14 @@ def test_code_in_ini_is_refused_and_never_run(tmp_path):
         '"categorical_crossentropy"', f"__import__('os').system('touch {marker}')"
     )
     with pytest.raises(ConfigError, match="model.loss = .* is not a literal value"):
-        load_config(write(tmp_path, "train_eval_infer.config", text))
+        load_any_config(write(tmp_path, "train_eval_infer.config", text))
     assert not marker.exists()
 
 
 def test_ini_value_without_equivalent_is_an_error(tmp_path):
     text = EARLIER_TOOL_INI.replace('"TensorFlowFlexUNet"', '"SwinUNet"')
     with pytest.raises(ConfigError, match="model.model: 'SwinUNet' has no equivalent"):
-        load_config(write(tmp_path, "train_eval_infer.config", text))
+        load_any_config(write(tmp_path, "train_eval_infer.config", text))
 
 
 def test_missing_config_file(tmp_path):

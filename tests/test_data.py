@@ -14,7 +14,7 @@ from scipy import ndimage
 from src_monai.data.datasets import discover_msd
 from src_monai.data.splits import holdout_split, kfold_split, load_split, save_split
 from src_monai.errors import DatasetError, MaskColourError, PairMismatchError
-from src_monai.legacy.png import (
+from src_monai.io.png import (
     DEFAULT_RGB_MAP,
     colour_mask,
     decode_rgb_mask,

@@ -92,3 +92,30 @@ def test_plain_state_dict_with_sidecarmodel_metadata(tmp_path):
 def test_missing_model_file(tmp_path):
     with pytest.raises(ModelFileError, match="model file not found"):
         load_model(tmp_path / "none.safetensors")
+
+
+def test_stages_are_stated_in_the_file_and_round_trip(tmp_path):
+    """Each network's stage is written to the model file and read back as its type; a file
+    that states a stage its keys contradict is refused; files older than the key (the
+    bundled model's) take the stage their keys make."""
+    from dataclasses import replace
+
+    from safetensors import safe_open
+
+    from src_monai.config import Stage
+    from src_monai.model.files import BUNDLED_MODEL, load_spec
+
+    old = json.loads(safe_open(str(BUNDLED_MODEL), "pt").metadata()["napari_lasc"])
+    assert "stage" not in old and "stage" not in old["localiser"]
+    network, spec = load_model(BUNDLED_MODEL)
+    assert (spec.stage, spec.localiser.stage) == (Stage.CROP_SEGMENTER, Stage.LOCALISER)
+    assert load_spec(BUNDLED_MODEL) == spec  # the header alone: no weights read
+    path = save_model(tmp_path / "again.safetensors", network, spec)
+    written = json.loads(safe_open(str(path), "pt").metadata()["napari_lasc"])
+    assert (written["stage"], written["localiser"]["stage"]) == ("crop_segmenter", "localiser")
+    assert load_spec(path).stage is Stage.CROP_SEGMENTER
+    lying = save_model(
+        tmp_path / "lying.safetensors", network, replace(spec, stage=Stage.WHOLE_SLICE)
+    )
+    with pytest.raises(ModelFileError, match="disagrees with its data keys"):
+        load_model(lying)

@@ -43,7 +43,11 @@ def in_ras(path: Path) -> np.ndarray:
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * np.count_nonzero((a == 1) & (b == 1)) / (np.count_nonzero(a == 1) + np.count_nonzero(b == 1))
+    return (
+        2.0
+        * np.count_nonzero((a == 1) & (b == 1))
+        / (np.count_nonzero(a == 1) + np.count_nonzero(b == 1))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +74,9 @@ def test_every_voxel_order_gets_the_same_labels_in_world_space(stored, tmp_path)
     for name in VARIANTS:
         labels = read_labels(out / f"la_016_{name}.nii.gz")
         np.testing.assert_allclose(labels.geometry.affine, nib.load(str(stored[name])).affine)
-        np.testing.assert_array_equal(in_ras(out / f"la_016_{name}.nii.gz"), reference, err_msg=name)
+        np.testing.assert_array_equal(
+            in_ras(out / f"la_016_{name}.nii.gz"), reference, err_msg=name
+        )
     # The DICOM series' voxels are the NIfTI's cast to int16 and its affine is rebuilt from
     # the slice positions, so agreement rather than identity.
     assert nib.aff2axcodes(nib.load(str(out / "la_016_dicom.nii.gz")).affine) == ("L", "P", "S")

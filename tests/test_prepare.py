@@ -13,8 +13,9 @@ from PIL import Image
 from src_monai.data.prepare import format_stats_table, prepare
 from src_monai.data.splits import load_split
 from src_monai.errors import OutputExistsError
+from src_monai.io.png import decode_rgb_mask, discover_png, read_png_mask
 from src_monai.io.scans import read_labels, read_scan
-from src_monai.legacy.png import decode_rgb_mask, discover_png, read_png_mask
+from src_monai.legacy.png_export import png_exporter
 from src_monai.progress import run_to_end
 
 
@@ -59,9 +60,7 @@ def test_png_export_is_the_earlier_format_split_by_patient(msd_dataset, tmp_path
         prepare(
             msd_dataset,
             out,
-            output_format="png",
-            size=64,
-            fractions=(0.34, 0.33, 0.33),
+            export=png_exporter(size=64, fractions=(0.34, 0.33, 0.33)),
             split_seed=5,
         )
     )
@@ -101,10 +100,7 @@ def test_png_export_can_drop_empty_slices(msd_dataset, tmp_path):
         prepare(
             msd_dataset,
             tmp_path / "png",
-            output_format="png",
-            size=32,
-            fractions=(0.34, 0.33, 0.33),
-            keep_empty=False,
+            export=png_exporter(size=32, fractions=(0.34, 0.33, 0.33), keep_empty=False),
         )
     )
     slices = discover_png(tmp_path / "png")
@@ -113,7 +109,7 @@ def test_png_export_can_drop_empty_slices(msd_dataset, tmp_path):
 
 
 def test_stats_table_and_chart(msd_dataset, tmp_path):
-    stats = run_to_end(prepare(msd_dataset, tmp_path / "stats", output_format="none"))
+    stats = run_to_end(prepare(msd_dataset, tmp_path / "stats"))
     table = format_stats_table(stats)
     assert "case_002" in table and "3 cases, 24 slices" in table
     chart = Image.open(tmp_path / "stats" / "stats.png")
@@ -148,7 +144,7 @@ def test_real_png_export_matches_the_earlier_tools_slices(lasc13, seed_mini_test
         (one_case / folder).mkdir(parents=True)
         (one_case / folder / "la_003.nii.gz").symlink_to(lasc13 / folder / "la_003.nii.gz")
     out = tmp_path / "png"
-    run_to_end(prepare(one_case, out, output_format="png", fractions=(1.0, 0.0, 0.0)))
+    run_to_end(prepare(one_case, out, export=png_exporter(fractions=(1.0, 0.0, 0.0))))
     reference_masks = sorted((seed_mini_test / "masks").glob("10001_*.png"))
     assert len(reference_masks) == 5
     for reference_path in reference_masks:

@@ -161,7 +161,7 @@ def _given_box(args: argparse.Namespace, plans, predictor: Predictor):
 def run(args: argparse.Namespace) -> int:
     """Execute ``lasc infer`` with parsed arguments."""
     from src_monai.cli.support import drive
-    from src_monai.legacy.png import parse_rgb_map
+    from src_monai.io.png import parse_rgb_map
 
     check_prediction_arguments(args)  # checked before any work
     rgb_map = parse_rgb_map(args.rgb_map) if args.rgb_map else None

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from src_monai.data.prepare import DEFAULT_SLICE_AXIS, format_stats_table, prepare
-from src_monai.legacy.png import DEFAULT_RGB_MAP, parse_rgb_map
+from src_monai.io.png import DEFAULT_RGB_MAP, parse_rgb_map
 
 logger = logging.getLogger(__name__)
 
@@ -116,19 +116,25 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``lasc prepare`` with parsed arguments."""
     from src_monai.cli.support import drive
 
-    stats = drive(
-        prepare(
-            args.data,
-            args.out,
-            output_format=args.output_format,
-            stats=args.stats,
-            folds=args.folds,
-            split_seed=args.split_seed,
+    export = None
+    if args.output_format == "png":  # the earlier tool's layout: the legacy package writes it
+        from src_monai.legacy.png_export import png_exporter
+
+        export = png_exporter(
             size=args.size,
             rgb_map=args.rgb_map,
             fractions=args.fractions,
             keep_empty=not args.drop_empty,
             intensity=args.intensity,
+        )
+    stats = drive(
+        prepare(
+            args.data,
+            args.out,
+            export=export,
+            stats=args.stats,
+            folds=args.folds,
+            split_seed=args.split_seed,
             slice_axis=args.slice_axis,
             overwrite=args.overwrite,
         ),

@@ -10,8 +10,9 @@ import logging
 import os
 from pathlib import Path
 
-from src_monai.config import STAGES, Config, is_two_stage_config, load_config
+from src_monai.config import STAGES, Config, is_two_stage_config
 from src_monai.errors import LascError
+from src_monai.legacy.ini import load_any_config as load_config
 from src_monai.training.trainer import run_training
 from src_monai.training.two_stage import run_two_stage_training
 

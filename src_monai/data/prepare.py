@@ -9,7 +9,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
@@ -19,11 +19,7 @@ from src_monai.errors import DatasetError
 from src_monai.io.files import ensure_empty_folder, write_json
 from src_monai.io.scans import Scan, read_labels, read_scan
 from src_monai.io.tables import new_figure, save_figure, write_csv
-from src_monai.legacy.png import DEFAULT_RGB_MAP, RgbMap
 from src_monai.progress import Job, Progress
-
-if TYPE_CHECKING:
-    from src_monai.legacy.png_export import PngIntensity
 
 logger = logging.getLogger(__name__)
 
@@ -129,29 +125,38 @@ def _stats_figure(stats: Sequence[CaseStats]):
     return figure
 
 
+class Exporter(Protocol):
+    """Writes a dataset in another layout and returns its statistics (the earlier tool's
+    PNG slices: :func:`src_monai.legacy.png_export.png_exporter`)."""
+
+    def __call__(
+        self,
+        dataset: MsdDataset,
+        out: Path,
+        *,
+        split_seed: int | None,
+        slice_axis: int,
+        overwrite: bool,
+    ) -> Job[list[CaseStats]]: ...
+
+
 def prepare(
     data: str | Path,
     out: str | Path,
     *,
-    output_format: str = "none",
+    export: Exporter | None = None,
     stats: bool = False,
     folds: int = 0,
     split_seed: int | None = None,
-    size: int = 512,
-    rgb_map: RgbMap = DEFAULT_RGB_MAP,
-    fractions: Sequence[float] = (0.8, 0.15, 0.05),
-    keep_empty: bool = True,
-    intensity: PngIntensity = "slice-max",
     slice_axis: int = DEFAULT_SLICE_AXIS,
     overwrite: bool = False,
 ) -> Job[list[CaseStats]]:
-    """Prepare ``data`` (MSD layout) into ``out``: see the module docstring.
+    """Prepare ``data`` (MSD layout) into ``out``: see the module docstring. ``export``
+    also writes the dataset in another layout (else only its statistics are written).
 
     Checks every input (dataset layout, image/label pairs) and the output folder before
     writing anything.
     """
-    if output_format not in ("png", "none"):
-        raise ValueError(f"unknown output format {output_format!r}")
     if slice_axis not in (0, 1, 2):
         raise DatasetError(None, f"slice_axis must be 0, 1 or 2, got {slice_axis}")
     dataset = discover_msd(data, verify=True)
@@ -160,28 +165,16 @@ def prepare(
         # Its files would mix with (and with --overwrite could replace) the dataset's own.
         raise DatasetError(out, f"is inside the dataset {dataset.root}: write it elsewhere")
     out = ensure_empty_folder(out, overwrite=overwrite)
-    if output_format == "png":
-        from src_monai.legacy.png_export import export_png_dataset
-
-        seed = 137 if split_seed is None else split_seed
-        case_stats = yield from export_png_dataset(
-            dataset,
-            out,
-            size=size,
-            rgb_map=rgb_map,
-            fractions=fractions,
-            seed=seed,
-            keep_empty=keep_empty,
-            intensity=intensity,
-            slice_axis=slice_axis,
-            overwrite=overwrite,
+    if export is not None:
+        case_stats = yield from export(
+            dataset, out, split_seed=split_seed, slice_axis=slice_axis, overwrite=overwrite
         )
     else:
         case_stats = yield from compute_stats(dataset, slice_axis=slice_axis)
     if folds:
         plan = kfold_split(dataset.case_ids(), folds, seed=0 if split_seed is None else split_seed)
         save_split(out / "folds.json", plan, overwrite=overwrite)
-    if stats or output_format == "none":
+    if stats or export is None:
         write_stats(out, case_stats, overwrite=overwrite)
     return case_stats
 

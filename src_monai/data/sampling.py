@@ -181,7 +181,7 @@ def _png_cases(config: Config, root: Path) -> tuple[list[VolumeCase], list[Volum
         raise ConfigError(
             None, f"data.tri_planar needs 3D scans; {root} holds 2D PNG slices (set it false)"
         )
-    from src_monai.legacy.png import discover_png, parse_rgb_map, read_png_image, read_png_mask
+    from src_monai.io.png import discover_png, parse_rgb_map, read_png_image, read_png_mask
 
     rgb_map = parse_rgb_map(config.data.rgb_map)
     slices = discover_png(root)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from src_monai.errors import DatasetError
 from src_monai.io.files import write_json
-from src_monai.legacy.png import PNG_SUBSETS
+from src_monai.io.png import PNG_SUBSETS
 
 logger = logging.getLogger(__name__)
 

@@ -296,7 +296,7 @@ def _predict_png(
     """One PNG slice of the earlier tool's datasets -> an RGB mask (its ``rgb_map``)."""
     from PIL import Image
 
-    from src_monai.legacy.png import DEFAULT_RGB_MAP, colour_mask, read_png_image
+    from src_monai.io.png import DEFAULT_RGB_MAP, colour_mask, read_png_image
 
     image = read_png_image(plan.source).astype(np.float32)
     volume = np.expand_dims(image, axis=predictor.spec.slice_axis)

@@ -13,7 +13,15 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from src_monai.config import Config, ConfigError, config_from_dict
+from src_monai.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    read_config_text,
+    resolve_paths,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -169,3 +177,15 @@ def _point_to_lasc_infer(values: dict[tuple[str, str], Any], source: str | Path)
     if output:
         command += f" --out {(base / str(output)).resolve()}"
     logger.info("%s: [infer] of the earlier tool: run `%s --model MODEL`", source, command)
+
+
+def load_any_config(
+    path: str | Path, overrides: list[str] | None = None, *, stage: str | None = None
+) -> Config:
+    """A TOML config (:func:`~src_monai.config.load_config`) or, by any other suffix, the
+    earlier tool's INI ``train_eval_infer.config``; ``overrides`` apply to either."""
+    path = Path(path)
+    if path.suffix.lower() == ".toml" or not path.is_file():
+        return load_config(path, overrides, stage=stage)
+    config = resolve_paths(config_from_ini(read_config_text(path), path), path.parent)
+    return apply_overrides(config, overrides) if overrides else config

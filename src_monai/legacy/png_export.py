@@ -13,11 +13,17 @@ import numpy as np
 from PIL import Image
 
 from src_monai.data.datasets import MsdDataset
-from src_monai.data.prepare import DEFAULT_SLICE_AXIS, CaseStats, case_stats_of, slices_first
+from src_monai.data.prepare import (
+    DEFAULT_SLICE_AXIS,
+    CaseStats,
+    Exporter,
+    case_stats_of,
+    slices_first,
+)
 from src_monai.data.splits import holdout_split, save_split
 from src_monai.io.files import atomic_destination, write_json
+from src_monai.io.png import DEFAULT_RGB_MAP, PNG_SUBSETS, RgbMap, colour_mask
 from src_monai.io.scans import read_labels, read_scan
-from src_monai.legacy.png import DEFAULT_RGB_MAP, PNG_SUBSETS, RgbMap, colour_mask
 from src_monai.progress import Job, Progress
 
 logger = logging.getLogger(__name__)
@@ -50,6 +56,36 @@ def slice_to_png_mask(label_slice: np.ndarray, size: int, rgb_map: RgbMap) -> np
         (size, size), Image.Resampling.NEAREST
     )
     return np.rot90(colour_mask(np.asarray(resized), rgb_map))
+
+
+def png_exporter(
+    *,
+    size: int = 512,
+    rgb_map: RgbMap = DEFAULT_RGB_MAP,
+    fractions: Sequence[float] = (0.8, 0.15, 0.05),
+    keep_empty: bool = True,
+    intensity: PngIntensity = "slice-max",
+) -> Exporter:
+    """An :class:`~src_monai.data.prepare.Exporter` for ``prepare`` writing the earlier
+    tool's PNG dataset with these settings (see :func:`export_png_dataset`)."""
+
+    def export(
+        dataset: MsdDataset, out: Path, *, split_seed: int | None, slice_axis: int, overwrite: bool
+    ) -> Job[list[CaseStats]]:
+        return export_png_dataset(
+            dataset,
+            out,
+            size=size,
+            rgb_map=rgb_map,
+            fractions=fractions,
+            seed=137 if split_seed is None else split_seed,
+            keep_empty=keep_empty,
+            intensity=intensity,
+            slice_axis=slice_axis,
+            overwrite=overwrite,
+        )
+
+    return export
 
 
 def export_png_dataset(

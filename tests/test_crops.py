@@ -83,6 +83,32 @@ def test_batched_augmentation_keeps_labels_on_the_image():
     assert same is images and same_labels is labels
 
 
+def test_batched_augmentation_runs_the_bias_field_and_elastic_deformation():
+    """The crop path honours every [augment] key: the bias field scales intensities smoothly
+    and leaves labels alone; elastic deformation moves image and labels together."""
+    images = torch.zeros(6, 3, 64, 64)
+    images[:, :, 20:44, 18:46] = 1.0
+    labels = (images[:, :1] > 0).long()
+    still = {"rotate_degrees": 0.0, "scale": 0.0, "gamma": [1.0, 1.0], "contrast": 0.0}
+    biased_only = AugmentConfig(probability=1.0, noise_std=0.0, bias_field=True, **still)
+    biased, same_labels = augment_batch(
+        images, labels, biased_only, torch.Generator().manual_seed(1)
+    )
+    assert torch.equal(same_labels, labels)
+    ratio = biased[:, 0, 20:44, 18:46] / images[:, 0, 20:44, 18:46]
+    assert float(ratio.std()) > 1e-3 and 0.7 < float(ratio.min()) and float(ratio.max()) < 1.4
+    assert not torch.equal(biased, images)
+    elastic_only = AugmentConfig(
+        probability=1.0, noise_std=0.0, bias_field=False, elastic=True, **still
+    )
+    bent, bent_labels = augment_batch(
+        images, labels, elastic_only, torch.Generator().manual_seed(2)
+    )
+    assert not torch.equal(bent_labels, labels) and bent_labels.dtype == torch.long
+    agreement = ((bent[:, 0] > 0.5) == (bent_labels[:, 0] == 1)).float().mean()
+    assert agreement > 0.97
+
+
 def test_crop_model_trains_and_segments_only_the_box(tmp_path):
     dataset = make_msd_dataset(tmp_path / "data", cases=4)
     config = tiny_config(

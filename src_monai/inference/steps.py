@@ -17,7 +17,7 @@ Predictor` strings them together.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -207,13 +207,8 @@ def segment_in_box(
     crop = crop_plane(
         torch.from_numpy(np.ascontiguousarray(slices[lower:upper])), box.centre, spec.crop_size
     )
-    crop_options = PredictOptions(
-        batch_size=options.batch_size,
-        tta=options.tta,
-        probabilities=options.probabilities,
-        uncertainty=options.uncertainty,
-        overlap=options.overlap,
-    )
+    # The crop is one plane's slices; 3D post-processing waits for the whole grid (restore).
+    crop_options = replace(options, tri_planar=False, postprocess=False)
     axis = spec.slice_axis
     scores = yield from infer_slices(segmenter, np.moveaxis(crop.numpy(), 0, axis), crop_options)
     labels, probabilities, uncertainty = scores.finish(1)

@@ -78,6 +78,16 @@ def layer_geometry(layer: Any) -> ScanGeometry:
     )
 
 
+def stated_orientation(layer: Any) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
+    """The layer's affine and axis codes when a file stated them, else ``(None, None)``: a
+    bare array (or a layer from another reader) has no orientation, and the pipeline then
+    takes its axes as the training scans' (the model's slice axis, no reorientation)."""
+    geometry = layer_geometry(layer)
+    if layer.metadata.get(GEOMETRY_KEY) is geometry and geometry.orientation_known:
+        return geometry.affine, geometry.axcodes
+    return None, None
+
+
 def check_scan_layer(layer: Any) -> None:
     """Refuse what the model cannot segment, with a message naming the layer."""
     import napari.layers

@@ -38,6 +38,7 @@ from src_monai.training.run_folder import new_run_dir
 from src_monai.training.trainer import TrainResult
 from src_monai.training.two_stage import TwoStageResult
 
+from ._controls import button_row
 from ._layers import check_scan_layer, from_layer_axes, layer_geometry
 from ._models import MODELS, follow_models
 from ._worker import start_job
@@ -73,9 +74,24 @@ class TrainWidget(Container):
     """Train a model from napari layers or a dataset folder, live loss and validation Dice."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        self._viewer = napari_viewer
+        super().__init__(widgets=self._make_controls())
+        self._pairs: list[tuple[Any, Any]] = []
+        self._stop_requested = threading.Event()
+        self._source.changed.connect(self._source_changed)
+        self._add_pair.changed.connect(self.add_pair)
+        self._clear_pairs.changed.connect(self.clear_pairs)
+        self._start.changed.connect(self.start)
+        self._stop.changed.connect(self.stop)
+        follow_models(self._base, self)
+        self.worker: Any = None
+        self.result: TrainResult | None = None
+        self.history: list[dict[str, float]] = []
+        self.model_name: str | None = None
+
+    def _make_controls(self) -> list[Any]:
         import napari.layers
 
-        self._viewer = napari_viewer
         self._source = ComboBox(label="train on", choices=[LAYER_PAIRS, DATASET_FOLDER])
         self._image = create_widget(annotation=napari.layers.Image, label="scan")
         self._labels_layer = create_widget(annotation=napari.layers.Labels, label="labels")
@@ -99,40 +115,24 @@ class TrainWidget(Container):
         self._stop = PushButton(text="Stop and save", enabled=False)
         self._bar = ProgressBar(label="progress", value=0, max=1, visible=False)
         self._status = Label(label="status", value="")
-        super().__init__(
-            widgets=[
-                self._source,
-                self._image,
-                self._labels_layer,
-                Container(
-                    widgets=[self._add_pair, self._clear_pairs], layout="horizontal", labels=False
-                ),
-                self._pairs_label,
-                self._dataset,
-                self._base,
-                self._epochs,
-                self._steps,
-                self._batch_size,
-                self._localiser_too,
-                self._device,
-                self._runs_dir,
-                Container(widgets=[self._start, self._stop], layout="horizontal", labels=False),
-                self._bar,
-                self._status,
-            ]
-        )
-        self._pairs: list[tuple[Any, Any]] = []
-        self._stop_requested = threading.Event()
-        self._source.changed.connect(self._source_changed)
-        self._add_pair.changed.connect(self.add_pair)
-        self._clear_pairs.changed.connect(self.clear_pairs)
-        self._start.changed.connect(self.start)
-        self._stop.changed.connect(self.stop)
-        follow_models(self._base, self)
-        self.worker: Any = None
-        self.result: TrainResult | None = None
-        self.history: list[dict[str, float]] = []
-        self.model_name: str | None = None
+        return [
+            self._source,
+            self._image,
+            self._labels_layer,
+            button_row(self._add_pair, self._clear_pairs),
+            self._pairs_label,
+            self._dataset,
+            self._base,
+            self._epochs,
+            self._steps,
+            self._batch_size,
+            self._localiser_too,
+            self._device,
+            self._runs_dir,
+            button_row(self._start, self._stop),
+            self._bar,
+            self._status,
+        ]
 
     def prepare_fine_tune(self, dataset: Path, model_name: str) -> None:
         """Set up fine-tuning: the dataset folder as the data, ``model_name`` as the start."""

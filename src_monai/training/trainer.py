@@ -26,24 +26,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from src_monai.config import Config, ConfigError, config_from_dict
-from src_monai.data.crops import AtriumBox, CropSampler, augment_batch, make_crop_batch
-from src_monai.data.sampling import (
-    SliceSampler,
-    TrainingData,
-    VolumeCase,
-    load_training_data,
-    make_batch,
-)
-from src_monai.data.transforms import training_transforms
+from src_monai.config import Config, config_from_dict
+from src_monai.data.sampling import TrainingData, load_training_data
 from src_monai.errors import TrainingDivergedError
 from src_monai.io.files import creatable_folder
-from src_monai.model.networks import build_network, count_parameters, plain_state_dict, unwrap
-from src_monai.model.spec import ModelSpec, Stage
+from src_monai.model.networks import count_parameters
+from src_monai.model.spec import ModelSpec
 from src_monai.progress import Job, Progress
-from src_monai.training.components import build_loss, build_optimiser, build_scheduler
+from src_monai.training.batches import batch_maker
 from src_monai.training.distributed import init_distributed, write_rank_checksum
+from src_monai.training.optimisation import Optimisation, load_initial_weights
 from src_monai.training.run_folder import RunFolder, log_tensorboard, new_run_dir, preview_picks
+from src_monai.training.validation import preview_rows, validate_cases
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +112,7 @@ class Trainer:
             for epoch in range(self.progression.next_epoch, self.config.train.epochs):
                 losses = yield from self.train_epoch(epoch)
                 row = self.on_epoch_end(epoch, losses)
-                yield self._epoch_report(epoch, row)
+                yield epoch_progress(self.config, epoch, row, self.steps_done)
                 if self._should_end(row):
                     break
         except KeyboardInterrupt:
@@ -153,9 +147,9 @@ class Trainer:
             torch.cuda.set_device(self.device)
         state = self._open_run_folder_or_resume()
         self.data = load_training_data(self.config)
-        self._move_data_to_device()
-        self.spec = self.model_spec(self.data)
-        self.build_network_and_optimiser()
+        move_to_device(self.data, self.config, self.device)
+        self.spec = run_spec(self.config, self.data)
+        self.optimisation = Optimisation(self.config, self.device)
         if state is None and self.config.train.init_model:
             load_initial_weights(self.network, self.config)  # a bad file: no run folder yet
         if self.resume is None:
@@ -165,10 +159,9 @@ class Trainer:
         if state is not None:
             self.load_checkpoint(state)
         if self.dist.enabled:
-            self.network = torch.nn.parallel.DistributedDataParallel(
+            self.optimisation.network = torch.nn.parallel.DistributedDataParallel(
                 self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        self._set_precision()
         self.writer = None
         if self.dist.main:
             self.run_folder.start(self.config, self.spec.split)
@@ -178,7 +171,7 @@ class Trainer:
                 self.config.model.name,
                 count_parameters(self.network),
                 self.device,
-                self.precision,
+                self.optimisation.precision,
             )
             if self.config.train.tensorboard:
                 self.writer = self.run_folder.tensorboard()
@@ -201,62 +194,14 @@ class Trainer:
             self.run_folder.clear_interrupted_writes()
         return state
 
-    def _move_data_to_device(self) -> None:
-        if self.device.type == "cuda" and self.config.train.augment_on_device:
-            # Augmentation then runs on the GPU: MONAI's transforms follow their input's device.
-            for case in self.data.train + self.data.val:
-                case.slices, case.labels = case.slices.to(self.device), case.labels.to(self.device)
-
-    def model_spec(self, data: TrainingData) -> ModelSpec:
-        """The spec saved with every model file of this run."""
-        scans = [c for c in data.train if not c.extra_plane]
-        spacings = np.array([c.spacing for c in scans])
-        codes = {c.axcodes for c in scans}  # checked at inference only when all agree
-        return ModelSpec.for_training(
-            self.config,
-            layout=data.layout,
-            source=data.source,
-            spacing_mm=np.median(spacings, axis=0).tolist() if len(spacings) else None,
-            orientation_axcodes=codes.pop() if len(codes) == 1 else None,
-            split={"train": [c.case_id for c in scans], "val": [c.case_id for c in data.val]},
-            training_digests=[c.digest for c in scans if c.digest],
-        )
-
-    def build_network_and_optimiser(self) -> None:
-        config = self.config
-        torch.manual_seed(config.train.seed)
-        self.network = build_network(
-            config.model, config.data.context_slices, config.data.num_classes
-        ).to(self.device)
-        self.optimiser = build_optimiser(config, self.network.parameters())
-        self.scheduler = build_scheduler(config, self.optimiser)
-        self.loss_function = build_loss(config.train.loss, config.data.num_classes)
-        self.averaged = self._new_average()
-
-    def _new_average(self):
-        """A moving average of the network's weights (``train.ema_decay``), or None. Its first
-        update copies the weights (torch's rule), so loaded initial weights are not mixed
-        with the random ones it was made from."""
-        decay = self.config.train.ema_decay
-        if not decay:
-            return None
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        return AveragedModel(unwrap(self.network), multi_avg_fn=get_ema_multi_avg_fn(decay))
+    @property
+    def network(self) -> torch.nn.Module:
+        """The network being trained (wrapped in DistributedDataParallel under torchrun)."""
+        return self.optimisation.network
 
     def model_to_use(self) -> torch.nn.Module:
         """The weights validated and saved: the moving average when there is one."""
-        return self.averaged.module if self.averaged is not None else unwrap(self.network)
-
-    def _set_precision(self) -> None:
-        precision = self.config.train.precision
-        if precision == "auto":
-            precision = "bf16" if self.device.type == "cuda" else "fp32"
-        if precision != "fp32" and self.device.type != "cuda":
-            raise ConfigError(None, f"train.precision = {precision!r} needs a CUDA device")
-        self.precision = precision
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        return self.optimisation.model_to_use()
 
     # ------------------------------------------------------------------ one epoch
 
@@ -265,7 +210,7 @@ class Trainer:
         config = self.config
         seed = epoch_seed(config.train.seed, epoch, self.dist.rank)
         torch.manual_seed(seed)
-        next_batch = self.batch_maker(seed)
+        next_batch = batch_maker(config, self.data.train, seed)
         steps, losses = config.train.steps_per_epoch, []
         self.epoch_started = time.perf_counter()
         for step in range(steps):
@@ -284,48 +229,9 @@ class Trainer:
                 break
         return losses
 
-    def batch_maker(self, seed: int) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
-        """This epoch's source of training batches: whole slices with MONAI's transforms,
-        or (``data.crop_size``) crops around the atrium augmented as whole batches."""
-        data, rng = self.config.data, np.random.default_rng(seed)
-        size, count = data.crop_size, self.config.train.batch_size
-        if data.stage is Stage.CROP_SEGMENTER:
-            sampler = CropSampler(
-                self.data.train,
-                jitter=data.crop_jitter,
-                slice_margin=data.crop_slice_margin,
-                rng=rng,
-            )
-            # On the cases' device: on a GPU the crops are cut and augmented there.
-            device = self.data.train[0].slices.device
-            generator = torch.Generator(device=device).manual_seed(seed)
-
-            def crops() -> tuple[torch.Tensor, torch.Tensor]:
-                picks = sampler.draw(count)
-                images, labels = make_crop_batch(self.data.train, picks, size, data.context_slices)
-                return augment_batch(images, labels, self.config.augment, generator)
-
-            return crops
-        slices = SliceSampler(self.data.train, data.foreground_oversample, rng)
-        transform = training_transforms(self.config.augment, data.patch_size, seed)
-        return lambda: make_batch(
-            self.data.train, slices.draw(count), data.context_slices, transform
-        )
-
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         """One optimiser step on a batch; returns its loss."""
-        self.optimiser.zero_grad(set_to_none=True)
-        with torch.autocast(
-            self.device.type,
-            dtype=self.autocast_dtype or torch.float32,
-            enabled=self.autocast_dtype is not None,
-        ):
-            loss = self.loss_function(self.network(images), labels)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimiser)
-        else:
-            loss.backward()
+        loss = self.optimisation.loss(images, labels)
         # A non-finite loss would make every later weight NaN and a broken "best" model: stop
         # before the step, every rank together, keeping the checkpoints saved so far.
         if not self.dist.all_true(bool(torch.isfinite(loss.detach())), self.device):
@@ -335,14 +241,7 @@ class Trainer:
                 f"{getattr(self, 'steps_done', 0) + 1}; the run's earlier checkpoints are "
                 "kept (try a lower train.learning_rate or train.clip_norm)",
             )
-        clip_gradients(self.network, self.config)
-        if self.scaler is not None:
-            self.scaler.step(self.optimiser)
-            self.scaler.update()
-        else:
-            self.optimiser.step()
-        if self.averaged is not None:
-            self.averaged.update_parameters(unwrap(self.network))
+        self.optimisation.apply()
         return float(loss.detach())
 
     def _stop_asked(self) -> bool:
@@ -363,7 +262,7 @@ class Trainer:
             "epoch": epoch + 1,
             "train_loss": float(np.mean(losses)),
             "val_dice": "",
-            "lr": self.optimiser.param_groups[0]["lr"],
+            "lr": self.optimisation.learning_rate,
         }
         limit = train.time_limit_minutes * 60
         self.time_up = self.dist.share(bool(limit) and time.perf_counter() - self.started >= limit)
@@ -375,7 +274,7 @@ class Trainer:
         )
         mean_dice = self.validate_and_keep_best(epoch) if self.validated else None
         row["val_dice"] = "" if mean_dice is None else mean_dice
-        self._step_scheduler(mean_dice)
+        self.optimisation.step_scheduler(mean_dice)
         row["seconds"] = round(time.perf_counter() - self.epoch_started, 3)
         self.progression.history.append(row)
         self.progression.next_epoch = epoch + 1
@@ -406,33 +305,6 @@ class Trainer:
     def save_best(self, training: dict[str, Any]) -> None:
         spec = replace(self.spec, training=training)
         self.run_folder.save_model("best", self.model_to_use(), spec)
-
-    def _step_scheduler(self, mean_dice: float | None) -> None:
-        if self.scheduler is None:
-            return
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            if mean_dice is not None:
-                self.scheduler.step(mean_dice)
-        else:
-            self.scheduler.step()
-
-    def _epoch_report(self, epoch: int, row: dict[str, Any]) -> Progress:
-        dice = row["val_dice"]
-        logger.info(
-            "epoch %d: loss %.4f%s",
-            epoch + 1,
-            row["train_loss"],
-            f", val Dice {dice:.4f}" if dice != "" else "",
-        )
-        metrics = {"epoch": epoch + 1, "train_loss": row["train_loss"]}
-        if dice != "":
-            metrics["val_dice"] = dice
-        return Progress(
-            f"epoch {epoch + 1}/{self.config.train.epochs} done",
-            self.steps_done,
-            self.config.train.epochs * self.config.train.steps_per_epoch,
-            metrics=metrics,
-        )
 
     def _should_end(self, row: dict[str, Any]) -> bool:
         if self.stopped != "completed":
@@ -469,19 +341,8 @@ class Trainer:
         return StageNetwork(self.model_to_use(), self.spec, self.device)
 
     def preview_rows(self) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
-        """(title, image, truth, prediction) of the fixed preview slices (whole slices, as
-        the pipeline's one-slice step predicts them)."""
-        from src_monai.inference.steps import prepared_as_is, segment_one_slice
-
-        stage, axis = self.stage_network(), self.spec.slice_axis
-        rows = []
-        for index, z in self.previews:
-            case = self.data.val[index]
-            slices = case.slices.cpu().numpy()
-            prepared = prepared_as_is(np.moveaxis(slices, 0, axis), axis)
-            predicted = segment_one_slice(stage, prepared, z, None, tta=False)
-            truth = case.labels[z].cpu().numpy()
-            rows.append((f"{case.case_id} z={z}", slices[z], truth, predicted))
+        """(title, image, truth, prediction) of the fixed preview slices."""
+        rows = preview_rows(self.stage_network(), self.data.val, self.previews)
         self.network.train()
         return rows
 
@@ -495,10 +356,7 @@ class Trainer:
         self.run_folder.save_model("last", self.model_to_use(), replace(self.spec, training=last))
         self.run_folder.save_resume_state(
             {
-                "model": plain_state_dict(self.network),
-                "averaged": None if self.averaged is None else self.averaged.state_dict(),
-                "optimiser": self.optimiser.state_dict(),
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                **self.optimisation.state_dict(),
                 "epoch": epoch,
                 "best_dice": progression.best_dice,
                 "best_epoch": progression.best_epoch,
@@ -516,12 +374,7 @@ class Trainer:
 
     def load_checkpoint(self, state: dict[str, Any]) -> None:
         """Continue from a saved state: weights, optimiser, schedule and the progression."""
-        self.network.load_state_dict(state["model"])
-        if self.averaged is not None and state.get("averaged"):
-            self.averaged.load_state_dict(state["averaged"])
-        self.optimiser.load_state_dict(state["optimiser"])
-        if self.scheduler is not None and state.get("scheduler"):
-            self.scheduler.load_state_dict(state["scheduler"])
+        self.optimisation.load_state_dict(state)
         self.progression = Progression(
             next_epoch=int(state["epoch"]) + 1,
             best_dice=float(state["best_dice"]),
@@ -532,92 +385,45 @@ class Trainer:
         logger.info("resuming %s after epoch %d", self.run_folder.path, state["epoch"] + 1)
 
 
-def validate_cases(stage, cases: list[VolumeCase], config: Config) -> dict[str, float]:
-    """Mean foreground 3D Dice of a :class:`~src_monai.inference.stage.StageNetwork` on each
-    cached case, through the pipeline's steps: a localiser's labels on its shrunk slices, a
-    crop segmenter's around the true atrium's box (its stage alone), whole slices otherwise.
-
-    ``compute_dice`` rather than ``DiceMetric``: the latter all-gathers across ranks when a
-    process group exists, and only rank 0 validates.
-    """
-    from monai.metrics import compute_dice
-    from monai.networks.utils import one_hot
-
-    scores = {}
-    for case in cases:
-        labels = _validation_labels(stage, case)
-        pred = one_hot(torch.from_numpy(labels).long()[None, None], config.data.num_classes)
-        true = one_hot(case.labels.cpu().long()[None, None], config.data.num_classes)
-        dice = compute_dice(pred, true, include_background=False, ignore_empty=False)
-        scores[case.case_id] = float(dice.mean())
-    return scores
-
-
-def _validation_labels(stage, case: VolumeCase) -> np.ndarray:
-    """A cached case's predicted labels, slices first (the cases are normalised, slices
-    first, and a localiser's shrunk already)."""
-    from src_monai.inference.options import PredictOptions
-    from src_monai.inference.steps import (
-        localise_shrunk,
-        prepared_as_is,
-        restore,
-        segment_in_box,
-        segment_whole,
+def run_spec(config: Config, data: TrainingData) -> ModelSpec:
+    """The spec saved with every model file of this run."""
+    scans = [c for c in data.train if not c.extra_plane]
+    spacings = np.array([c.spacing for c in scans])
+    codes = {c.axcodes for c in scans}  # checked at inference only when all agree
+    return ModelSpec.for_training(
+        config,
+        layout=data.layout,
+        source=data.source,
+        spacing_mm=np.median(spacings, axis=0).tolist() if len(spacings) else None,
+        orientation_axcodes=codes.pop() if len(codes) == 1 else None,
+        split={"train": [c.case_id for c in scans], "val": [c.case_id for c in data.val]},
+        training_digests=[c.digest for c in scans if c.digest],
     )
-    from src_monai.progress import run_to_end
 
-    spec = stage.spec
-    options = PredictOptions.for_model(spec)
-    slices = case.slices.cpu().numpy()
-    if spec.stage is Stage.LOCALISER:
-        return run_to_end(localise_shrunk(stage, slices, options))
-    # The slice axis put back, so a tri-planar model's other two planes are cut exactly as
-    # in training and inference.
-    prepared = prepared_as_is(np.moveaxis(slices, 0, spec.slice_axis), spec.slice_axis)
-    box = AtriumBox.around(case.labels.cpu()) if spec.stage is Stage.CROP_SEGMENTER else None
-    job = (
-        segment_whole(stage, prepared, options)
-        if box is None
-        else segment_in_box(stage, prepared, box, options)
+
+def move_to_device(data: TrainingData, config: Config, device: torch.device) -> None:
+    """On a GPU with ``train.augment_on_device`` the cached cases move there: MONAI's
+    transforms follow their input's device, so augmentation then runs on the GPU."""
+    if device.type == "cuda" and config.train.augment_on_device:
+        for case in data.train + data.val:
+            case.slices, case.labels = case.slices.to(device), case.labels.to(device)
+
+
+def epoch_progress(config: Config, epoch: int, row: dict[str, Any], steps_done: int) -> Progress:
+    """The epoch's last report: its loss and validation Dice (logged, and as metrics)."""
+    dice = row["val_dice"]
+    logger.info(
+        "epoch %d: loss %.4f%s",
+        epoch + 1,
+        row["train_loss"],
+        f", val Dice {dice:.4f}" if dice != "" else "",
     )
-    restored = restore(
-        run_to_end(job), prepared.grid, spec.num_classes, postprocess=options.postprocess
+    metrics = {"epoch": epoch + 1, "train_loss": row["train_loss"]}
+    if dice != "":
+        metrics["val_dice"] = dice
+    return Progress(
+        f"epoch {epoch + 1}/{config.train.epochs} done",
+        steps_done,
+        config.train.epochs * config.train.steps_per_epoch,
+        metrics=metrics,
     )
-    return np.moveaxis(restored.labels, spec.slice_axis, 0)
-
-
-def load_initial_weights(network: torch.nn.Module, config: Config) -> None:
-    """Start from a trained model's weights (fine-tuning); its architecture must match. Of
-    a two-stage model file, the stage this config trains (a localiser's or a crop model's)."""
-    from src_monai.model.files import load_stage, model_path
-
-    source = config.train.init_model
-    path = model_path(source)
-    stage = "localiser" if config.data.stage is Stage.LOCALISER else "segmenter"
-    trained, spec = load_stage(path, stage)
-    if (
-        spec.in_channels != config.data.context_slices
-        or spec.num_classes != config.data.num_classes
-    ):
-        raise ConfigError(
-            path,
-            f"train.init_model has {spec.in_channels} input channels and "
-            f"{spec.num_classes} classes; the config asks for "
-            f"{config.data.context_slices} and {config.data.num_classes}",
-        )
-    try:
-        network.load_state_dict(trained.state_dict(), strict=True)
-    except RuntimeError as exc:
-        raise ConfigError(
-            path,
-            "train.init_model's architecture differs from [model] in the config "
-            f"({str(exc).splitlines()[0]})",
-        ) from exc
-    logger.info("initial weights from %s", path)
-
-
-def clip_gradients(network: torch.nn.Module, config: Config) -> None:
-    if config.train.clip_value > 0:
-        torch.nn.utils.clip_grad_value_(network.parameters(), config.train.clip_value)
-    if config.train.clip_norm > 0:
-        torch.nn.utils.clip_grad_norm_(network.parameters(), config.train.clip_norm)

@@ -555,3 +555,43 @@ def test_failed_write_leaves_no_file(case, tmp_path):
 def test_case_id_strips_double_suffix():
     assert case_id_from_path("imagesTr/la_003.nii.gz") == "la_003"
     assert case_id_from_path("lgemri.nrrd") == "lgemri"
+
+
+def test_a_registered_format_is_read_written_and_discovered_like_the_built_in_ones(
+    case, tmp_path, monkeypatch
+):
+    """The format registry: one entry (here numpy's .npz with the affine beside the voxels)
+    and read_scan, read_geometry, write_labels and dataset discovery's scan_suffix follow."""
+    from src_monai.io import formats
+    from src_monai.io.geometry import ScanGeometry
+    from src_monai.io.scans import scan_suffix
+
+    _, _, image_path, label_path = case
+    monkeypatch.setattr(formats, "FORMATS", list(formats.FORMATS))  # undone after the test
+
+    def read(path, _series):
+        with np.load(path) as stored:
+            array, affine = stored["array"], stored["affine"]
+        spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+        return array, ScanGeometry(affine, array.shape, spacing, str(array.dtype), "nifti")
+
+    def write(path, array, geometry, _intent):
+        with open(path, "wb") as handle:  # np.savez would add its own suffix
+            np.savez(handle, array=array, affine=geometry.affine)
+
+    formats.register_format(
+        formats.ScanFormat(
+            "numpy", (".npz",), read, lambda p, s: read(p, s)[1], write, writable=(".npz",)
+        )
+    )
+    scan = read_scan(image_path)
+    labels = read_labels(label_path)
+    target = write_labels(tmp_path / "labels.npz", labels.array, scan.geometry)
+    assert scan_suffix(target) == ".npz" and case_id_from_path(target) == "labels"
+    back = read_labels(target)
+    np.testing.assert_array_equal(back.array, labels.array)
+    assert back.geometry.same_space(scan.geometry)
+    assert read_geometry(target).shape == scan.geometry.shape
+    (tmp_path / "other.xyz").write_text("not a scan")
+    with pytest.raises(NotAScanError, match=r"unsupported file type \(expected one of .*\.npz"):
+        read_scan(tmp_path / "other.xyz")

@@ -33,7 +33,6 @@ examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``lasc prepare`` options."""
-    from src_monai.cli.support import argument_type
 
     parser.add_argument(
         "data",
@@ -71,34 +70,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "as the earlier tool, 0 for --folds)",
     )
     parser.add_argument(
-        "--fractions",
-        type=float,
-        nargs=3,
-        default=(0.8, 0.15, 0.05),
-        metavar=("TRAIN", "VALID", "TEST"),
-        help="png: share of patients in train/valid/test (default 0.8 0.15 0.05)",
-    )
-    parser.add_argument("--size", type=int, default=512, help="png: slice size (default 512)")
-    parser.add_argument(
-        "--rgb-map",
-        type=argument_type(parse_rgb_map),
-        default=DEFAULT_RGB_MAP,
-        help='png: colour of each class, e.g. "{(0,0,0):0, (255,0,255):1}"',
-    )
-    parser.add_argument(
-        "--drop-empty",
-        action="store_true",
-        help="png: leave out slices without any label (the earlier tool did; "
-        "a model trained so has never seen an empty slice)",
-    )
-    parser.add_argument(
-        "--intensity",
-        choices=("slice-max", "volume"),
-        default="slice-max",
-        help="png: scale each slice by its own maximum (earlier tool) or by "
-        "the volume's 99.5th percentile",
-    )
-    parser.add_argument(
         "--slice-axis",
         type=int,
         choices=(0, 1, 2),
@@ -109,6 +80,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--overwrite",
         action="store_true",
         help="write into a non-empty output folder (replaces same-named files, deletes nothing)",
+    )
+    _add_png_arguments(parser.add_argument_group("--format png (the earlier Keras tool's data)"))
+
+
+def _add_png_arguments(group) -> None:
+    from src_monai.cli.support import argument_type
+
+    group.add_argument(
+        "--fractions",
+        type=float,
+        nargs=3,
+        default=(0.8, 0.15, 0.05),
+        metavar=("TRAIN", "VALID", "TEST"),
+        help="png: share of patients in train/valid/test (default 0.8 0.15 0.05)",
+    )
+    group.add_argument("--size", type=int, default=512, help="png: slice size (default 512)")
+    group.add_argument(
+        "--rgb-map",
+        type=argument_type(parse_rgb_map),
+        default=DEFAULT_RGB_MAP,
+        help='png: colour of each class, e.g. "{(0,0,0):0, (255,0,255):1}"',
+    )
+    group.add_argument(
+        "--drop-empty",
+        action="store_true",
+        help="png: leave out slices without any label (the earlier tool did; "
+        "a model trained so has never seen an empty slice)",
+    )
+    group.add_argument(
+        "--intensity",
+        choices=("slice-max", "volume"),
+        default="slice-max",
+        help="png: scale each slice by its own maximum (earlier tool) or by "
+        "the volume's 99.5th percentile",
     )
 
 

@@ -203,27 +203,7 @@ def add_msd_case(
         )
     labels = as_label_array(labels, len(class_names), source=f"labels of {name}")
     manifest = root / "dataset.json"
-    content: dict = {
-        "name": "napari-lasc training set",
-        "description": "scans and corrected labels saved from napari-lasc",
-        "labels": {str(i): n for i, n in enumerate(class_names)},
-        "modality": {"0": "MRI"},
-        "training": [],
-    }
-    if manifest.exists():
-        try:
-            content = json.loads(manifest.read_text(encoding="utf-8"))
-            entries = list(content.get("training", []))
-            taken = {Path(entry["image"]).name.split(".nii")[0] for entry in entries}
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise DatasetError(manifest, f"is not a readable MSD dataset.json ({exc})") from exc
-        declared = content.get("labels", {})
-        if [declared.get(str(i)) for i in range(len(declared))] != list(class_names):
-            raise DatasetError(manifest, f"declares classes {declared}, not {list(class_names)}")
-    elif root.exists() and any(root.iterdir()):
-        raise DatasetError(root, "is neither empty nor an MSD dataset (no dataset.json)")
-    else:
-        taken, entries = set(), []
+    content, entries, taken = _training_set_manifest(root, class_names)
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._") or "case"
     case_id, number = stem, 1
     while case_id in taken or (root / "imagesTr" / f"{case_id}.nii.gz").exists():
@@ -241,3 +221,33 @@ def add_msd_case(
     )
     logger.info("added %s to %s (%d cases)", case_id, root, len(entries))
     return case_id
+
+
+def _training_set_manifest(
+    root: Path, class_names: Sequence[str]
+) -> tuple[dict, list[dict], set[str]]:
+    """The ``dataset.json`` of the training set at ``root``, its cases and their ids (a new
+    one for an empty or absent folder); refused when it is unreadable, has other classes,
+    or the folder holds something else."""
+    manifest = root / "dataset.json"
+    if manifest.exists():
+        try:
+            content = json.loads(manifest.read_text(encoding="utf-8"))
+            entries = list(content.get("training", []))
+            taken = {Path(entry["image"]).name.split(".nii")[0] for entry in entries}
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise DatasetError(manifest, f"is not a readable MSD dataset.json ({exc})") from exc
+        declared = content.get("labels", {})
+        if [declared.get(str(i)) for i in range(len(declared))] != list(class_names):
+            raise DatasetError(manifest, f"declares classes {declared}, not {list(class_names)}")
+        return content, entries, taken
+    if root.exists() and any(root.iterdir()):
+        raise DatasetError(root, "is neither empty nor an MSD dataset (no dataset.json)")
+    content = {
+        "name": "napari-lasc training set",
+        "description": "scans and corrected labels saved from napari-lasc",
+        "labels": {str(i): n for i, n in enumerate(class_names)},
+        "modality": {"0": "MRI"},
+        "training": [],
+    }
+    return content, [], set()

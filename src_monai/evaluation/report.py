@@ -128,58 +128,57 @@ def evaluate_pairs(
 
     ``true_box``: a crop model segments the box around the true atrium (its stage alone,
     as validation during training does); rows say so in ``box``."""
-    from src_monai.io.scans import image_digest, read_scan
-    from src_monai.progress import run_to_end
-
     rows = []
     for done, pair in enumerate(pairs, start=1):
         truth = read_labels(pair.truth, num_classes)
-        probabilities = None
+        row: dict[str, Any] = {"case": pair.case_id}
         if predictor is not None:
-            assert pair.image is not None
-            scan = read_scan(pair.image)
-            check_pair(scan.geometry, truth.geometry, pair.image, pair.truth)
-            geometry = scan.geometry
-            prepared = predictor.prepare(
-                scan.array, spacing=geometry.spacing, affine=geometry.stated_affine
-            )
-            box = None
-            if true_box:
-                axis = prepared.grid.scan_slice_axis
-                box = AtriumBox.around(np.moveaxis(truth.array, axis, 0))
-            chosen = replace(options or predictor.options(), probabilities=True)
-            result = run_to_end(predictor.predict_prepared(prepared, chosen, box=box))
-            prediction, probabilities = result.labels, result.probabilities
+            prediction, probabilities, role = _predicted(predictor, pair, truth, options, true_box)
+            row["seen_by_model"] = role
         else:
             assert pair.prediction is not None
             predicted = read_labels(pair.prediction, num_classes)
             check_pair(predicted.geometry, truth.geometry, pair.prediction, pair.truth)
-            prediction = predicted.array
-        row: dict[str, Any] = {"case": pair.case_id}
-        if predictor is None and pair.prediction is not None:
+            prediction, probabilities = predicted.array, None
             row["seen_by_model"] = pair.seen
-        if predictor is not None:
-            # A case the model learnt from scores far above what unseen patients get: say so
-            # on its row (recognised by name or by its voxels, so a renamed copy is caught).
-            role = predictor.spec.training_role(pair.case_id, image_digest(scan.array))
-            row["seen_by_model"] = role or ""
         if true_box:
             row["box"] = "true atrium"
-        row.update(
-            case_metrics(
-                prediction, truth.array, truth.geometry.spacing, num_classes, hd_percentile
-            )
-        )
+        spacing = truth.geometry.spacing
+        row.update(case_metrics(prediction, truth.array, spacing, num_classes, hd_percentile))
         row.update(earlier_tool_metrics(prediction, truth.array, num_classes, probabilities))
         # LA shape next to overlap: a segmentation can score well and still misjudge the
         # diameter or sphericity that remodelling studies report.
-        for role, labels in (("pred", prediction), ("truth", truth.array)):
-            shape = measure_atrium(labels, truth.geometry.spacing).row()
-            row[f"sphericity_{role}"] = shape["sphericity"]
-            row[f"max_diameter_mm_{role}"] = shape["max_diameter_mm"]
+        for who, labels in (("pred", prediction), ("truth", truth.array)):
+            shape = measure_atrium(labels, spacing).row()
+            row[f"sphericity_{who}"] = shape["sphericity"]
+            row[f"max_diameter_mm_{who}"] = shape["max_diameter_mm"]
         rows.append(row)
         yield Progress(pair.case_id, done, len(pairs))
     return rows
+
+
+def _predicted(predictor, pair: EvalPair, truth, options, true_box: bool):
+    """The predictor's labels and probabilities for ``pair``'s image, and whether the model
+    learnt from it: a case it did scores far above what unseen patients get, so its row says
+    so (recognised by name or by its voxels, so a renamed copy is caught)."""
+    from src_monai.io.scans import image_digest, read_scan
+    from src_monai.progress import run_to_end
+
+    assert pair.image is not None
+    scan = read_scan(pair.image)
+    check_pair(scan.geometry, truth.geometry, pair.image, pair.truth)
+    geometry = scan.geometry
+    prepared = predictor.prepare(
+        scan.array, spacing=geometry.spacing, affine=geometry.stated_affine
+    )
+    box = None
+    if true_box:
+        axis = prepared.grid.scan_slice_axis
+        box = AtriumBox.around(np.moveaxis(truth.array, axis, 0))
+    chosen = replace(options or predictor.options(), probabilities=True)
+    result = run_to_end(predictor.predict_prepared(prepared, chosen, box=box))
+    role = predictor.spec.training_role(pair.case_id, image_digest(scan.array))
+    return result.labels, result.probabilities, role or ""
 
 
 def seen_cases_note(rows: Sequence[dict[str, Any]], spec=None) -> str:

@@ -1,9 +1,13 @@
 """``lasc infer``'s file loop: scans and PNG slices in, geometry-exact labels and
 ``summary.csv`` out.
 
-Each case's labels and derived files (area curve, probability and uncertainty maps) are
-written as one unit; ``summary.csv`` holds each case's :class:`~src_monai.inference.report.
-CaseReport` row.
+Before any work, every output file is planned and checked (:func:`~src_monai.io.outputs.
+check_planned_outputs`): none may be an input, no two inputs may write one file, and existing
+results are replaced only with ``overwrite``. Each case's labels and derived files (area
+curve, probability and uncertainty maps) are written as one unit, and its row (a
+:class:`~src_monai.inference.report.CaseReport`) is merged into ``out/summary.csv`` by input
+path as soon as it is done: rows of earlier runs and of concurrent runs into the same folder
+are kept.
 """
 
 from __future__ import annotations
@@ -147,14 +151,9 @@ def predict_files(
     ``plans``: what :func:`plan_files` returned for these inputs and options (the CLI plans
     before the model loads), so that they are not listed and checked a second time.
 
-    Before any work, every output file is planned and checked (:func:`~src_monai.io.outputs.
-    check_planned_outputs`): none may be an input, no two inputs may write one file, and
-    existing results are replaced only with ``overwrite``. ``skip_existing`` keeps a case whose
-    files are all there and redoes one with a file missing. Each case's files are written as
-    one unit, and its row is merged into ``out/summary.csv`` by input path as soon as it is
-    done (rows of earlier runs and of concurrent runs into the same folder are kept).
-    ``save_uncertainty`` writes ``<name>_uncertainty.nii.gz`` per scan and adds the uncertain
-    volume (% of the LA) and the most uncertain slice to the summary."""
+    Outputs are checked first and written per case (see the module's text). ``skip_existing``
+    keeps a case whose files are all there and redoes one with a file missing.
+    ``save_uncertainty`` adds ``<name>_uncertainty.nii.gz`` and two summary columns."""
     if plans is None:
         plans = plan_files(
             inputs,
@@ -166,9 +165,7 @@ def predict_files(
             series=series,
         )
     options = options or predictor.options()
-    out = writable_folder(out)
-    for stale in remove_stale_partials(out):
-        logger.info("removed %s, left by an interrupted run", stale.name)
+    out = _output_folder(out)
     rows: list[dict[str, Any]] = []
     for done, plan in enumerate(plans, start=1):
         source = plan.source
@@ -177,22 +174,55 @@ def predict_files(
             continue
         if skip_existing and plan.started:
             logger.info("%s: an earlier result is incomplete: segmenting it again", source.name)
-        try:
-            if source.suffix.lower() != ".png":
-                scan_job = _predict_scan(
-                    predictor, plan, options, save_probabilities, save_uncertainty, box, series
-                )
-                row = yield from _within_file(scan_job, source.name, done - 1, len(plans))
-            else:
-                row = _predict_png(predictor, plan, options, rgb_map)
-        except LascError as exc:
-            if exc.source is not None:
-                raise
-            raise LascError(source, exc.problem) from exc  # name the file it is about
+        row = yield from _predict_plan(
+            predictor,
+            plan,
+            options,
+            probabilities=save_probabilities,
+            uncertainty=save_uncertainty,
+            box=box,
+            series=series,
+            rgb_map=rgb_map,
+            position=(done - 1, len(plans)),
+        )
         merge_rows(out / SUMMARY, [row], key="input")
         rows.append(row)
         yield Progress(source.name, done, len(plans))
     return rows
+
+
+def _output_folder(out: str | Path) -> Path:
+    """``out``, made if needed, without the partial files an interrupted run left."""
+    out = writable_folder(out)
+    for stale in remove_stale_partials(out):
+        logger.info("removed %s, left by an interrupted run", stale.name)
+    return out
+
+
+def _predict_plan(
+    predictor: Predictor,
+    plan: CaseOutputs,
+    options: PredictOptions,
+    *,
+    probabilities: bool,
+    uncertainty: bool,
+    box: AtriumBox | None,
+    series: str | None,
+    rgb_map: dict | None,
+    position: tuple[int, int],
+) -> Job[dict[str, Any]]:
+    """One input's files written; its summary row. ``position``: files done before it, and
+    of how many. An error that names no file is made to name this one."""
+    source = plan.source
+    try:
+        if source.suffix.lower() == ".png":
+            return _predict_png(predictor, plan, options, rgb_map)
+        scan_job = _predict_scan(predictor, plan, options, probabilities, uncertainty, box, series)
+        return (yield from _within_file(scan_job, source.name, *position))
+    except LascError as exc:
+        if exc.source is not None:
+            raise
+        raise LascError(source, exc.problem) from exc
 
 
 def _within_file(job: Job[Any], name: str, before: int, files: int) -> Job[Any]:

@@ -4,6 +4,7 @@ masks), split by patient.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -110,36 +111,27 @@ def export_png_dataset(
     names = {case.case_id: png_case_name(i) for i, case in enumerate(dataset.training, start=1)}
     plan = holdout_split(list(names), fractions, seed)
     subset_of = {cid: subset for subset, ids in plan.partitions[0].items() for cid in ids}
-    for subset in PNG_SUBSETS:
-        for kind in ("images", "masks"):
-            (out / subset / kind).mkdir(parents=True, exist_ok=True)
+    for subset, kind in itertools.product(PNG_SUBSETS, ("images", "masks")):
+        (out / subset / kind).mkdir(parents=True, exist_ok=True)
     stats, written = [], 0
-    total = len(dataset.training)
     for done, case in enumerate(dataset.training, start=1):
         assert case.label is not None
-        volume = read_scan(case.image).array
         labels = read_labels(case.label, dataset.num_classes)
-        volume_max = float(np.percentile(volume, 99.5)) if intensity == "volume" else 0.0
-        folder = out / subset_of[case.case_id]
         # One contiguous copy, slices first: taking strided slices one by one is ~100x slower.
-        image_slices = slices_first(volume, slice_axis)
         label_slices = slices_first(labels.array, slice_axis)
-        for z, (image_slice, label_slice) in enumerate(
-            zip(image_slices, label_slices, strict=True)
-        ):
-            if not keep_empty and not label_slice.any():
-                continue
-            scale = float(image_slice.max()) if intensity == "slice-max" else volume_max
-            name = f"{names[case.case_id]}_{z}.png"
-            _save_png(
-                folder / "images" / name, slice_to_png_image(image_slice, size, scale), overwrite
-            )
-            _save_png(
-                folder / "masks" / name, slice_to_png_mask(label_slice, size, rgb_map), overwrite
-            )
-            written += 1
+        written += _write_case_slices(
+            slices_first(read_scan(case.image).array, slice_axis),
+            label_slices,
+            out / subset_of[case.case_id],
+            names[case.case_id],
+            size=size,
+            rgb_map=rgb_map,
+            keep_empty=keep_empty,
+            intensity=intensity,
+            overwrite=overwrite,
+        )
         stats.append(case_stats_of(case.case_id, labels, label_slices))
-        yield Progress(case.case_id, done, total)
+        yield Progress(case.case_id, done, len(dataset.training))
     save_split(out / "split.json", plan, overwrite=overwrite)
     write_json(
         out / "png_dataset.json",
@@ -157,6 +149,33 @@ def export_png_dataset(
         overwrite=overwrite,
     )
     return stats
+
+
+def _write_case_slices(
+    image_slices: np.ndarray,
+    label_slices: np.ndarray,
+    folder: Path,
+    name: str,
+    *,
+    size: int,
+    rgb_map: RgbMap,
+    keep_empty: bool,
+    intensity: PngIntensity,
+    overwrite: bool,
+) -> int:
+    """One volume's slices (slices first) as ``images/<name>_<z>.png`` and
+    ``masks/<name>_<z>.png`` in ``folder``; returns how many were written."""
+    volume_max = float(np.percentile(image_slices, 99.5)) if intensity == "volume" else 0.0
+    written = 0
+    for z, (image_slice, label_slice) in enumerate(zip(image_slices, label_slices, strict=True)):
+        if not keep_empty and not label_slice.any():
+            continue
+        scale = float(image_slice.max()) if intensity == "slice-max" else volume_max
+        png = f"{name}_{z}.png"
+        _save_png(folder / "images" / png, slice_to_png_image(image_slice, size, scale), overwrite)
+        _save_png(folder / "masks" / png, slice_to_png_mask(label_slice, size, rgb_map), overwrite)
+        written += 1
+    return written
 
 
 def _save_png(path: Path, array: np.ndarray, overwrite: bool) -> None:

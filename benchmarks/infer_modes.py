@@ -22,7 +22,6 @@ import json
 import platform
 import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -50,7 +49,7 @@ def main() -> int:
     args = parser.parse_args()
 
     single = Predictor.from_checkpoint(None, args.device)
-    tri = Predictor(single.network, replace(single.spec, tri_planar=True), single.device)
+    tri = Predictor(single.network, single.spec.with_input(tri_planar=True), single.device)
     volume = read_scan(SAMPLE_SCAN).array
     run_to_end(single.predict_volume(volume))  # warm-up: MONAI imports, first allocations
     times: dict[str, list[float]] = {mode: [] for mode in MODES}

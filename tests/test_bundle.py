@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -126,7 +125,7 @@ def test_export_refuses_what_it_cannot_write_faithfully(tmp_path, tiny_run):
     from src_monai.model.files import load_model, save_model
 
     network, spec = load_model(tiny_run[1].best_model)
-    tri = save_model(tmp_path / "tri.safetensors", network, replace(spec, tri_planar=True))
+    tri = save_model(tmp_path / "tri.safetensors", network, spec.with_input(tri_planar=True))
     done = subprocess.run(
         [LASC, "export-bundle", str(tri), str(tmp_path / "b")], capture_output=True, text=True
     )

@@ -14,6 +14,7 @@ import torch
 from conftest import LASC
 from PIL import Image
 
+from src_monai.config import config_from_dict
 from src_monai.errors import LascError
 from src_monai.inference.files import predict_files
 from src_monai.inference.predictor import Predictor
@@ -73,7 +74,8 @@ def test_tta_is_skipped_for_a_model_trained_without_flips(predictor, tiny_run, c
 def test_tta_averages_the_flip_the_model_was_trained_with(predictor, tiny_run):
     dataset, _ = tiny_run
     volume = read_scan(dataset / "imagesTr" / "case_001.nii.gz").array
-    spec = replace(predictor.spec, config={"augment": {"flip": True}})
+    recipe = config_from_dict({"augment": {"flip": True}})
+    spec = replace(predictor.spec, record=replace(predictor.spec.record, recipe=recipe))
     flipping = Predictor(predictor.network, spec, predictor.device)
     averaged = run_to_end(
         flipping.predict_volume(volume, flipping.options(tta=True, probabilities=True))

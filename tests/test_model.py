@@ -115,7 +115,48 @@ def test_stages_are_stated_in_the_file_and_round_trip(tmp_path):
     assert (written["stage"], written["localiser"]["stage"]) == ("crop_segmenter", "localiser")
     assert load_spec(path).stage is Stage.CROP_SEGMENTER
     lying = save_model(
-        tmp_path / "lying.safetensors", network, replace(spec, stage=Stage.WHOLE_SLICE)
+        tmp_path / "lying.safetensors",
+        network,
+        replace(spec, input=replace(spec.input, stage=Stage.WHOLE_SLICE)),
     )
     with pytest.raises(ModelFileError, match="disagrees with its data keys"):
         load_model(lying)
+
+
+def test_the_spec_keeps_each_fact_once_and_its_recipe_must_agree_with_it():
+    """Input, classes and training record are typed sections; the saved training recipe is a
+    typed Config (flips are read from it) and may not contradict the sections."""
+    from dataclasses import fields, replace
+
+    from src_monai.model.files import BUNDLED_MODEL, load_spec
+    from src_monai.model.spec import ModelSpec
+
+    assert [f.name for f in fields(ModelSpec)] == [
+        "network",
+        "input",
+        "classes",
+        "record",
+        "inference",
+        "cross_validation",
+        "package_version",
+        "localiser",
+    ]
+    spec = load_spec(BUNDLED_MODEL)
+    assert spec.record.recipe.data.crop_size == spec.input.crop_size == 128
+    assert spec.trained_with_flips is spec.record.recipe.augment.flip
+    metadata = spec.to_metadata()  # the file adds the package version that writes it
+    assert ModelSpec.from_metadata(metadata) == replace(spec, package_version="")
+    metadata["config"]["data"]["slice_axis"] = 0  # the recipe now says another axis
+    with pytest.raises(ValueError, match="feeds the network unlike data says"):
+        ModelSpec.from_metadata(metadata)
+    metadata = spec.to_metadata()
+    metadata["config"]["model"]["base_filters"] = 8
+    with pytest.raises(ValueError, match="another network"):
+        ModelSpec.from_metadata(metadata)
+    metadata = spec.to_metadata()
+    metadata["config"]["train"]["epochs"] = "many"
+    with pytest.raises(ValueError, match="training recipe.*train.epochs"):
+        ModelSpec.from_metadata(metadata)
+    turned = spec.with_input(slice_axis=0)  # both copies change together
+    assert turned.slice_axis == turned.record.recipe.data.slice_axis == 0
+    assert ModelSpec.from_metadata(turned.to_metadata()) == replace(turned, package_version="")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -60,7 +59,7 @@ def test_fused_prediction_is_the_mean_of_the_three_planes(tri_run):
     assert isinstance(steps[-1], Progress) and steps[-1].total == sum(volume.shape)
     per_plane = []
     for axis in range(3):
-        spec = replace(predictor.spec, slice_axis=axis, tri_planar=False)
+        spec = predictor.spec.with_input(slice_axis=axis, tri_planar=False)
         one = Predictor(predictor.network, spec, predictor.device)
         per_plane.append(
             run_to_end(one.predict_volume(volume, one.options(probabilities=True))).probabilities

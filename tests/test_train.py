@@ -46,9 +46,9 @@ def test_a_run_leaves_a_complete_run_folder(tiny_run):
     best = max(float(r["val_dice"]) for r in rows)
     assert result.best_dice == pytest.approx(best)
     _, spec = load_model(result.best_model)
-    assert spec.training["val_dice"] == pytest.approx(best)
+    assert spec.record.progress["val_dice"] == pytest.approx(best)
     assert spec.context_slices == 3 and spec.in_channels == 3
-    assert spec.config["train"]["epochs"] == 2  # resolved config inside the checkpoint
+    assert spec.record.recipe.train.epochs == 2  # resolved config inside the checkpoint
     assert set(spec.split["val"]).isdisjoint(spec.split["train"])
     assert load_config(run / "config.toml").train.epochs == 2
 
@@ -263,7 +263,7 @@ def test_one_epoch_from_the_earlier_tools_config_on_a_prepared_png_dataset(tmp_p
     (run,) = (tmp_path / "models").iterdir()
     assert _epochs(run) == ["1"]
     _, spec = load_model(run / "checkpoints" / "best.safetensors")
-    assert spec.data_layout == "png"
+    assert spec.record.layout == "png"
     assert spec.network.first_kernel_size == 7
     assert len(spec.split["train"]) == 2 and len(spec.split["val"]) == 1
 

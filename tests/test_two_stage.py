@@ -231,7 +231,7 @@ def test_lasc_train_trains_both_stages_from_one_config_and_resumes_after_stop(tm
     network, spec = load_model(parent / "model.safetensors")
     assert spec.localiser is not None and spec.localiser.downsample == 2
     assert spec.crop_size == 16 and spec.context_slices == 3
-    assert spec.config["train"]["ema_decay"] == 0.5
+    assert spec.record.recipe.train.ema_decay == 0.5
     scan = read_scan(dataset / "imagesTr" / "case_001.nii.gz")
     prediction = run_to_end(
         Predictor(network, spec, torch.device("cpu")).predict_volume(scan.array)

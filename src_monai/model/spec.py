@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from src_monai.config import Config, ModelConfig, Stage, config_from_dict
+from src_monai.config import Config, ConfigError, DataConfig, ModelConfig, Stage, config_from_dict
 from src_monai.errors import LascError
 
 # Default class colours (RGB), background first; the earlier tool's LA magenta.
@@ -48,21 +48,14 @@ class CrossValidation:
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """A 2D (2.5D) segmentation model: its network, its input, its classes, its training.
+class InputSpec:
+    """How a network's input is cut from a scan: its stage, the slices it sees and their
+    size and intensities. The one record of these facts (the saved recipe must agree)."""
 
-    ``spacing_mm`` is the median voxel size of the training scans with the slice axis first
-    (as the trainer sees the scans); :attr:`training_spacing` gives it in file axis order.
-    """
-
-    network: ModelConfig
-    num_classes: int
     slice_axis: int
     context_slices: int
     normalisation: str
     patch_size: tuple[int, int]
-    class_names: tuple[str, ...]
-    class_colours: tuple[tuple[int, int, int], ...] = ()
     stage: Stage = Stage.WHOLE_SLICE
     """What this network does; the model file states it (older files: read from the
     ``downsample`` and ``crop_size`` they record)."""
@@ -73,23 +66,91 @@ class ModelSpec:
     """A crop model (stage 2): segments a ``crop_size`` square around the atrium's box."""
     crop_slice_margin: int = 0
     """Slices segmented beyond the box's range on each side (a crop model)."""
+
+    @classmethod
+    def of(cls, data: DataConfig) -> InputSpec:
+        """What a network trained with these data keys is fed."""
+        crop = data.crop_size
+        return cls(
+            slice_axis=data.slice_axis,
+            context_slices=data.context_slices,
+            normalisation=data.normalisation,
+            patch_size=(crop, crop) if crop else (int(data.patch_size[0]), int(data.patch_size[1])),
+            stage=data.stage,
+            tri_planar=data.tri_planar,
+            downsample=data.downsample,
+            crop_size=crop,
+            crop_slice_margin=data.crop_slice_margin if crop else 0,
+        )
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """The classes a network predicts, background first, and their display colours."""
+
+    names: tuple[str, ...]
+    colours: tuple[tuple[int, int, int], ...] = ()
+
+    @property
+    def count(self) -> int:
+        return len(self.names)
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """What a model learnt from and how: the facts a user checks before trusting it.
+
+    ``spacing_mm`` is the median voxel size of the training scans with the slice axis first
+    (as the trainer sees them). ``recipe`` is the training config as resolved (typed; the
+    training recipe is read from here, e.g. whether it flipped)."""
+
     spacing_mm: tuple[float, float, float] | None = None
     orientation_axcodes: tuple[str, str, str] | None = None
-    data_layout: str = ""
-    data_source: str = ""
+    layout: str = ""
+    source: str = ""
     split: dict[str, list[str]] = field(default_factory=dict)
     """Case ids the model was trained (``train``) and validated (``val``) on."""
-    training_digests: tuple[str, ...] = ()
+    digests: tuple[str, ...] = ()
     """:func:`~src_monai.io.scans.image_digest` of each training scan."""
-    config: dict[str, Any] = field(default_factory=dict)
-    """The whole training config as saved (a record: read here only for its augmentation)."""
-    training: dict[str, Any] = field(default_factory=dict)
+    recipe: Config | None = None
+    progress: dict[str, Any] = field(default_factory=dict)
     """Where training stood when saved (epoch, validation Dice)."""
+
+
+def _view(section: str, name: str) -> property:
+    """A read-only shortcut to one field of a section (the fact is stored there once)."""
+    return property(lambda self: getattr(getattr(self, section), name), doc=f"``{section}.{name}``")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A 2D (2.5D) segmentation model: its network, its input, its classes, its training,
+    each a typed section; the shortcuts below read them."""
+
+    network: ModelConfig
+    input: InputSpec
+    classes: ClassSpec
+    record: TrainingRecord = field(default_factory=TrainingRecord)
     inference: InferenceDefaults | None = None
     cross_validation: CrossValidation | None = None
     package_version: str = ""
     localiser: ModelSpec | None = None
     """Stage 1 of a two-stage model (this spec is then stage 2, a crop model)."""
+
+    slice_axis = _view("input", "slice_axis")
+    context_slices = _view("input", "context_slices")
+    normalisation = _view("input", "normalisation")
+    patch_size = _view("input", "patch_size")
+    stage = _view("input", "stage")
+    tri_planar = _view("input", "tri_planar")
+    downsample = _view("input", "downsample")
+    crop_size = _view("input", "crop_size")
+    crop_slice_margin = _view("input", "crop_slice_margin")
+    num_classes = _view("classes", "count")
+    class_names = _view("classes", "names")
+    spacing_mm = _view("record", "spacing_mm")
+    orientation_axcodes = _view("record", "orientation_axcodes")
+    split = _view("record", "split")
 
     # ------------------------------------------------------------------ derived
 
@@ -101,7 +162,7 @@ class ModelSpec:
     @property
     def colours(self) -> list[tuple[int, int, int]]:
         """One RGB colour per class, background first."""
-        return list(self.class_colours or DEFAULT_COLOURS)[: self.num_classes]
+        return list(self.classes.colours or DEFAULT_COLOURS)[: self.num_classes]
 
     @property
     def defaults(self) -> InferenceDefaults:
@@ -112,8 +173,8 @@ class ModelSpec:
     @property
     def trained_with_flips(self) -> bool:
         """Left-right flips were among the training augmentations (TTA may use them)."""
-        augment = self.config.get("augment")  # a record: read defensively
-        return isinstance(augment, dict) and augment.get("flip") is True
+        recipe = self.record.recipe
+        return recipe is not None and recipe.augment.flip
 
     @property
     def training_spacing(self) -> tuple[float, float, float] | None:
@@ -130,7 +191,7 @@ class ModelSpec:
         it; else ``None`` (unseen)."""
         specs = [self, *([self.localiser] if self.localiser is not None else [])]
         if any(
-            case_id in s.split.get("train", ()) or (digest and digest in s.training_digests)
+            case_id in s.split.get("train", ()) or (digest and digest in s.record.digests)
             for s in specs
         ):
             return "training"
@@ -149,6 +210,22 @@ class ModelSpec:
             )
         axis = self.slice_axis
         return (axis, *[a for a in range(3) if a != axis]) if tri_planar else (axis,)
+
+    def with_progress(self, progress: dict[str, Any]) -> ModelSpec:
+        """This spec saying where training stood (epoch, validation Dice)."""
+        return replace(self, record=replace(self.record, progress=progress))
+
+    def with_input(self, **changes: Any) -> ModelSpec:
+        """This spec with its input section changed (e.g. another slice axis); the recipe's
+        data keys change with it, so the two still agree."""
+        recipe = self.record.recipe
+        if recipe is not None:
+            recipe = replace(recipe, data=replace(recipe.data, **changes))
+        return replace(
+            self,
+            input=replace(self.input, **changes),
+            record=replace(self.record, recipe=recipe),
+        )
 
     def with_inference(
         self, defaults: InferenceDefaults, cross_validation: CrossValidation | None = None
@@ -174,27 +251,17 @@ class ModelSpec:
         data = config.data
         return cls(
             network=config.model,
-            num_classes=data.num_classes,
-            slice_axis=data.slice_axis,
-            context_slices=data.context_slices,
-            normalisation=data.normalisation,
-            patch_size=(data.crop_size, data.crop_size)
-            if data.crop_size
-            else (int(data.patch_size[0]), int(data.patch_size[1])),
-            class_names=tuple(data.class_names),
-            class_colours=tuple(DEFAULT_COLOURS[: data.num_classes]),
-            stage=data.stage,
-            tri_planar=data.tri_planar,
-            downsample=data.downsample,
-            crop_size=data.crop_size,
-            crop_slice_margin=data.crop_slice_margin if data.crop_size else 0,
-            spacing_mm=_floats(spacing_mm),
-            orientation_axcodes=_axcodes(orientation_axcodes),
-            data_layout=layout,
-            data_source=source,
-            split=split,
-            training_digests=tuple(training_digests),
-            config=config.to_dict(),
+            input=InputSpec.of(data),
+            classes=ClassSpec(tuple(data.class_names), tuple(DEFAULT_COLOURS[: data.num_classes])),
+            record=TrainingRecord(
+                spacing_mm=_floats(spacing_mm),
+                orientation_axcodes=_axcodes(orientation_axcodes),
+                layout=layout,
+                source=source,
+                split=split,
+                digests=tuple(training_digests),
+                recipe=config,
+            ),
         )
 
     # ------------------------------------------------------------------ the file's JSON
@@ -223,28 +290,23 @@ class ModelSpec:
         inference = _optional_table(metadata, "inference")
         cross_validation = _optional_table(metadata, "cross_validation")
         localiser = _optional_table(metadata, "localiser")
+        data_input = InputSpec.of(checked)
+        _stage(metadata.get("stage"), checked.stage)  # a stated stage must agree
+        classes = ClassSpec(tuple(checked.class_names), _colours(metadata.get("class_colours")))
         spec = cls(
             network=config.model,
-            num_classes=checked.num_classes,
-            slice_axis=checked.slice_axis,
-            context_slices=checked.context_slices,
-            normalisation=checked.normalisation,
-            patch_size=(checked.patch_size[0], checked.patch_size[1]),
-            class_names=tuple(checked.class_names),
-            class_colours=_colours(metadata.get("class_colours")),
-            stage=_stage(metadata.get("stage"), checked.stage),
-            tri_planar=checked.tri_planar,
-            downsample=checked.downsample,
-            crop_size=checked.crop_size,
-            crop_slice_margin=checked.crop_slice_margin if checked.crop_size else 0,
-            spacing_mm=_spacing(metadata.get("spacing_mm")),
-            orientation_axcodes=_checked_axcodes(metadata.get("orientation_axcodes")),
-            data_layout=_text(data.get("layout", ""), "data.layout"),
-            data_source=_text(data.get("source", ""), "data.source"),
-            split=_split(metadata.get("split")),
-            training_digests=_digests(metadata.get("training_image_sha256")),
-            config=dict(_optional_table(metadata, "config") or {}),
-            training=dict(_optional_table(metadata, "training") or {}),
+            input=data_input,
+            classes=classes,
+            record=TrainingRecord(
+                spacing_mm=_spacing(metadata.get("spacing_mm")),
+                orientation_axcodes=_checked_axcodes(metadata.get("orientation_axcodes")),
+                layout=_text(data.get("layout", ""), "data.layout"),
+                source=_text(data.get("source", ""), "data.source"),
+                split=_split(metadata.get("split")),
+                digests=_digests(metadata.get("training_image_sha256")),
+                recipe=_recipe(_optional_table(metadata, "config"), config.model, data_input),
+                progress=dict(_optional_table(metadata, "training") or {}),
+            ),
             inference=_inference(inference) if inference else None,
             cross_validation=_cross_validation(cross_validation) if cross_validation else None,
             package_version=_text(metadata.get("package_version", ""), "package_version"),
@@ -273,21 +335,21 @@ class ModelSpec:
                 "normalisation": self.normalisation,
                 "patch_size": list(self.patch_size),
                 "class_names": list(self.class_names),
-                "layout": self.data_layout,
-                "source": self.data_source,
+                "layout": self.record.layout,
+                "source": self.record.source,
             },
             "stage": self.stage.value,
             "in_channels": self.in_channels,
             "num_classes": self.num_classes,
-            "class_colours": [list(c) for c in self.class_colours],
+            "class_colours": [list(c) for c in self.classes.colours],
             "spacing_mm": list(self.spacing_mm) if self.spacing_mm else None,
             "orientation_axcodes": list(self.orientation_axcodes)
             if self.orientation_axcodes
             else None,
             "split": self.split,
-            "training_image_sha256": list(self.training_digests),
-            "config": self.config,
-            "training": self.training,
+            "training_image_sha256": list(self.record.digests),
+            "config": self.record.recipe.to_dict() if self.record.recipe is not None else {},
+            "training": self.record.progress,
         }
         if self.inference is not None:
             metadata["inference"] = asdict(self.inference)
@@ -309,6 +371,22 @@ def _stage(value: Any, from_data: Stage) -> Stage:
     if Stage(value) is not from_data:
         raise ValueError(f"stage = {value!r} disagrees with its data keys ({from_data.value})")
     return Stage(value)
+
+
+def _recipe(raw: dict[str, Any] | None, network: ModelConfig, fed: InputSpec) -> Config | None:
+    """The saved training config, typed and checked like a config file; it must agree with
+    the file's own network and input keys (two copies of one fact may not differ)."""
+    if not raw:
+        return None
+    try:
+        recipe = config_from_dict(raw, "metadata", saved=True)
+    except ConfigError as exc:
+        raise ValueError(f"config (the training recipe): {exc.problem}") from exc
+    if recipe.model != network:
+        raise ValueError("config (the training recipe) has another network than model")
+    if InputSpec.of(recipe.data) != fed:
+        raise ValueError("config (the training recipe) feeds the network unlike data says")
+    return recipe
 
 
 def _floats(values: Sequence[float] | None) -> tuple[float, float, float] | None:

@@ -8,12 +8,12 @@ kept from the base model, so the result is again one two-stage model file.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from src_monai.config import Config, config_from_dict
+from src_monai.errors import LascError
 from src_monai.model.files import BUNDLED_MODEL, load_model
 from src_monai.model.spec import ModelSpec
 from src_monai.progress import Job
@@ -87,7 +87,9 @@ def training_plan(
 def _pointed(
     spec: ModelSpec, source: Path, dataset: Path, cases: int | None, options: dict[str, Any]
 ) -> Config:
-    raw = copy.deepcopy(spec.config)
+    if spec.record.recipe is None:
+        raise LascError(source, "records no training recipe (config): train it from a config")
+    raw = spec.record.recipe.to_dict()
     raw["data"].update(dataset=str(dataset), split="", fold=0, layout="auto")
     if cases is not None and cases < MIN_CASES_FOR_VALIDATION:
         raw["data"]["val_fraction"] = 0.0

@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -303,7 +303,7 @@ class Trainer:
         return mean_dice
 
     def save_best(self, training: dict[str, Any]) -> None:
-        spec = replace(self.spec, training=training)
+        spec = self.spec.with_progress(training)
         self.run_folder.save_model("best", self.model_to_use(), spec)
 
     def _should_end(self, row: dict[str, Any]) -> bool:
@@ -353,7 +353,7 @@ class Trainer:
         epoch is the model (nothing to choose on)."""
         progression = self.progression
         last = {"epoch": epoch + 1, "best_val_dice": progression.best_dice}
-        self.run_folder.save_model("last", self.model_to_use(), replace(self.spec, training=last))
+        self.run_folder.save_model("last", self.model_to_use(), self.spec.with_progress(last))
         self.run_folder.save_resume_state(
             {
                 **self.optimisation.state_dict(),

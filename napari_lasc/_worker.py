@@ -61,13 +61,34 @@ def start_job(
     from napari.utils.notifications import show_error
 
     bar = progress(total=0, desc=description)
+    # napari's activity bar processes Qt events while it redraws, so the worker's next signals
+    # (its result, its end) can be delivered inside a progress report, before the widget has
+    # seen that report: they wait until the report is handled, and arrive in the worker's order.
+    reporting = False
+    waiting: list[Callable[[], None]] = []
 
     def progressed(report: Progress) -> None:
-        if bar.total != report.total:
-            bar.total = report.total
-        bar.set_description(f"{description}: {report.message}")
-        bar.update(report.done - bar.n)
-        on_progress(report)
+        nonlocal reporting
+        reporting = True
+        try:
+            if bar.total != report.total:
+                bar.total = report.total
+            bar.set_description(f"{description}: {report.message}")
+            bar.update(report.done - bar.n)
+            on_progress(report)
+        finally:
+            reporting = False
+        while waiting:
+            waiting.pop(0)()
+
+    def in_order(action: Callable[..., None]) -> Callable[..., None]:
+        def deliver(*args: Any) -> None:
+            if reporting:
+                waiting.append(lambda: action(*args))
+            else:
+                action(*args)
+
+        return deliver
 
     def returned(result: Any) -> None:
         if isinstance(result, Failed):
@@ -81,8 +102,8 @@ def start_job(
 
     worker = create_worker(_guarded, make_job, description, _start_thread=False)
     worker.yielded.connect(progressed)
-    worker.returned.connect(returned)
-    worker.aborted.connect(on_cancelled)
-    worker.finished.connect(finished)
+    worker.returned.connect(in_order(returned))
+    worker.aborted.connect(in_order(on_cancelled))
+    worker.finished.connect(in_order(finished))
     worker.start()
     return worker

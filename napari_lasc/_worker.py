@@ -10,7 +10,8 @@ and nothing is added to the viewer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,35 @@ def _guarded(make_job: Callable[[], Job[Any]], description: str) -> Job[Any]:
         return Failed(f"{description} failed: {type(exc).__name__}: {first_line}")
 
 
+class _InOrder:
+    """napari's activity bar processes Qt events while it redraws, so a worker's next signals
+    (its result, its end) can be delivered inside a progress report, before the widget has
+    seen that report; they wait here until the report is handled, in the worker's order."""
+
+    def __init__(self) -> None:
+        self._reporting = False
+        self._waiting: list[Callable[[], None]] = []
+
+    @contextmanager
+    def reporting(self) -> Iterator[None]:
+        self._reporting = True
+        try:
+            yield
+        finally:
+            self._reporting = False
+        while self._waiting:
+            self._waiting.pop(0)()
+
+    def after_reports(self, action: Callable[..., None]) -> Callable[..., None]:
+        def deliver(*args: Any) -> None:
+            if self._reporting:
+                self._waiting.append(lambda: action(*args))
+            else:
+                action(*args)
+
+        return deliver
+
+
 def start_job(
     make_job: Callable[[], Job[Any]],
     *,
@@ -61,34 +91,15 @@ def start_job(
     from napari.utils.notifications import show_error
 
     bar = progress(total=0, desc=description)
-    # napari's activity bar processes Qt events while it redraws, so the worker's next signals
-    # (its result, its end) can be delivered inside a progress report, before the widget has
-    # seen that report: they wait until the report is handled, and arrive in the worker's order.
-    reporting = False
-    waiting: list[Callable[[], None]] = []
+    order = _InOrder()
 
     def progressed(report: Progress) -> None:
-        nonlocal reporting
-        reporting = True
-        try:
+        with order.reporting():
             if bar.total != report.total:
                 bar.total = report.total
             bar.set_description(f"{description}: {report.message}")
             bar.update(report.done - bar.n)
             on_progress(report)
-        finally:
-            reporting = False
-        while waiting:
-            waiting.pop(0)()
-
-    def in_order(action: Callable[..., None]) -> Callable[..., None]:
-        def deliver(*args: Any) -> None:
-            if reporting:
-                waiting.append(lambda: action(*args))
-            else:
-                action(*args)
-
-        return deliver
 
     def returned(result: Any) -> None:
         if isinstance(result, Failed):
@@ -102,8 +113,8 @@ def start_job(
 
     worker = create_worker(_guarded, make_job, description, _start_thread=False)
     worker.yielded.connect(progressed)
-    worker.returned.connect(in_order(returned))
-    worker.aborted.connect(in_order(on_cancelled))
-    worker.finished.connect(in_order(finished))
+    worker.returned.connect(order.after_reports(returned))
+    worker.aborted.connect(order.after_reports(on_cancelled))
+    worker.finished.connect(order.after_reports(finished))
     worker.start()
     return worker

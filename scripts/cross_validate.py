@@ -163,7 +163,7 @@ def main() -> int:
                     predictor=predictor,
                     options=predictor.options(tta=tta, postprocess=post),
                     # A crop model alone is scored on the crop around the true atrium.
-                    true_box=predictor.spec.stage is Stage.CROP_SEGMENTER,
+                    true_box=predictor.spec.stage.in_box,
                 )
             ):
                 rows.append(

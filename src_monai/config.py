@@ -37,8 +37,16 @@ class Stage(StrEnum):
     """Stage 1: finds the atrium's box on slices shrunk by ``data.downsample``."""
     CROP_SEGMENTER = "crop_segmenter"
     """Stage 2: segments a ``data.crop_size`` square around a box."""
+    CROP_SEGMENTER_3D = "crop_segmenter_3d"
+    """Stage 2 in 3D: a 3D network segments inside a box at full resolution, in
+    ``data.crop_depth`` x ``data.crop_size`` x ``data.crop_size`` windows."""
     WHOLE_SLICE = "whole_slice"
     """One stage: segments whole slices."""
+
+    @property
+    def in_box(self) -> bool:
+        """Stage 2 of a two-stage model: it segments inside a box (2.5D crops or 3D)."""
+        return self in (Stage.CROP_SEGMENTER, Stage.CROP_SEGMENTER_3D)
 
 
 @dataclass
@@ -71,6 +79,9 @@ class DataConfig:
     crop_size: int = 0
     """Train on square crops of this size around the atrium instead of whole slices (0: whole
     slices). Such a model segments the box a localiser (or the user) gives it."""
+    crop_depth: int = 0
+    """A 3D crop segmenter's window depth in slices (with ``crop_size`` its in-plane size);
+    0: 2.5D crops."""
     crop_jitter: int = 20
     """Crop centres are drawn up to this many voxels from the atrium's box centre."""
     crop_slice_margin: int = 5
@@ -92,7 +103,9 @@ class DataConfig:
         ``crop_size``: a crop segmenter; else whole slices): the one place that reads it."""
         if self.downsample > 1:
             return Stage.LOCALISER
-        return Stage.CROP_SEGMENTER if self.crop_size else Stage.WHOLE_SLICE
+        if self.crop_size:
+            return Stage.CROP_SEGMENTER_3D if self.crop_depth else Stage.CROP_SEGMENTER
+        return Stage.WHOLE_SLICE
 
 
 @dataclass
@@ -286,6 +299,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "data.context_slices": (1, 31),
     "data.patch_size": (16, 4096),
     "data.downsample": (1, 16),
+    "data.crop_depth": (0, 1024),
     "data.crop_jitter": (0, 1024),
     "data.crop_slice_margin": (0, 1024),
     "data.foreground_oversample": (0.0, 1.0),
@@ -345,8 +359,17 @@ def validate(config: Config, source: str | Path | None = None) -> None:
         value = getattr(getattr(config, section), name)
         if value not in allowed:
             raise ConfigError(source, f"{key} = {value!r} is not one of {', '.join(allowed)}")
+    for ok, message in _consistency(config):
+        if not ok:
+            raise ConfigError(source, message)
+    _check_rgb_map(config.data, source)
+    _check_sizes(config, source)
+
+
+def _consistency(config: Config) -> list[tuple[bool, str]]:
+    """(holds, the message when it does not) for each rule between keys."""
     data, model, train = config.data, config.model, config.train
-    checks = [
+    return [
         (data.slice_axis in (0, 1, 2), "data.slice_axis must be 0, 1 or 2"),
         (data.context_slices % 2 == 1, "data.context_slices must be an odd number >= 1"),
         (len(data.patch_size) == 2, "data.patch_size must be two sizes >= 16"),
@@ -362,6 +385,21 @@ def validate(config: Config, source: str | Path | None = None) -> None:
             data.downsample == 1 or not data.crop_size,
             "data.downsample must be >= 1, and 1 for a crop model",
         ),
+        (
+            data.crop_depth == 0 or (data.crop_size and data.context_slices == 1),
+            "data.crop_depth needs data.crop_size, and data.context_slices = 1 (a 3D network "
+            "sees the neighbouring slices itself)",
+        ),
+        (
+            data.crop_depth == 0 or (model.first_kernel_size == 3 and model.dilation == 1),
+            "a 3D crop model takes MONAI's UNet as it is (model.first_kernel_size = 3, "
+            "model.dilation = 1)",
+        ),
+        (
+            data.crop_depth == 0 or not config.augment.elastic,
+            "augment.elastic is not applied to 3D crop windows: set it false for a model "
+            "with data.crop_depth",
+        ),
         (model.first_kernel_size % 2 == 1, "model.first_kernel_size must be odd"),
         (
             len(config.augment.gamma) == 2 and config.augment.gamma[0] <= config.augment.gamma[1],
@@ -373,16 +411,19 @@ def validate(config: Config, source: str | Path | None = None) -> None:
             "folder name (no / or \\, not . or ..): the run folder stays inside train.runs_dir",
         ),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(source, message)
-    _check_rgb_map(data, source)
-    patch_divisor = 2 ** (model.levels - 1)
+
+
+def _check_sizes(config: Config, source) -> None:
+    """Windows must halve cleanly at every level of the network."""
+    data = config.data
+    patch_divisor = 2 ** (config.model.levels - 1)
     sizes = [*data.patch_size, *([data.crop_size] if data.crop_size else [])]
+    sizes += [data.crop_depth] if data.crop_depth else []
     if any(size % patch_divisor for size in sizes):
         raise ConfigError(
             source,
-            f"data.patch_size {data.patch_size} and data.crop_size {data.crop_size} must be "
+            f"data.patch_size {data.patch_size}, data.crop_size {data.crop_size} and "
+            f"data.crop_depth {data.crop_depth} must be "
             f"divisible by {patch_divisor} "
             f"(2 ** (model.levels - 1))",
         )

@@ -155,7 +155,7 @@ class Predictor:
         in :attr:`Prediction.localised`."""
         options = options or self.options()
         if box is not None:
-            if self.spec.stage is not Stage.CROP_SEGMENTER:
+            if not self.spec.stage.in_box:
                 raise LascError(
                     None, "a box is for a crop segmenter; this model segments whole slices"
                 )

@@ -46,7 +46,8 @@ def normalised_entropy(probabilities: torch.Tensor) -> torch.Tensor:
 
 
 class StageNetwork:
-    """A trained 2D (2.5D) network of one stage, applied to batches of slices."""
+    """A trained network of one stage, applied to batches of 2.5D slices (or, a 3D crop
+    model, of volumes)."""
 
     def __init__(self, network: torch.nn.Module, spec: ModelSpec, device: torch.device) -> None:
         self.network = network.to(device).eval()
@@ -59,7 +60,7 @@ class StageNetwork:
     @property
     def flip_dims(self) -> list[tuple[int, ...]]:
         """Flips for test-time augmentation: only those the model was trained with."""
-        return [(3,)] if self.spec.trained_with_flips else []
+        return [(-1,)] if self.spec.trained_with_flips else []  # the last axis: left-right
 
     def scores(self, batch: torch.Tensor, *, tta: bool, overlap: float, softmax: bool):
         """Logits (or class probabilities) of a batch, halving the batch when the GPU runs
@@ -118,7 +119,7 @@ class StageNetwork:
         key = (mode, windows, overlap)
         if key not in self._inferers:
             self._inferers[key] = SlidingWindowInferer(
-                roi_size=self.spec.patch_size,
+                roi_size=self.spec.input.window,
                 sw_batch_size=windows,
                 overlap=overlap,
                 mode=mode,
@@ -134,7 +135,8 @@ class StageNetwork:
         tri-planar model's sagittal and coronal slices are such slices); its one window is
         taken as is. Larger slices are tiled with Gaussian-blended windows.
         """
-        sizes = zip(batch.shape[-2:], self.spec.patch_size, strict=True)
+        window = self.spec.input.window
+        sizes = zip(batch.shape[-len(window) :], window, strict=True)
         larger = any(size > patch for size, patch in sizes)
         inferer = self._inferer("gaussian" if larger else "constant", batch.shape[0], overlap)
         autocast = (

@@ -27,6 +27,7 @@ from src_monai.data.sampling import shrink_slices
 from src_monai.data.transforms import normalise_volume
 from src_monai.errors import LascError
 from src_monai.inference.grid import ModelGrid
+from src_monai.inference.in_box_3d import one_slice_3d, segment_in_box_3d
 from src_monai.inference.options import PredictOptions
 from src_monai.inference.postprocess import postprocess_labels
 from src_monai.inference.resample import resample_volume
@@ -181,7 +182,12 @@ def localise_shrunk(
 def segment_whole(
     segmenter: StageNetwork, prepared: PreparedScan, options: PredictOptions
 ) -> Job[Scores]:
-    """Every slice of the prepared scan (and the other two planes when tri-planar)."""
+    """Every slice of the prepared scan (and the other two planes when tri-planar); a 3D
+    crop model's windows over the whole volume."""
+    if segmenter.spec.input.spatial_dims == 3:
+        count, height, width = prepared.slices.shape
+        whole = AtriumBox(0, count, 0, height, 0, width)
+        return (yield from _in_box_3d(segmenter, prepared, whole, options))
     scores = yield from infer_slices(segmenter, prepared.values, options)
     labels, probabilities, uncertainty = scores.finish(
         len(segmenter.spec.planes(options.tri_planar))
@@ -201,6 +207,8 @@ def segment_in_box(
     placed into certain background elsewhere."""
     spec = segmenter.spec
     slices = prepared.slices
+    if spec.input.spatial_dims == 3:
+        return (yield from _in_box_3d(segmenter, prepared, box, options))
     count, half = slices.shape[0], spec.context_slices // 2
     first, stop = box.slice_range(spec.crop_slice_margin, count)
     lower, upper = max(first - half, 0), min(stop + half, count)
@@ -225,6 +233,17 @@ def segment_in_box(
     else:
         probabilities = None
     return Scores(placed(labels, 0), probabilities, placed(uncertainty, 0.0))
+
+
+def _in_box_3d(
+    segmenter: StageNetwork, prepared: PreparedScan, box: AtriumBox, options: PredictOptions
+) -> Job[Scores]:
+    """A 3D crop model's scores (:mod:`~src_monai.inference.in_box_3d`) in model axes."""
+    axis = prepared.grid.slice_axis
+    labels, probabilities = yield from segment_in_box_3d(segmenter, prepared.slices, box, options)
+    if probabilities is not None:
+        probabilities = np.moveaxis(probabilities, 1, axis + 1)
+    return Scores(np.moveaxis(labels, 0, axis), probabilities)
 
 
 @dataclass(frozen=True)
@@ -270,6 +289,8 @@ def segment_one_slice(
         first, stop = box.slice_range(spec.crop_slice_margin, count)
         if not first <= index < stop:
             return np.zeros(slices.shape[1:], np.uint8)
+    if spec.input.spatial_dims == 3:
+        return one_slice_3d(segmenter, slices, index, box, tta=tta)
     wanted = np.clip(np.arange(index - half, index + half + 1), 0, count - 1)
     stack = torch.from_numpy(np.ascontiguousarray(slices[wanted], dtype=np.float32))[None]
     if box is None:

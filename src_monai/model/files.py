@@ -81,7 +81,9 @@ class TwoStageNetwork(nn.Module):
 
 def build_model_network(spec: ModelSpec) -> nn.Module:
     """The network (or, for a two-stage spec, both networks) a spec describes."""
-    network = build_network(spec.network, spec.in_channels, spec.num_classes)
+    network = build_network(
+        spec.network, spec.in_channels, spec.num_classes, spec.input.spatial_dims
+    )
     if spec.localiser is None:
         return network
     stage_one = spec.localiser
@@ -111,7 +113,7 @@ def combine_stages(
         raise ModelFileError(
             localiser_path, f"is not a localiser (its stage: {localiser_spec.stage.value})"
         )
-    if segmenter_spec.stage is not Stage.CROP_SEGMENTER:
+    if not segmenter_spec.stage.in_box:
         raise ModelFileError(
             segmenter_path, f"is not a crop segmenter (its stage: {segmenter_spec.stage.value})"
         )

@@ -1,4 +1,5 @@
-"""2D segmentation networks from MONAI, described once for training, inference and bundle export."""
+"""Segmentation networks from MONAI (2D, or 3D for a 3D crop model), described once for
+training, inference and bundle export."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def _norm(name: str):
 
 
 def network_spec(
-    model: ModelConfig, in_channels: int, num_classes: int
+    model: ModelConfig, in_channels: int, num_classes: int, spatial_dims: int = 2
 ) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
     """The MONAI network a model config describes: ``(class name in monai.networks.nets,
     its keyword arguments, stem)``. ``stem`` (arguments of a ``monai.networks.blocks.
@@ -29,7 +30,11 @@ def network_spec(
     describe = _DESCRIPTIONS.get(model.name)
     if describe is None:
         raise ValueError(f"unknown network {model.name!r}")
-    common = {"spatial_dims": 2, "in_channels": in_channels, "out_channels": num_classes}
+    common = {
+        "spatial_dims": spatial_dims,
+        "in_channels": in_channels,
+        "out_channels": num_classes,
+    }
     arguments, stem = describe(model, common)
     return model.name, arguments, stem
 
@@ -45,7 +50,7 @@ def _unet(model: ModelConfig, common: dict[str, Any]) -> tuple[dict, dict | None
     stem = None
     if model.first_kernel_size != 3 or model.dilation != 1:
         stem = {
-            "spatial_dims": 2,
+            "spatial_dims": common["spatial_dims"],
             "in_channels": common["in_channels"],
             "out_channels": model.base_filters,
             "kernel_size": model.first_kernel_size,
@@ -113,12 +118,15 @@ _DESCRIPTIONS = {
 }
 
 
-def build_network(model: ModelConfig, in_channels: int, num_classes: int) -> nn.Module:
-    """A 2D network that maps ``(N, in_channels, H, W)`` to ``num_classes`` logits."""
+def build_network(
+    model: ModelConfig, in_channels: int, num_classes: int, spatial_dims: int = 2
+) -> nn.Module:
+    """A network that maps ``(N, in_channels, H, W)`` (3D: ``(N, in_channels, D, H, W)``) to
+    ``num_classes`` logits."""
     from monai.networks import nets
     from monai.networks.blocks import Convolution
 
-    name, arguments, stem = network_spec(model, in_channels, num_classes)
+    name, arguments, stem = network_spec(model, in_channels, num_classes, spatial_dims)
     network = getattr(nets, name)(**arguments)
     if stem is None:
         return network

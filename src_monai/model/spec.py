@@ -66,6 +66,20 @@ class InputSpec:
     """A crop model (stage 2): segments a ``crop_size`` square around the atrium's box."""
     crop_slice_margin: int = 0
     """Slices segmented beyond the box's range on each side (a crop model)."""
+    crop_depth: int = 0
+    """A 3D crop model: its window's depth in slices (0: a 2D network)."""
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for a network of slices, 3 for one of volumes."""
+        return 3 if self.stage is Stage.CROP_SEGMENTER_3D else 2
+
+    @property
+    def window(self) -> tuple[int, ...]:
+        """The sliding window's size: the training patch, or a 3D model's depth x crop."""
+        if self.spatial_dims == 3:
+            return (self.crop_depth, self.crop_size, self.crop_size)
+        return self.patch_size
 
     @classmethod
     def of(cls, data: DataConfig) -> InputSpec:
@@ -81,6 +95,7 @@ class InputSpec:
             downsample=data.downsample,
             crop_size=crop,
             crop_slice_margin=data.crop_slice_margin if crop else 0,
+            crop_depth=data.crop_depth if crop else 0,
         )
 
 
@@ -146,6 +161,7 @@ class ModelSpec:
     downsample = _view("input", "downsample")
     crop_size = _view("input", "crop_size")
     crop_slice_margin = _view("input", "crop_slice_margin")
+    crop_depth = _view("input", "crop_depth")
     num_classes = _view("classes", "count")
     class_names = _view("classes", "names")
     spacing_mm = _view("record", "spacing_mm")
@@ -272,7 +288,14 @@ class ModelSpec:
         and data fields as the config's keys are); ``ValueError`` (or a :class:`LascError`)
         names the first bad field."""
         data = _table(metadata, "data")
-        known = ("slice_axis", "tri_planar", "downsample", "crop_size", "crop_slice_margin")
+        known = (
+            "slice_axis",
+            "tri_planar",
+            "downsample",
+            "crop_size",
+            "crop_slice_margin",
+            "crop_depth",
+        )
         as_config = {
             "model": _table(metadata, "model"),
             "data": {
@@ -313,7 +336,7 @@ class ModelSpec:
             localiser=cls.from_metadata(localiser) if localiser is not None else None,
         )
         if spec.localiser is not None and (
-            spec.localiser.stage is not Stage.LOCALISER or spec.stage is not Stage.CROP_SEGMENTER
+            spec.localiser.stage is not Stage.LOCALISER or not spec.stage.in_box
         ):
             raise ValueError("localiser: a two-stage model is a localiser and a crop segmenter")
         return spec
@@ -331,6 +354,7 @@ class ModelSpec:
                     if self.crop_size
                     else {}
                 ),
+                **({"crop_depth": self.crop_depth} if self.crop_depth else {}),
                 "context_slices": self.context_slices,
                 "normalisation": self.normalisation,
                 "patch_size": list(self.patch_size),

@@ -22,6 +22,8 @@ def batch_maker(config: Config, cases: list[VolumeCase], seed: int) -> Callable[
     Seeded by ``seed`` alone, so a resumed run draws what an uninterrupted one would."""
     data, rng = config.data, np.random.default_rng(seed)
     size, count = data.crop_size, config.train.batch_size
+    if data.stage is Stage.CROP_SEGMENTER_3D:
+        return _window_maker(config, cases, seed, rng)
     if data.stage is Stage.CROP_SEGMENTER:
         sampler = CropSampler(
             cases, jitter=data.crop_jitter, slice_margin=data.crop_slice_margin, rng=rng
@@ -37,3 +39,21 @@ def batch_maker(config: Config, cases: list[VolumeCase], seed: int) -> Callable[
     slices = SliceSampler(cases, data.foreground_oversample, rng)
     transform = training_transforms(config.augment, data.patch_size, seed)
     return lambda: make_batch(cases, slices.draw(count), data.context_slices, transform)
+
+
+def _window_maker(
+    config: Config, cases: list[VolumeCase], seed: int, rng: np.random.Generator
+) -> Callable[[], Batch]:
+    """A 3D crop model's batches: windows inside the atrium's box, augmented in-plane."""
+    from src_monai.data.patches import WindowSampler, augment_windows, make_window_batch
+
+    data, count = config.data, config.train.batch_size
+    window = (data.crop_depth, data.crop_size, data.crop_size)
+    sampler = WindowSampler(cases, jitter=data.crop_jitter, rng=rng)
+    generator = torch.Generator(device=cases[0].slices.device).manual_seed(seed)
+
+    def windows() -> Batch:
+        images, labels = make_window_batch(cases, sampler.draw(count), window)
+        return augment_windows(images, labels, config.augment, generator)
+
+    return windows

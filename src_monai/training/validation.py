@@ -73,7 +73,7 @@ def _validation_labels(stage, case: VolumeCase) -> np.ndarray:
     # The slice axis put back, so a tri-planar model's other two planes are cut exactly as
     # in training and inference.
     prepared = prepared_as_is(np.moveaxis(slices, 0, spec.slice_axis), spec.slice_axis)
-    box = AtriumBox.around(case.labels.cpu()) if spec.stage is Stage.CROP_SEGMENTER else None
+    box = AtriumBox.around(case.labels.cpu()) if spec.stage.in_box else None
     job = (
         segment_whole(stage, prepared, options)
         if box is None

@@ -1,0 +1,85 @@
+"""Stage 2 in 3D: a 3D network segments the region around the atrium's box at full
+resolution, in MONAI's Gaussian-blended sliding windows (nnU-Net's way of tiling a volume).
+
+The region is the box grown by the model's slice margin and :data:`IN_PLANE_MARGIN` voxels
+in-plane (the localiser's box is never exact; training drew window centres up to
+``data.crop_jitter`` voxels outside the true box), clipped to the scan. Everything outside
+it is background, as for the 2.5D crop model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from src_monai.data.crops import AtriumBox
+from src_monai.errors import LascError
+from src_monai.inference.options import PredictOptions
+from src_monai.inference.stage import StageNetwork
+from src_monai.progress import Job, Progress, run_to_end
+
+IN_PLANE_MARGIN = 8  # voxels added around the box in-plane before the windows are laid
+WINDOW_OVERLAP = 0.5  # nnU-Net's for 3D windows (the options' overlap is for 2D slices)
+
+
+def region_around(box: AtriumBox, slice_margin: int, shape: tuple[int, ...]) -> AtriumBox:
+    """``box`` grown by ``slice_margin`` slices and :data:`IN_PLANE_MARGIN` voxels, inside a
+    slices-first ``shape``."""
+    margins = (slice_margin, IN_PLANE_MARGIN, IN_PLANE_MARGIN)
+    edges = []
+    for (low, high), margin, size in zip(
+        ((box.z0, box.z1), (box.y0, box.y1), (box.x0, box.x1)), margins, shape, strict=True
+    ):
+        edges += [max(low - margin, 0), min(high + margin, size)]
+    return AtriumBox(*edges)
+
+
+def segment_in_box_3d(
+    segmenter: StageNetwork,
+    slices: np.ndarray,
+    box: AtriumBox,
+    options: PredictOptions,
+    *,
+    slice_margin: int | None = None,
+) -> Job[tuple[np.ndarray, np.ndarray | None]]:
+    """Labels (and, when asked, class probabilities ``(C, ...)``) of the prepared,
+    slices-first volume ``slices``: the 3D network inside the region around ``box``
+    (``slice_margin``: slices added on each side, the model's margin unless given),
+    certain background elsewhere."""
+    if options.uncertainty:
+        raise LascError(None, "uncertainty maps are not available for a 3D model yet")
+    spec = segmenter.spec
+    margin = spec.crop_slice_margin if slice_margin is None else slice_margin
+    region = region_around(box, margin, slices.shape)
+    part = (slice(region.z0, region.z1), slice(region.y0, region.y1), slice(region.x0, region.x1))
+    yield Progress("3D segmenter inside the box", 0, 1)
+    volume = torch.from_numpy(np.ascontiguousarray(slices[part]))[None, None]
+    with torch.inference_mode():
+        probabilities = segmenter.scores(
+            volume, tta=options.tta, overlap=WINDOW_OVERLAP, softmax=True
+        )[0].float()
+    yield Progress("3D segmenter inside the box", 1, 1)
+    labels = np.zeros(slices.shape, np.uint8)
+    labels[part] = probabilities.max(0).indices.to(torch.uint8).numpy()
+    if not options.probabilities:
+        return labels, None
+    placed = np.zeros((probabilities.shape[0], *slices.shape), np.float32)
+    placed[0] = 1.0  # background outside the region, certainly
+    placed[(slice(None), *part)] = probabilities.cpu().numpy()
+    return labels, placed
+
+
+def one_slice_3d(
+    segmenter: StageNetwork, slices: np.ndarray, index: int, box: AtriumBox | None, *, tta: bool
+) -> np.ndarray:
+    """One slice's labels from a 3D model: its windows over a window's depth of slices
+    around ``index`` (inside ``box`` in-plane, or the whole slice), so the network sees the
+    context it was trained with."""
+    count, height, width = slices.shape
+    depth = segmenter.spec.crop_depth
+    low = int(np.clip(index - depth // 2, 0, max(count - depth, 0)))
+    y0, y1, x0, x1 = (0, height, 0, width) if box is None else (box.y0, box.y1, box.x0, box.x1)
+    slab = AtriumBox(low, min(low + depth, count), y0, y1, x0, x1)
+    options = PredictOptions(tta=tta)
+    labels, _ = run_to_end(segment_in_box_3d(segmenter, slices, slab, options, slice_margin=0))
+    return labels[index]

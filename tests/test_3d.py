@@ -1,0 +1,141 @@
+"""The 3D crop segmenter (stage 2 in 3D): config, training windows, model file, inference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_msd_dataset, tiny_config
+
+from src_monai.config import ConfigError, Stage
+from src_monai.data.crops import AtriumBox
+from src_monai.data.patches import WindowSampler, make_window_batch, window_at
+from src_monai.inference.predictor import Predictor
+from src_monai.io.scans import read_scan
+from src_monai.model.files import load_model, load_spec
+from src_monai.progress import run_to_end
+from src_monai.training.trainer import run_training
+
+WINDOWS = {"crop_size": 16, "crop_depth": 4, "context_slices": 1, "crop_jitter": 2}
+
+
+@pytest.fixture(scope="module")
+def trained_3d(tmp_path_factory):
+    root = tmp_path_factory.mktemp("three_d")
+    dataset = make_msd_dataset(root / "dataset", cases=4)
+    config = tiny_config(
+        dataset, root / "runs", data={**WINDOWS, "crop_slice_margin": 1}, train={"batch_size": 2}
+    )
+    return dataset, run_to_end(run_training(config))
+
+
+def test_config_refuses_what_a_3d_window_model_cannot_do(tmp_path):
+    with pytest.raises(ConfigError, match="crop_depth needs data.crop_size"):
+        tiny_config(tmp_path, tmp_path, data={"crop_depth": 4, "context_slices": 1})
+    with pytest.raises(ConfigError, match="context_slices = 1"):
+        tiny_config(tmp_path, tmp_path, data={**WINDOWS, "context_slices": 3})
+    with pytest.raises(ConfigError, match="elastic is not applied to 3D crop windows"):
+        tiny_config(tmp_path, tmp_path, data=WINDOWS, augment={"elastic": True})
+    with pytest.raises(ConfigError, match="divisible by 4"):
+        tiny_config(tmp_path, tmp_path, data={**WINDOWS, "crop_depth": 6})
+    assert tiny_config(tmp_path, tmp_path, data=WINDOWS).data.stage is Stage.CROP_SEGMENTER_3D
+
+
+def test_windows_are_centred_inside_the_grown_box_and_zero_padded_outside_the_scan():
+    labels = torch.zeros((10, 30, 30), dtype=torch.uint8)
+    labels[4:6, 10:15, 12:20] = 1
+    case = type("Case", (), {"labels": labels, "slices": labels.float()})()
+    picks = WindowSampler([case], jitter=3, rng=np.random.default_rng(0)).draw(500)
+    centres = np.array([centre for _, centre in picks])
+    assert centres.min(0) == pytest.approx([1, 7, 9], abs=0.2)
+    assert centres.max(0) == pytest.approx([9, 18, 23], abs=0.2)
+    corner = window_at(case.slices, (0.0, 0.0, 0.0), (4, 8, 8))
+    assert corner.shape == (4, 8, 8) and not corner[:2].any() and not corner[:, :4].any()
+    images, truth = make_window_batch([case], [(0, (5.0, 12.0, 16.0))], (4, 8, 8))
+    assert images.shape == truth.shape == (1, 1, 4, 8, 8)
+    assert torch.equal(images[0, 0], labels[3:7, 8:16, 12:20].float())
+
+
+def test_a_3d_model_file_states_its_stage_and_round_trips(trained_3d):
+    _, result = trained_3d
+    network, spec = load_model(result.best_model)
+    assert spec.stage is Stage.CROP_SEGMENTER_3D and spec.input.window == (4, 16, 16)
+    assert spec.input.spatial_dims == 3 and spec.in_channels == 1
+    assert any(isinstance(m, torch.nn.Conv3d) for m in network.modules())
+    assert load_spec(result.best_model) == spec
+    assert np.isfinite(result.best_dice) and 0.0 <= result.best_dice <= 1.0
+
+
+def test_3d_prediction_keeps_the_scan_grid_and_stays_inside_the_region(trained_3d):
+    dataset, result = trained_3d
+    predictor = Predictor.from_checkpoint(result.best_model, "cpu")
+    scan = read_scan(dataset / "imagesTr" / "case_002.nii.gz")
+    options = predictor.options(postprocess=False, probabilities=True)
+    whole = run_to_end(predictor.predict_volume(scan.array, options))
+    assert whole.labels.shape == scan.array.shape
+    assert whole.probabilities.shape == (2, *scan.array.shape)
+    np.testing.assert_allclose(whole.probabilities.sum(0), 1.0, atol=1e-5)
+    box = AtriumBox(2, 5, 6, 12, 5, 11)  # the scan's slices-first voxels (slices along k)
+    inside = run_to_end(predictor.predict_volume(scan.array, options, box=box))
+    outside = np.ones(scan.array.shape, bool)
+    # region = box + margin (1 slice) + 8 voxels in-plane; slices-first (k, i, j) -> (i, j, k)
+    outside[max(6 - 8, 0) : 12 + 8, max(5 - 8, 0) : 11 + 8, 1:6] = False
+    assert not inside.labels[outside].any()
+    assert inside.box == box and inside.box_from_user
+
+
+def test_one_slice_of_a_3d_model_is_its_window_prediction(trained_3d):
+    from src_monai.inference.steps import segment_one_slice
+
+    dataset, result = trained_3d
+    predictor = Predictor.from_checkpoint(result.best_model, "cpu")
+    scan = read_scan(dataset / "imagesTr" / "case_001.nii.gz")
+    prepared = predictor.prepare(scan.array, spacing=scan.geometry.spacing)
+    first = segment_one_slice(predictor.segmenter, prepared, 3, None, tta=False)
+    again = segment_one_slice(predictor.segmenter, prepared, 3, None, tta=False)
+    assert first.shape == prepared.slices.shape[1:] and np.array_equal(first, again)
+    with pytest.raises(Exception, match="uncertainty maps are not available for a 3D model"):
+        run_to_end(predictor.predict_volume(scan.array, predictor.options(uncertainty=True)))
+
+
+def test_window_augmentation_moves_labels_with_images_and_fields_in_3d():
+    from src_monai.config import AugmentConfig
+    from src_monai.data.patches import augment_windows
+
+    images = torch.zeros((2, 1, 4, 16, 16))
+    images[:, :, 1:3, 4:12, 6:10] = 1.0
+    labels = (images > 0.5).long()
+    generator = torch.Generator().manual_seed(0)
+    rotated = AugmentConfig(
+        probability=1.0, bias_field=False, gamma=[1.0, 1.0], contrast=0.0, noise_std=0.0
+    )
+    out_images, out_labels = augment_windows(images, labels, rotated, generator)
+    assert out_images.shape == images.shape and out_labels.shape == labels.shape
+    moved = (out_images > 0.5).long()  # one grid for both (bilinear vs nearest at the edges)
+    overlap = 2 * (moved * out_labels).sum() / (moved.sum() + out_labels.sum())
+    assert overlap > 0.9
+    assert not torch.equal(out_images, images)  # rotated and scaled
+    fielded = AugmentConfig(probability=1.0, bias_field=True, rotate_degrees=0.0, scale=0.0)
+    fielded_images, fielded_labels = augment_windows(images + 1.0, labels, fielded, generator)
+    assert torch.equal(fielded_labels, labels)
+    assert not torch.allclose(fielded_images, images + 1.0)  # a smooth multiplicative field
+
+
+def test_a_localiser_and_a_3d_segmenter_make_one_two_stage_model(trained_3d, tmp_path):
+    from src_monai.model.files import combine_stages
+
+    dataset, segmenter = trained_3d
+    config = tiny_config(
+        dataset,
+        tmp_path / "runs",
+        data={"downsample": 2, "patch_size": [16, 16]},
+        train={"epochs": 2, "steps_per_epoch": 5, "learning_rate": 0.01},
+    )
+    localiser = run_to_end(run_training(config))
+    model = combine_stages(localiser.best_model, segmenter.best_model, tmp_path / "two.safetensors")
+    spec = load_spec(model)
+    assert (spec.stage, spec.localiser.stage) == (Stage.CROP_SEGMENTER_3D, Stage.LOCALISER)
+    predictor = Predictor.from_checkpoint(model, "cpu")
+    scan = read_scan(dataset / "imagesTr" / "case_003.nii.gz")
+    prediction = run_to_end(predictor.predict_volume(scan.array))
+    assert prediction.labels.shape == scan.array.shape and prediction.localised is not None

@@ -83,6 +83,14 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-final", action="store_true", help="skip the final model")
     parser.add_argument(
+        "--only",
+        type=int,
+        action="append",
+        metavar="FOLD",
+        help="train and score only this fold (repeatable): screening a recipe on one or two "
+        "folds before the full cross-validation; the summary says which folds it covers",
+    )
+    parser.add_argument(
         "--stage",
         choices=STAGES,
         help="of a two-stage config: cross-validate this stage (its merged config is saved "
@@ -112,6 +120,7 @@ def main() -> int:
             [f"data.split='{out / 'folds.json'}'", f"data.fold={k}", f"train.run_name='fold{k}'"],
         )
         for k in range(args.folds)
+        if not args.only or k in args.only
     ]
     if not args.no_final:
         jobs.append(
@@ -142,8 +151,9 @@ def main() -> int:
         return 1
     train_seconds = time.perf_counter() - started
 
+    scored = [k for k in range(args.folds) if not args.only or k in args.only]
     if (
-        load_spec(out / "runs" / "fold0" / "checkpoints" / "last.safetensors").stage
+        load_spec(out / "runs" / f"fold{scored[0]}" / "checkpoints" / "last.safetensors").stage
         is Stage.LOCALISER
     ):
         logger.info("localisers find boxes: score them with scripts/cv_two_stage.py")
@@ -151,6 +161,8 @@ def main() -> int:
     rows = []
     by_case = {c.case_id: c for c in dataset.training}
     for k, partition in enumerate(folds.partitions):
+        if k not in scored:
+            continue
         predictor = Predictor.from_checkpoint(
             out / "runs" / f"fold{k}" / "checkpoints" / "last.safetensors", args.device
         )
@@ -193,6 +205,7 @@ def main() -> int:
         "variants": summary,
         "chosen": best,
         "folds": folds.to_json(),
+        "folds_scored": scored,
         "training_seconds": train_seconds,
         "overrides": args.overrides,
         "config": str(args.config),

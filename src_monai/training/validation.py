@@ -16,7 +16,9 @@ def preview_rows(
     stage, cases: list[VolumeCase], picks: list[tuple[int, int]]
 ) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
     """(title, image, truth, prediction) of the preview slices ``picks`` (case index, slice),
-    whole slices as the pipeline's one-slice step predicts them."""
+    whole slices as the pipeline's one-slice step predicts them; a 3D model's inside the
+    true atrium's box (as it is validated: its windows over whole slices would cost more
+    than the validation)."""
     from src_monai.inference.steps import prepared_as_is, segment_one_slice
 
     axis = stage.spec.slice_axis
@@ -25,7 +27,8 @@ def preview_rows(
         case = cases[index]
         slices = case.slices.cpu().numpy()
         prepared = prepared_as_is(np.moveaxis(slices, 0, axis), axis)
-        predicted = segment_one_slice(stage, prepared, z, None, tta=False)
+        box = AtriumBox.around(case.labels.cpu()) if stage.spec.input.spatial_dims == 3 else None
+        predicted = segment_one_slice(stage, prepared, z, box, tta=False)
         truth = case.labels[z].cpu().numpy()
         rows.append((f"{case.case_id} z={z}", slices[z], truth, predicted))
     return rows

@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 LASC13 = SHARED_DATA / "lasc13"
 SEED_MINI_TEST = SHARED_DATA / "seed_mini_test"
+ATRIASEG2018 = SHARED_DATA / "atriaseg2018"
 
 
 def _oblique_affine() -> np.ndarray:
@@ -60,6 +61,11 @@ def lasc13() -> Path:
 @pytest.fixture(scope="session")
 def seed_mini_test() -> Path:
     return _need(SEED_MINI_TEST)
+
+
+@pytest.fixture(scope="session")
+def atriaseg2018() -> Path:
+    return _need(ATRIASEG2018)
 
 
 def synthetic_case(shape=(24, 20, 9), seed=0, affine=OBLIQUE_AFFINE):

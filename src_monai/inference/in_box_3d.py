@@ -60,7 +60,7 @@ def segment_in_box_3d(
         )[0].float()
     yield Progress("3D segmenter inside the box", 1, 1)
     labels = np.zeros(slices.shape, np.uint8)
-    labels[part] = probabilities.max(0).indices.to(torch.uint8).numpy()
+    labels[part] = probabilities.max(0).indices.to("cpu", torch.uint8).numpy()
     if not options.probabilities:
         return labels, None
     placed = np.zeros((probabilities.shape[0], *slices.shape), np.float32)

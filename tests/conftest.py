@@ -143,6 +143,21 @@ def tiny_config(dataset: Path, runs: Path, **sections):
     return config_from_dict(raw)
 
 
+def train_tiny_localiser(dataset: Path, runs: Path, *, epochs: int = 6, steps: int = 10):
+    """A localiser (stage 1, slices shrunk 2x) trained for seconds on a synthetic dataset;
+    its TrainResult."""
+    from src_monai.progress import run_to_end
+    from src_monai.training.trainer import run_training
+
+    config = tiny_config(
+        dataset,
+        runs,
+        data={"downsample": 2, "patch_size": [16, 16]},
+        train={"epochs": epochs, "steps_per_epoch": steps, "learning_rate": 0.01},
+    )
+    return run_to_end(run_training(config))
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A model trained for two short epochs on four synthetic cases (shared by tests)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_msd_dataset, tiny_config
+from conftest import make_msd_dataset, tiny_config, train_tiny_localiser
 
 from src_monai.config import ConfigError, Stage
 from src_monai.data.crops import AtriumBox
@@ -125,13 +125,7 @@ def test_a_localiser_and_a_3d_segmenter_make_one_two_stage_model(trained_3d, tmp
     from src_monai.model.files import combine_stages
 
     dataset, segmenter = trained_3d
-    config = tiny_config(
-        dataset,
-        tmp_path / "runs",
-        data={"downsample": 2, "patch_size": [16, 16]},
-        train={"epochs": 2, "steps_per_epoch": 5, "learning_rate": 0.01},
-    )
-    localiser = run_to_end(run_training(config))
+    localiser = train_tiny_localiser(dataset, tmp_path / "runs", epochs=2, steps=5)
     model = combine_stages(localiser.best_model, segmenter.best_model, tmp_path / "two.safetensors")
     spec = load_spec(model)
     assert (spec.stage, spec.localiser.stage) == (Stage.CROP_SEGMENTER_3D, Stage.LOCALISER)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_msd_dataset, tiny_config
+from conftest import make_msd_dataset, tiny_config, train_tiny_localiser
 
 from src_monai.config import AugmentConfig
 from src_monai.data.crops import (
@@ -149,13 +149,7 @@ def test_bad_crop_sizes_are_refused(tmp_path, crop_size):
 def test_localiser_box_holds_the_atrium_of_held_out_cases(tmp_path):
     """Stage 1 trained at half resolution: its box of each validation case holds the atrium."""
     dataset = make_msd_dataset(tmp_path / "data", cases=4)
-    config = tiny_config(
-        dataset,
-        tmp_path / "runs",
-        data={"downsample": 2, "patch_size": [16, 16]},
-        train={"epochs": 6, "steps_per_epoch": 10, "learning_rate": 0.01},
-    )
-    result = run_to_end(run_training(config))
+    result = train_tiny_localiser(dataset, tmp_path / "runs")
     localiser = Predictor.from_checkpoint(result.best_model, "cpu")
     assert localiser.spec.downsample == 2
     for case_id in localiser.spec.split["val"]:

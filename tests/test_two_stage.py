@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_msd_dataset, tiny_config, torchrun_train
+from conftest import make_msd_dataset, tiny_config, torchrun_train, train_tiny_localiser
 
 from src_monai.config import Stage
 from src_monai.data.crops import AtriumBox
@@ -27,16 +27,7 @@ def stages(tmp_path_factory):
     """A tiny localiser and a tiny crop model trained on the same synthetic cases."""
     root = tmp_path_factory.mktemp("two_stage")
     dataset = make_msd_dataset(root / "data", cases=4)
-    localiser = run_to_end(
-        run_training(
-            tiny_config(
-                dataset,
-                root / "runs",
-                data={"downsample": 2, "patch_size": [16, 16]},
-                train={"epochs": 6, "steps_per_epoch": 10, "learning_rate": 0.01},
-            )
-        )
-    )
+    localiser = train_tiny_localiser(dataset, root / "runs")
     segmenter = run_to_end(
         run_training(
             tiny_config(

@@ -13,14 +13,21 @@
    Dice (then HD95) is chosen.
 4. Writes ``OUT/model.safetensors``: the final model, fp16, whose metadata recommends the
    chosen inference variant and records the cross-validation.
+
+An interrupted cross-validation continues with the same command and ``--resume``: the folds
+of ``OUT/folds.json`` are kept, a run that trained all its epochs is kept, an interrupted
+one continues from its last checkpoint (``lasc train --resume``), and one without a
+checkpoint starts again in a new folder (``fold0-2``: nothing is deleted).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -30,7 +37,7 @@ import numpy as np
 
 from src_monai.config import STAGES, Stage, load_config, save_config
 from src_monai.data.datasets import discover_msd
-from src_monai.data.splits import SplitPlan, kfold_split, save_split
+from src_monai.data.splits import SplitPlan, kfold_split, load_split, save_split
 from src_monai.evaluation.report import EvalPair, evaluate_pairs
 from src_monai.inference.predictor import Predictor
 from src_monai.io.tables import write_csv
@@ -48,11 +55,43 @@ VARIANTS = {  # name: (tta, postprocess)
 }
 
 
-def launch(name: str, config: Path, overrides: list[str], out: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "src_monai.cli", "train", str(config)]
-    for item in overrides:
-        command += ["--set", item]
-    log = open(out / "logs" / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
+def run_folder(out: Path, name: str) -> Path | None:
+    """The latest run folder of job ``name`` that holds a checkpoint (``name``, ``name-2``...)."""
+    folders = [
+        p
+        for p in (out / "runs").glob(f"{name}*")
+        if re.fullmatch(rf"{re.escape(name)}(-\d+)?", p.name)
+        and (p / "checkpoints" / "last_state.pt").is_file()
+    ]
+    return max(folders, key=lambda p: p.stat().st_mtime) if folders else None
+
+
+def fold_model(out: Path, name: str) -> Path:
+    """The last checkpoint of job ``name``'s run (the fold models are scored on it)."""
+    folder = run_folder(out, name)
+    if folder is None:
+        raise SystemExit(f"{out / 'runs'}: no run of {name} with a checkpoint")
+    return folder / "checkpoints" / "last.safetensors"
+
+
+def trained_to_the_end(folder: Path) -> bool:
+    """All the epochs its config asks for are in its ``metrics.csv``."""
+    epochs = load_config(folder / "config.toml").train.epochs
+    with open(folder / "metrics.csv", encoding="utf-8") as handle:
+        return sum(1 for _ in csv.DictReader(handle)) >= epochs
+
+
+def launch(
+    name: str, config: Path, overrides: list[str], out: Path, resume: Path | None = None
+) -> subprocess.Popen:
+    command = [sys.executable, "-m", "src_monai.cli", "train"]
+    if resume is not None:
+        command += ["--resume", str(resume)]
+    else:
+        command.append(str(config))
+        for item in overrides:
+            command += ["--set", item]
+    log = open(out / "logs" / f"{name}.log", "a")  # noqa: SIM115 (closed with the process)
     logger.info("start %s", name)
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
@@ -83,6 +122,12 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-final", action="store_true", help="skip the final model")
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted cross-validation in OUT (its folds and finished runs "
+        "kept, interrupted runs continued from their last checkpoint)",
+    )
+    parser.add_argument(
         "--only",
         type=int,
         action="append",
@@ -99,16 +144,25 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = args.out.resolve()
-    (out / "logs").mkdir(parents=True, exist_ok=False)
+    if args.resume and not (out / "folds.json").is_file():
+        parser.error(f"--resume: {out} holds no folds.json (no cross-validation to continue)")
+    (out / "logs").mkdir(parents=True, exist_ok=args.resume)
     if args.stage:
-        args.config = save_config(
-            load_config(args.config, stage=args.stage), out / f"config_{args.stage}.toml"
-        )
+        staged = out / f"config_{args.stage}.toml"
+        if not args.resume:
+            save_config(load_config(args.config, stage=args.stage), staged)
+        args.config = staged
     dataset = discover_msd(args.data)
     folds = kfold_split(dataset.case_ids(), args.folds, seed=0)
-    save_split(out / "folds.json", folds)
-    everything = SplitPlan("all", 0, dataset.case_ids(), [{"train": dataset.case_ids(), "val": []}])
-    save_split(out / "all.json", everything)
+    if args.resume:
+        if load_split(out / "folds.json").to_json() != folds.to_json():
+            parser.error(f"--resume: {out / 'folds.json'} holds other folds than these data")
+    else:
+        save_split(out / "folds.json", folds)
+        everything = SplitPlan(
+            "all", 0, dataset.case_ids(), [{"train": dataset.case_ids(), "val": []}]
+        )
+        save_split(out / "all.json", everything)
     common = [
         f"data.dataset='{args.data.resolve()}'",
         f"train.runs_dir='{out / 'runs'}'",
@@ -133,7 +187,11 @@ def main() -> int:
     while pending or running:
         while pending and len(running) < args.parallel:
             name, extra = pending.pop(0)
-            running[name] = launch(name, args.config, common + extra, out)
+            earlier = run_folder(out, name) if args.resume else None
+            if earlier is not None and trained_to_the_end(earlier):
+                logger.info("%s: kept (%s trained to the end)", name, earlier.name)
+                continue
+            running[name] = launch(name, args.config, common + extra, out, resume=earlier)
         for name, process in list(running.items()):
             if process.poll() is not None:
                 logger.info(
@@ -152,10 +210,7 @@ def main() -> int:
     train_seconds = time.perf_counter() - started
 
     scored = [k for k in range(args.folds) if not args.only or k in args.only]
-    if (
-        load_spec(out / "runs" / f"fold{scored[0]}" / "checkpoints" / "last.safetensors").stage
-        is Stage.LOCALISER
-    ):
+    if load_spec(fold_model(out, f"fold{scored[0]}")).stage is Stage.LOCALISER:
         logger.info("localisers find boxes: score them with scripts/cv_two_stage.py")
         return 0
     rows = []
@@ -163,9 +218,7 @@ def main() -> int:
     for k, partition in enumerate(folds.partitions):
         if k not in scored:
             continue
-        predictor = Predictor.from_checkpoint(
-            out / "runs" / f"fold{k}" / "checkpoints" / "last.safetensors", args.device
-        )
+        predictor = Predictor.from_checkpoint(fold_model(out, f"fold{k}"), args.device)
         pairs = [EvalPair(c, None, by_case[c].label, by_case[c].image) for c in partition["val"]]
         for variant, (tta, post) in VARIANTS.items():
             for row in run_to_end(
@@ -223,7 +276,8 @@ def main() -> int:
         )
 
     if not args.no_final:
-        network, spec = load_model(out / "runs" / "final" / "checkpoints" / "best.safetensors")
+        final = fold_model(out, "final").with_name("best.safetensors")
+        network, spec = load_model(final)
         tta, post = VARIANTS[best]
         accuracy = CrossValidation(
             folds=args.folds, chosen=best, **{k: round(v, 4) for k, v in summary[best].items()}

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from cross_validate import fold_model  # this folder
 from cv_planes_uncertainty import uncertainty_row, uncertainty_summary  # this folder
 
 from src_monai.data.datasets import discover_msd
@@ -48,7 +49,9 @@ VARIANTS = {"plain": False, "post": True}  # name: post-processing
 
 
 def fold_models(folder: Path, fold: int) -> Path:
-    return folder / "runs" / f"fold{fold}" / "checkpoints" / "last.safetensors"
+    """The fold's last checkpoint in a cross-validation folder (a run resumed or restarted
+    by ``cross_validate.py --resume`` included)."""
+    return fold_model(folder.resolve(), f"fold{fold}")
 
 
 def mean_sd(values: list[float]) -> dict[str, float]:

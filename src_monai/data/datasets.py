@@ -13,7 +13,7 @@ from src_monai.errors import DatasetError
 from src_monai.io.scans import (
     case_id_from_path,
     check_pair,
-    is_dicom_folder,
+    is_scan_folder,
     read_geometry,
     scan_suffix,
 )
@@ -90,7 +90,7 @@ def _msd_from_manifest(root: Path, manifest: Path) -> MsdDataset:
     for case in training:
         assert case.label is not None
         for path in (case.image, case.label):
-            if not (path.is_file() or is_dicom_folder(path)):
+            if not (path.is_file() or is_scan_folder(path)):
                 raise DatasetError(
                     manifest, f"lists {path.relative_to(root)}, which does not exist"
                 )
@@ -116,7 +116,7 @@ def _scan_files(folder: Path) -> dict[str, Path]:
         for p in folder.iterdir()
         # MSD archives carry macOS "._la_003.nii.gz" resource forks: not scans.
         if not p.name.startswith(".")
-        and ((p.is_file() and scan_suffix(p) is not None) or is_dicom_folder(p))
+        and ((p.is_file() and scan_suffix(p) is not None) or is_scan_folder(p))
     ]
     return {case_id_from_path(p): p for p in sorted(files)}
 

@@ -30,7 +30,7 @@ from src_monai.io.outputs import write_unit
 from src_monai.io.scans import (
     case_id_from_path,
     check_pair,
-    is_dicom_folder,
+    is_scan_folder,
     read_labels,
     scan_suffix,
 )
@@ -91,7 +91,7 @@ def pairs_from_folders(
             case_id_from_path(p): p
             for p in sorted(folder.iterdir())
             if not p.name.startswith(".")
-            and ((p.is_file() and scan_suffix(p)) or is_dicom_folder(p))  # a DICOM series
+            and ((p.is_file() and scan_suffix(p)) or is_scan_folder(p))  # a DICOM series
         }
 
     predictions, truths = scans(pred_dir), scans(truth_dir)

@@ -30,14 +30,14 @@ from src_monai.inference.steps import Prediction
 from src_monai.io.files import remove_stale_partials, writable_folder
 from src_monai.io.outputs import CaseOutputs, check_planned_outputs, merge_rows, write_unit
 from src_monai.io.scans import (
-    SCAN_SUFFIXES,
     ScanGeometry,
     case_id_from_path,
     image_digest,
-    is_dicom_folder,
+    is_scan_folder,
     read_geometry,
     read_scan,
     scan_suffix,
+    scan_suffixes,
     write_labels,
     write_volume,
 )
@@ -57,7 +57,7 @@ def find_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
             )
             found = [p for p in children if scan_suffix(p)]
             found_png = [p for p in children if p.suffix.lower() == ".png"]
-            if not found and not found_png and is_dicom_folder(item):
+            if not found and not found_png and is_scan_folder(item):
                 scans.append(item)  # a folder holding a DICOM series is one scan
             scans += found
             pngs += found_png
@@ -68,7 +68,7 @@ def find_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
         elif not item.exists():
             raise LascError(item, "input not found")
         else:
-            raise LascError(item, f"not a scan ({', '.join(SCAN_SUFFIXES)}) or PNG")
+            raise LascError(item, f"not a scan ({', '.join(scan_suffixes())}) or PNG")
     if not scans and not pngs:
         raise LascError(", ".join(map(str, inputs)), "no scans or PNG images found")
     return scans, pngs

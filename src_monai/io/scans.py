@@ -31,11 +31,8 @@ from src_monai.io.geometry import GEOMETRY_TOLERANCE_MM, Scan, ScanGeometry, sha
 
 logger = logging.getLogger(__name__)
 
-SCAN_SUFFIXES = scan_suffixes()
-
 __all__ = [
     "GEOMETRY_TOLERANCE_MM",
-    "SCAN_SUFFIXES",
     "Scan",
     "ScanGeometry",
     "as_label_array",
@@ -49,6 +46,7 @@ __all__ = [
     "read_labels",
     "read_scan",
     "scan_suffix",
+    "scan_suffixes",
     "write_labels",
     "write_volume",
 ]

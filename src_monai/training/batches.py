@@ -9,6 +9,7 @@ import torch
 
 from src_monai.config import Config
 from src_monai.data.crops import CropSampler, augment_batch, make_crop_batch
+from src_monai.data.patches import WindowSampler, augment_windows, make_window_batch
 from src_monai.data.sampling import SliceSampler, VolumeCase, make_batch
 from src_monai.data.transforms import training_transforms
 from src_monai.model.spec import Stage
@@ -45,8 +46,6 @@ def _window_maker(
     config: Config, cases: list[VolumeCase], seed: int, rng: np.random.Generator
 ) -> Callable[[], Batch]:
     """A 3D crop model's batches: windows inside the atrium's box, augmented in-plane."""
-    from src_monai.data.patches import WindowSampler, augment_windows, make_window_batch
-
     data, count = config.data, config.train.batch_size
     window = (data.crop_depth, data.crop_size, data.crop_size)
     sampler = WindowSampler(cases, jitter=data.crop_jitter, rng=rng)

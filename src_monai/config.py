@@ -48,6 +48,11 @@ class Stage(StrEnum):
         """Stage 2 of a two-stage model: it segments inside a box (2.5D crops or 3D)."""
         return self in (Stage.CROP_SEGMENTER, Stage.CROP_SEGMENTER_3D)
 
+    @property
+    def spatial_dims(self) -> int:
+        """3 for the network of volumes (a 3D crop segmenter), 2 for networks of slices."""
+        return 3 if self is Stage.CROP_SEGMENTER_3D else 2
+
 
 @dataclass
 class DataConfig:

@@ -72,7 +72,7 @@ class InputSpec:
     @property
     def spatial_dims(self) -> int:
         """2 for a network of slices, 3 for one of volumes."""
-        return 3 if self.stage is Stage.CROP_SEGMENTER_3D else 2
+        return self.stage.spatial_dims
 
     @property
     def window(self) -> tuple[int, ...]:

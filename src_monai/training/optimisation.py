@@ -24,9 +24,11 @@ class Optimisation:
     def __init__(self, config: Config, device: torch.device) -> None:
         torch.manual_seed(config.train.seed)
         self.config, self.device = config, device
-        dims = 3 if config.data.stage is Stage.CROP_SEGMENTER_3D else 2
         self.network: torch.nn.Module = build_network(
-            config.model, config.data.context_slices, config.data.num_classes, dims
+            config.model,
+            config.data.context_slices,
+            config.data.num_classes,
+            config.data.stage.spatial_dims,
         ).to(device)
         self.optimiser = build_optimiser(config, self.network.parameters())
         self.scheduler = build_scheduler(config, self.optimiser)

@@ -31,7 +31,7 @@ from src_monai.data.sampling import TrainingData, load_training_data
 from src_monai.errors import TrainingDivergedError
 from src_monai.io.files import creatable_folder
 from src_monai.model.networks import count_parameters
-from src_monai.model.spec import ModelSpec, Stage
+from src_monai.model.spec import ModelSpec
 from src_monai.progress import Job, Progress
 from src_monai.training.batches import batch_maker
 from src_monai.training.distributed import init_distributed, write_rank_checksum
@@ -219,7 +219,7 @@ class Trainer:
             self.steps_done = epoch * steps + step + 1
             seconds = time.perf_counter() - self.epoch_started
             rate = (step + 1) * config.train.batch_size / seconds if seconds > 0 else 0.0
-            unit = "windows" if config.data.stage is Stage.CROP_SEGMENTER_3D else "slices"
+            unit = "windows" if config.data.stage.spatial_dims == 3 else "slices"
             yield Progress(
                 f"epoch {epoch + 1}/{config.train.epochs} step {step + 1}/{steps} loss "
                 f"{losses[-1]:.4f}, {rate:.1f} {unit}/s",

@@ -4,6 +4,8 @@
         --out runs/cv [--folds 4] [--parallel 5] [--set train.epochs=30 ...]
 
 1. Writes ``folds.json`` (k folds by patient, seed 0) and ``all.json`` (every case in training).
+   Several ``--data`` folders train together (``data.extra_datasets``) in joint folds: each
+   fold holds out a quarter of each dataset, and every dataset gets its own table.
 2. Trains one model per fold and the final model on all cases, ``--parallel`` at a time, each
    as ``python -m src_monai.cli train CONFIG --set ...`` (logs in ``OUT/logs``).
 3. Evaluates each fold's last checkpoint on its held-out patients (not the best on validation:
@@ -36,8 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from src_monai.config import STAGES, Stage, load_config, save_config
-from src_monai.data.datasets import discover_msd
-from src_monai.data.splits import SplitPlan, kfold_split, load_split, save_split
+from src_monai.data.datasets import discover_datasets
+from src_monai.data.splits import SplitPlan, joint_kfold_split, load_split, save_split
 from src_monai.evaluation.report import EvalPair, evaluate_pairs
 from src_monai.inference.predictor import Predictor
 from src_monai.io.tables import write_csv
@@ -109,12 +111,27 @@ def variant_summary(rows: list[dict]) -> dict[str, float]:
     }
 
 
+def choice_key(stats: dict) -> tuple[float, float]:
+    """How variants are ranked: mean Dice (to 3 places), then lower HD95; with several
+    datasets, the means of their own means (a large dataset does not outvote a small one)."""
+    parts = list(stats.get("datasets", {}).values()) or [stats]
+    dice = float(np.mean([part["dice_mean"] for part in parts]))
+    hd95 = float(np.mean([part["hd95_mean"] for part in parts]))
+    return round(dice, 3), -hd95
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("config", type=Path)
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="MSD-layout folder(s); several train together, in joint folds",
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--parallel", type=int, default=1)
@@ -152,8 +169,10 @@ def main() -> int:
         if not args.resume:
             save_config(load_config(args.config, stage=args.stage), staged)
         args.config = staged
-    dataset = discover_msd(args.data)
-    folds = kfold_split(dataset.case_ids(), args.folds, seed=0)
+    dataset = discover_datasets(args.data)
+    dataset_of = {c.case_id: c.dataset or args.data[0].name for c in dataset.training}
+    groups = [[c for c in dataset.case_ids() if dataset_of[c] == root.name] for root in args.data]
+    folds = joint_kfold_split(groups, args.folds, seed=0)
     if args.resume:
         if load_split(out / "folds.json").to_json() != folds.to_json():
             parser.error(f"--resume: {out / 'folds.json'} holds other folds than these data")
@@ -164,7 +183,8 @@ def main() -> int:
         )
         save_split(out / "all.json", everything)
     common = [
-        f"data.dataset='{args.data.resolve()}'",
+        f"data.dataset='{args.data[0].resolve()}'",
+        "data.extra_datasets=[{}]".format(", ".join(f"'{p.resolve()}'" for p in args.data[1:])),
         f"train.runs_dir='{out / 'runs'}'",
         *args.overrides,
     ]
@@ -234,6 +254,7 @@ def main() -> int:
                 rows.append(
                     {
                         "fold": k,
+                        "dataset": dataset_of[row["case"]],
                         "variant": variant,
                         "case": row["case"],
                         "dice": row["dice"],
@@ -253,7 +274,12 @@ def main() -> int:
             **variant_summary(chosen),
             "hd95_undefined": int(np.isnan(hd).sum()),
         }
-    best = max(summary, key=lambda v: (round(summary[v]["dice_mean"], 3), -summary[v]["hd95_mean"]))
+        if len(args.data) > 1:
+            summary[variant]["datasets"] = {
+                root.name: variant_summary([r for r in chosen if r["dataset"] == root.name])
+                for root in args.data
+            }
+    best = max(summary, key=lambda v: choice_key(summary[v]))
     report = {
         "variants": summary,
         "chosen": best,
@@ -274,13 +300,25 @@ def main() -> int:
             stats["hd95_sd"],
             "  <- chosen" if variant == best else "",
         )
+        for name, part in stats.get("datasets", {}).items():
+            logger.info(
+                "  %-20s Dice %.4f ± %.4f  HD95 %.2f ± %.2f mm (%d cases)",
+                name,
+                part["dice_mean"],
+                part["dice_sd"],
+                part["hd95_mean"],
+                part["hd95_sd"],
+                part["cases"],
+            )
 
     if not args.no_final:
         final = fold_model(out, "final").with_name("best.safetensors")
         network, spec = load_model(final)
         tta, post = VARIANTS[best]
         accuracy = CrossValidation(
-            folds=args.folds, chosen=best, **{k: round(v, 4) for k, v in summary[best].items()}
+            folds=args.folds,
+            chosen=best,
+            **{k: round(v, 4) for k, v in summary[best].items() if k != "datasets"},
         )
         spec = spec.with_inference(InferenceDefaults(tta=tta, postprocess=post), accuracy)
         save_model(out / "model.safetensors", network, spec, half=True)

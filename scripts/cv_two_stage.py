@@ -32,7 +32,7 @@ import numpy as np
 from cross_validate import fold_model  # this folder
 from cv_planes_uncertainty import uncertainty_row, uncertainty_summary  # this folder
 
-from src_monai.data.datasets import discover_msd
+from src_monai.data.datasets import discover_datasets
 from src_monai.data.splits import load_split
 from src_monai.evaluation.boxes import box_rows
 from src_monai.evaluation.report import EvalPair, evaluate_pairs
@@ -100,11 +100,36 @@ def write_final_model(run: Path, out: Path, rows: list[dict], folds: int) -> str
     return chosen
 
 
+def score_summary(boxes: list[dict], rows: list[dict]) -> dict:
+    """The boxes' counts and each variant's mean and sd of Dice and HD95."""
+    summary: dict = {
+        "cases": len(boxes),
+        "boxes_holding_the_atrium": sum(bool(b.get("box_holds_atrium")) for b in boxes),
+        "crops_missing_atrium_voxels": sum(bool(b.get("voxels_outside_crop")) for b in boxes),
+    }
+    if rows:
+        summary["variants"] = {
+            variant: {
+                "dice": mean_sd([r["dice"] for r in rows if r["variant"] == variant]),
+                "hd95_mm": mean_sd([r["hd95_mm"] for r in rows if r["variant"] == variant]),
+            }
+            for variant in VARIANTS
+        }
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--data", type=Path, nargs="+", required=True)
     parser.add_argument("--localisers", type=Path, required=True)
-    parser.add_argument("--segmenters", type=Path, required=True)
+    parser.add_argument(
+        "--segmenters", type=Path, help="without it: the localisers' boxes only (boxes.csv)"
+    )
+    parser.add_argument(
+        "--region-3d",
+        action="store_true",
+        help="with --localisers alone: score the boxes by the region a 3D stage 2 segments",
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--uncertainty", action="store_true", help="re-validate the case score")
@@ -112,12 +137,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=False)
-    dataset = discover_msd(args.data)
-    folds = load_split(args.segmenters / "folds.json", known_cases=dataset.case_ids())
+    dataset = discover_datasets(args.data)
+    dataset_of = {c.case_id: c.dataset or args.data[0].name for c in dataset.training}
+    split_folder = args.segmenters or args.localisers
+    folds = load_split(split_folder / "folds.json", known_cases=dataset.case_ids())
     by_case = {c.case_id: c for c in dataset.training}
     boxes, rows, uncertain_rows, slice_pairs = [], [], [], []
     for k, partition in enumerate(folds.partitions):
         pairs = [EvalPair(c, None, by_case[c].label, by_case[c].image) for c in partition["val"]]
+        if args.segmenters is None:
+            localiser = Predictor.from_checkpoint(fold_models(args.localisers, k), args.device)
+            found = run_to_end(
+                box_rows(localiser, pairs, crop_size=128, slice_margin=5, region_3d=args.region_3d)
+            )
+            boxes += [{"fold": k, "dataset": dataset_of[r["case"]], **r} for r in found]
+            continue
         model = combine_stages(
             fold_models(args.localisers, k),
             fold_models(args.segmenters, k),
@@ -132,9 +166,10 @@ def main(argv: list[str] | None = None) -> int:
                 pairs,
                 crop_size=spec.crop_size,
                 slice_margin=spec.crop_slice_margin,
+                region_3d=spec.stage.spatial_dims == 3,
             )
         )
-        boxes += [{"fold": k, **row} for row in found]
+        boxes += [{"fold": k, "dataset": dataset_of[r["case"]], **r} for r in found]
         for variant, post in VARIANTS.items():
             started = time.perf_counter()
             scored = run_to_end(
@@ -148,7 +183,13 @@ def main(argv: list[str] | None = None) -> int:
             seconds = (time.perf_counter() - started) / len(pairs)
             for row in scored:
                 rows.append(
-                    {"fold": k, "variant": variant, "seconds_per_case": round(seconds, 2), **row}
+                    {
+                        "fold": k,
+                        "dataset": dataset_of[row["case"]],
+                        "variant": variant,
+                        "seconds_per_case": round(seconds, 2),
+                        **row,
+                    }
                 )
         logger.info("fold %d: %s", k, [(b["case"], b.get("voxels_outside_crop")) for b in found])
         if args.uncertainty:
@@ -157,19 +198,17 @@ def main(argv: list[str] | None = None) -> int:
                 uncertain_rows.append({"fold": k, "case": pair.case_id, **row})
                 slice_pairs.append(slices)
     write_csv(args.out / "boxes.csv", boxes)
-    write_csv(args.out / "per_case.csv", rows)
-    summary = {
-        "cases": len(boxes),
-        "boxes_holding_the_atrium": sum(bool(b.get("box_holds_atrium")) for b in boxes),
-        "crops_missing_atrium_voxels": sum(bool(b.get("voxels_outside_crop")) for b in boxes),
-        "variants": {
-            variant: {
-                "dice": mean_sd([r["dice"] for r in rows if r["variant"] == variant]),
-                "hd95_mm": mean_sd([r["hd95_mm"] for r in rows if r["variant"] == variant]),
-            }
-            for variant in VARIANTS
-        },
-    }
+    if rows:
+        write_csv(args.out / "per_case.csv", rows)
+    summary = score_summary(boxes, rows)
+    if len(args.data) > 1:
+        summary["datasets"] = {
+            root.name: score_summary(
+                [b for b in boxes if b["dataset"] == root.name],
+                [r for r in rows if r["dataset"] == root.name],
+            )
+            for root in args.data
+        }
     if args.uncertainty:
         write_csv(args.out / "uncertainty_per_case.csv", uncertain_rows)
         summary["uncertainty"] = uncertainty_summary(uncertain_rows, slice_pairs)

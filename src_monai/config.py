@@ -58,6 +58,13 @@ class Stage(StrEnum):
 class DataConfig:
     dataset: str = ""
     """MSD-layout folder (``dataset.json``, ``imagesTr/``, ``labelsTr/``) or a PNG-layout folder."""
+    extra_datasets: list[str] = field(default_factory=list)
+    """More MSD-layout folders whose cases train alongside ``dataset``'s (another sequence:
+    LGE-MRI beside bSSFP): case ids must differ across folders, and every scan is turned to
+    the orientation of ``dataset``'s first case so that the networks see one voxel order."""
+    balance_datasets: bool = True
+    """With ``extra_datasets``: each dataset gives an equal share of the training samples
+    (a small dataset is not drowned by a large one); false: every case is equally likely."""
     layout: str = "auto"
     """``auto``, ``msd`` or ``png``."""
     split: str = ""
@@ -218,6 +225,7 @@ CHOICES = {
 }
 PATH_KEYS = (
     "data.dataset",
+    "data.extra_datasets",
     "data.split",
     "train.runs_dir",
     "train.init_model",
@@ -588,9 +596,17 @@ def resolve_paths(config: Config, base: Path) -> Config:
     for key in PATH_KEYS:
         section, name = key.split(".")
         value = raw[section][name]
-        if value and value != "bundled" and not Path(value).is_absolute():
-            raw[section][name] = str((base / value).resolve())
+        if isinstance(value, list):
+            raw[section][name] = [_resolved(item, base) for item in value]
+        else:
+            raw[section][name] = _resolved(value, base)
     return config_from_dict(raw)
+
+
+def _resolved(value: str, base: Path) -> str:
+    if value and value != "bundled" and not Path(value).is_absolute():
+        return str((base / value).resolve())
+    return value
 
 
 def save_config(config: Config, path: str | Path) -> Path:

@@ -88,13 +88,16 @@ def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray = OBLIQUE_AFFIN
     return path
 
 
-def make_msd_dataset(root: Path, cases: int = 3, with_manifest: bool = True) -> Path:
-    """A tiny MSD-layout dataset of synthetic cases ``case_000`` ... with varying depth."""
+def make_msd_dataset(
+    root: Path, cases: int = 3, with_manifest: bool = True, prefix: str = "case"
+) -> Path:
+    """A tiny MSD-layout dataset of synthetic cases ``case_000`` ... (``prefix``) with varying
+    depth."""
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
     training = []
     for index in range(cases):
-        case_id = f"case_{index:03d}"
+        case_id = f"{prefix}_{index:03d}"
         image, labels, affine = synthetic_case(shape=(24, 20, 7 + index), seed=index)
         save_nifti(root / "imagesTr" / f"{case_id}.nii.gz", image, affine)
         save_nifti(root / "labelsTr" / f"{case_id}.nii.gz", labels, affine)

@@ -10,6 +10,7 @@ from conftest import make_msd_dataset, tiny_config, train_tiny_localiser
 from src_monai.config import ConfigError, Stage
 from src_monai.data.crops import AtriumBox
 from src_monai.data.patches import WindowSampler, make_window_batch, window_at
+from src_monai.data.sampling import VolumeCase
 from src_monai.inference.predictor import Predictor
 from src_monai.io.scans import read_scan
 from src_monai.model.files import load_model, load_spec
@@ -44,7 +45,7 @@ def test_config_refuses_what_a_3d_window_model_cannot_do(tmp_path):
 def test_windows_are_centred_inside_the_grown_box_and_zero_padded_outside_the_scan():
     labels = torch.zeros((10, 30, 30), dtype=torch.uint8)
     labels[4:6, 10:15, 12:20] = 1
-    case = type("Case", (), {"labels": labels, "slices": labels.float()})()
+    case = VolumeCase("c", labels.float(), labels, (1.0, 1.0, 1.0))
     picks = WindowSampler([case], jitter=3, rng=np.random.default_rng(0)).draw(500)
     centres = np.array([centre for _, centre in picks])
     assert centres.min(0) == pytest.approx([1, 7, 9], abs=0.2)
@@ -133,3 +134,21 @@ def test_a_localiser_and_a_3d_segmenter_make_one_two_stage_model(trained_3d, tmp
     scan = read_scan(dataset / "imagesTr" / "case_003.nii.gz")
     prediction = run_to_end(predictor.predict_volume(scan.array))
     assert prediction.labels.shape == scan.array.shape and prediction.localised is not None
+
+
+def test_atrium_outside_the_3d_region_is_counted_beyond_its_margins():
+    """A 3D stage 2 segments the box grown by its slice margin and 8 voxels in-plane; the
+    localiser check counts the atrium voxels outside that region, and only those."""
+    from src_monai.evaluation.boxes import atrium_outside_region
+
+    truth = np.zeros((40, 60, 60), np.uint8)
+    truth[10:20, 20:30, 20:30] = 1  # the box itself
+    box = AtriumBox(10, 20, 20, 30, 20, 30)
+    assert atrium_outside_region(truth, box, slice_margin=5) == 0
+    truth[24, 25, 25] = 1  # 4 slices past the box: inside the margin
+    truth[12:18, 37, 25] = 1  # 8 rows past the box's last: inside the margin
+    assert atrium_outside_region(truth, box, slice_margin=5) == 0
+    truth[26, 25, 25] = 1  # the 7th slice past the box
+    truth[15, 39, 25] = 1  # 9 rows past
+    assert atrium_outside_region(truth, box, slice_margin=5) == 2
+    assert atrium_outside_region(truth, box, slice_margin=7) == 1

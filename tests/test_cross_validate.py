@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -17,8 +18,11 @@ from src_monai.config import save_config
 SCRIPT = REPO / "scripts" / "cross_validate.py"
 
 
-def _cv(config: Path, data: Path, out: Path, *extra: str, **popen) -> subprocess.Popen:
-    command = [sys.executable, str(SCRIPT), str(config), "--data", str(data), "--out", str(out)]
+def _cv(
+    config: Path, data: Path | list[Path], out: Path, *extra: str, **popen
+) -> subprocess.Popen:
+    folders = [str(d) for d in (data if isinstance(data, list) else [data])]
+    command = [sys.executable, str(SCRIPT), str(config), "--data", *folders, "--out", str(out)]
     command += ["--folds", "2", "--no-final", "--device", "cpu", *extra]
     return subprocess.Popen(
         command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
@@ -61,3 +65,31 @@ def test_an_interrupted_cross_validation_continues_where_it_stopped(tmp_path):
     kept = _cv(config, data, out, "--resume")
     log, _ = kept.communicate(timeout=900)
     assert kept.returncode == 0 and "fold0: kept" in log and "fold1: kept" in log, log[-2000:]
+
+
+def test_two_datasets_are_cross_validated_in_joint_folds_with_a_table_each(tmp_path):
+    """Each fold holds out half of each dataset (2 folds); both datasets train every fold;
+    the summary has each dataset's own means."""
+    first = make_msd_dataset(tmp_path / "bssfp", cases=4, prefix="la")
+    second = make_msd_dataset(tmp_path / "lge", cases=4, prefix="lge")
+    config = save_config(
+        tiny_config(first, tmp_path / "unused", train={"epochs": 2, "val_every": 2}),
+        tmp_path / "cv.toml",
+    )
+    out = tmp_path / "cv"
+    run = _cv(config, [first, second], out)
+    log, _ = run.communicate(timeout=900)
+    assert run.returncode == 0, log[-3000:]
+    folds = json.loads((out / "folds.json").read_text())["partitions"]
+    for partition in folds:
+        held_out = partition["val"]
+        assert sum(c.startswith("la_") for c in held_out) == 2
+        assert sum(c.startswith("lge_") for c in held_out) == 2
+    trained = json.loads((out / "runs" / "fold0" / "split.json").read_text())
+    assert sorted(trained["train"]) == sorted(folds[0]["train"])
+    with open(out / "cv_per_case.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["dataset"], r["case"][:3]) for r in rows} == {("bssfp", "la_"), ("lge", "lge")}
+    summary = json.loads((out / "cv_summary.json").read_text())
+    parts = summary["variants"]["plain"]["datasets"]
+    assert {name: part["cases"] for name, part in parts.items()} == {"bssfp": 4, "lge": 4}

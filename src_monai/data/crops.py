@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from src_monai.config import AugmentConfig
-from src_monai.data.sampling import VolumeCase
+from src_monai.data.sampling import CaseChooser, VolumeCase
 from src_monai.data.transforms import context_stack
 from src_monai.errors import LascError
 
@@ -181,6 +181,7 @@ class CropSampler:
         jitter: int,
         slice_margin: int,
         rng: np.random.Generator,
+        balance: bool = True,
     ) -> None:
         self.cases = cases
         self.jitter = jitter
@@ -190,11 +191,12 @@ class CropSampler:
         self.with_atrium = [i for i, box in enumerate(self.boxes) if box is not None]
         if not self.with_atrium:
             raise ValueError("no training case holds the atrium: nothing to crop around")
+        self.chooser = CaseChooser(cases, self.with_atrium, balance=balance)
 
     def draw(self, count: int) -> list[tuple[int, int, tuple[float, float]]]:
         picks = []
         for _ in range(count):
-            index = int(self.rng.choice(self.with_atrium))
+            index = self.chooser.choose(self.rng)
             box = self.boxes[index]
             assert box is not None
             first, stop = box.slice_range(self.slice_margin, self.cases[index].slices.shape[0])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from src_monai.errors import DatasetError
@@ -28,6 +28,8 @@ class Case:
     case_id: str
     image: Path
     label: Path | None = None
+    dataset: str = ""
+    """The folder name of the dataset it came from, where several train together."""
 
 
 @dataclass(frozen=True)
@@ -138,4 +140,34 @@ def _msd_from_folders(root: Path) -> MsdDataset:
         class_names={0: "background", 1: "left atrium"},
         training=training,
         test=test,
+    )
+
+
+def discover_datasets(roots: list[str | Path], *, verify: bool = True) -> MsdDataset:
+    """Several MSD-layout folders as one dataset (the first folder's root and name lead):
+    their training cases together, in folder order. Case ids must differ across folders (a
+    split names cases by id) and the folders must declare the same classes."""
+    if len(roots) == 1:
+        return discover_msd(roots[0], verify=verify)
+    parts = [discover_msd(root, verify=verify) for root in roots]
+    first = parts[0]
+    seen: dict[str, Path] = {}
+    for part in parts:
+        if part.class_names != first.class_names:
+            raise DatasetError(
+                part.root,
+                f"declares classes {part.class_names}, {first.root} declares {first.class_names}",
+            )
+        for case in part.training:
+            if case.case_id in seen:
+                raise DatasetError(
+                    part.root, f"case {case.case_id} is also a case of {seen[case.case_id]}"
+                )
+            seen[case.case_id] = part.root
+    return MsdDataset(
+        root=first.root,
+        name=" + ".join(part.name for part in parts),
+        class_names=first.class_names,
+        training=[replace(c, dataset=part.root.name) for part in parts for c in part.training],
+        test=[case for part in parts for case in part.test],
     )

@@ -16,26 +16,35 @@ import torch
 
 from src_monai.config import AugmentConfig
 from src_monai.data.crops import AtriumBox, augment_batch
-from src_monai.data.sampling import VolumeCase
+from src_monai.data.sampling import CaseChooser, VolumeCase
 
 Centre = tuple[float, float, float]
 
 
 class WindowSampler:
-    """Draws (case, window centre) pairs: a case holding the atrium, uniformly, and a centre
-    uniform inside its atrium's box grown by ``jitter`` voxels along every axis."""
+    """Draws (case, window centre) pairs: a case holding the atrium (by
+    :class:`~src_monai.data.sampling.CaseChooser`), and a centre uniform inside its atrium's
+    box grown by ``jitter`` voxels along every axis."""
 
-    def __init__(self, cases: list[VolumeCase], *, jitter: int, rng: np.random.Generator):
+    def __init__(
+        self,
+        cases: list[VolumeCase],
+        *,
+        jitter: int,
+        rng: np.random.Generator,
+        balance: bool = True,
+    ):
         self.rng, self.jitter = rng, jitter
         self.boxes = [AtriumBox.around(case.labels) for case in cases]
         self.with_atrium = [i for i, box in enumerate(self.boxes) if box is not None]
         if not self.with_atrium:
             raise ValueError("no training case holds the atrium: nothing to centre windows on")
+        self.chooser = CaseChooser(cases, self.with_atrium, balance=balance)
 
     def draw(self, count: int) -> list[tuple[int, Centre]]:
         picks = []
         for _ in range(count):
-            index = int(self.rng.choice(self.with_atrium))
+            index = self.chooser.choose(self.rng)
             box = self.boxes[index]
             assert box is not None
             low = np.array([box.z0, box.y0, box.x0], float) - self.jitter

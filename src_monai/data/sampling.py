@@ -31,6 +31,8 @@ class VolumeCase:
     digest: str = ""
     """:func:`~src_monai.io.scans.image_digest` of the scan as read (recorded in the model so
     that a training case is recognised under another name)."""
+    dataset: str = ""
+    """The dataset folder it came from, where several train together."""
     foreground_slices: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -90,8 +92,13 @@ def load_training_data(config: Config) -> TrainingData:
     if not root.is_dir():
         raise DatasetError(root, "dataset folder not found (data.dataset)")
     layout = detect_layout(root) if data.layout == "auto" else data.layout
+    for extra in data.extra_datasets:
+        if layout != "msd" or not Path(extra).is_dir() or detect_layout(Path(extra)) != "msd":
+            raise DatasetError(
+                extra, "data.extra_datasets must be MSD-layout folders, beside an MSD dataset"
+            )
     if layout == "msd":
-        train, val = _msd_cases(config, root)
+        train, val = _msd_cases(config, [root, *map(Path, data.extra_datasets)])
     else:
         train, val = _png_cases(config, root)
     if not train:
@@ -113,7 +120,8 @@ def load_training_data(config: Config) -> TrainingData:
         layout,
         ", each training scan along 3 axes" if config.data.tri_planar else "",
     )
-    return TrainingData(train=train, val=val, source=str(root), layout=layout)
+    source = " + ".join([str(root), *data.extra_datasets])
+    return TrainingData(train=train, val=val, source=source, layout=layout)
 
 
 def _partition(config: Config, case_ids: list[str], source: Path) -> tuple[list[str], list[str]]:
@@ -134,19 +142,23 @@ def _partition(config: Config, case_ids: list[str], source: Path) -> tuple[list[
     return plan.train_and_validation()
 
 
-def _msd_cases(config: Config, root: Path) -> tuple[list[VolumeCase], list[VolumeCase]]:
-    from src_monai.data.datasets import discover_msd
-    from src_monai.io.scans import check_pair, image_digest, read_labels, read_scan
+def _msd_cases(config: Config, roots: list[Path]) -> tuple[list[VolumeCase], list[VolumeCase]]:
+    from src_monai.data.datasets import discover_datasets
+    from src_monai.io.scans import check_pair, image_digest, read_geometry, read_labels, read_scan
 
-    dataset = discover_msd(root)
+    dataset = discover_datasets(roots)
     if dataset.num_classes != config.data.num_classes:
         raise ConfigError(
             None,
             f"data.num_classes = {config.data.num_classes}, but "
-            f"{root}/dataset.json declares {dataset.num_classes} classes",
+            f"{dataset.root}/dataset.json declares {dataset.num_classes} classes",
         )
-    train_ids, val_ids = _partition(config, dataset.case_ids(), root)
+    train_ids, val_ids = _partition(config, dataset.case_ids(), dataset.root)
     by_id = {case.case_id: case for case in dataset.training}
+    # One voxel order for the networks: every scan turned to the first case's orientation
+    # (exact: axes permuted and flipped); the model records it and inference does the same.
+    first = read_geometry(dataset.training[0].image)
+    target = first.axcodes if first.orientation_known else None
     axis = config.data.slice_axis
     # Tri-planar: each training scan is seen along all three axes (one VolumeCase per axis);
     # validation scans once, along the slice axis (their Dice comes from the fused prediction).
@@ -156,23 +168,50 @@ def _msd_cases(config: Config, root: Path) -> tuple[list[VolumeCase], list[Volum
         case = by_id[case_id]
         scan, labels = read_scan(case.image), read_labels(case.label, dataset.num_classes)
         check_pair(scan.geometry, labels.geometry, case.image, case.label)
-        values = normalise_volume(scan.array, config.data.normalisation)
-        spacing, digest = scan.geometry.spacing, image_digest(scan.array)
+        digest = image_digest(scan.array)  # of the file as read: how a scan is recognised
+        image, label, spacing, axcodes = scan.array, labels.array, scan.geometry.spacing, None
+        if target is not None and scan.geometry.orientation_known:
+            image, label, spacing = to_orientation(
+                (image, label), scan.geometry.affine, spacing, target
+            )
+            axcodes = target
+        values = normalise_volume(image, config.data.normalisation)
         return [
             VolumeCase(
                 case_id if along == axis else f"{case_id} axis {along}",
                 torch.from_numpy(np.ascontiguousarray(np.moveaxis(values, along, 0))),
-                torch.from_numpy(np.ascontiguousarray(np.moveaxis(labels.array, along, 0))),
+                torch.from_numpy(np.ascontiguousarray(np.moveaxis(label, along, 0))),
                 (spacing[along], *[s for i, s in enumerate(spacing) if i != along]),
                 extra_plane=along != axis,
-                axcodes=scan.geometry.axcodes if scan.geometry.orientation_known else None,
+                axcodes=axcodes,
                 digest=digest,
+                dataset=case.dataset,
             )
             for along in axes
         ]
 
     train = [v for c in train_ids for v in load(c, train_axes)]
     return train, [v for c in val_ids for v in load(c, (axis,))]
+
+
+def to_orientation(
+    volumes: tuple[np.ndarray, ...],
+    affine: np.ndarray,
+    spacing: tuple[float, float, float],
+    axcodes: tuple[str, ...],
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Image and labels of a scan with voxel-to-RAS ``affine`` turned to ``axcodes`` (axes
+    permuted and flipped, as :class:`~src_monai.inference.grid.ModelGrid` does at inference),
+    and their voxel size in the new axis order."""
+    import nibabel as nib
+
+    start = nib.orientations.io_orientation(np.asarray(affine, dtype=float))
+    transform = nib.orientations.ornt_transform(start, nib.orientations.axcodes2ornt(axcodes))
+    image, label = (nib.orientations.apply_orientation(v, transform) for v in volumes)
+    turned = [0.0, 0.0, 0.0]
+    for old_axis, (new_axis, _) in enumerate(transform):
+        turned[int(new_axis)] = float(spacing[old_axis])
+    return image, label, (turned[0], turned[1], turned[2])
 
 
 def _png_cases(config: Config, root: Path) -> tuple[list[VolumeCase], list[VolumeCase]]:
@@ -216,25 +255,52 @@ def _png_cases(config: Config, root: Path) -> tuple[list[VolumeCase], list[Volum
     return [load(merged[c], None) for c in train_ids], [load(merged[c], None) for c in val_ids]
 
 
+class CaseChooser:
+    """Draws case indices uniformly among ``candidates``; where the cases come from several
+    datasets and ``balance``, each dataset first with equal probability, then a case of it."""
+
+    def __init__(
+        self, cases: list[VolumeCase], candidates: list[int], *, balance: bool = True
+    ) -> None:
+        self.candidates = candidates
+        groups: dict[str, list[int]] = {}
+        for index in candidates:
+            groups.setdefault(cases[index].dataset, []).append(index)
+        self.groups = list(groups.values()) if balance and len(groups) > 1 else None
+
+    def choose(self, rng: np.random.Generator) -> int:
+        if self.groups is None:
+            return int(rng.choice(self.candidates))
+        group = self.groups[int(rng.integers(len(self.groups)))]
+        return int(rng.choice(group))
+
+
 class SliceSampler:
     """Draws training slices: foreground slices with probability ``p``, else any slice."""
 
     def __init__(
-        self, cases: list[VolumeCase], foreground_probability: float, rng: np.random.Generator
+        self,
+        cases: list[VolumeCase],
+        foreground_probability: float,
+        rng: np.random.Generator,
+        *,
+        balance: bool = True,
     ) -> None:
         self.cases = cases
         self.p = foreground_probability
         self.rng = rng
-        self.with_foreground = [i for i, c in enumerate(cases) if c.foreground_slices.size]
+        with_foreground = [i for i, c in enumerate(cases) if c.foreground_slices.size]
+        self.with_foreground = CaseChooser(cases, with_foreground, balance=balance)
+        self.any_case = CaseChooser(cases, list(range(len(cases))), balance=balance)
 
     def draw(self, count: int) -> list[tuple[int, int]]:
         picks = []
         for _ in range(count):
-            if self.with_foreground and self.rng.random() < self.p:
-                index = int(self.rng.choice(self.with_foreground))
+            if self.with_foreground.candidates and self.rng.random() < self.p:
+                index = self.with_foreground.choose(self.rng)
                 z = int(self.rng.choice(self.cases[index].foreground_slices))
             else:
-                index = int(self.rng.integers(len(self.cases)))
+                index = self.any_case.choose(self.rng)
                 z = int(self.rng.integers(self.cases[index].slices.shape[0]))
             picks.append((index, z))
         return picks

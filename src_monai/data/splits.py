@@ -87,6 +87,25 @@ def kfold_split(case_ids: Sequence[str], folds: int = 4, seed: int = 0) -> Split
     return SplitPlan("kfold", seed, cases, partitions)
 
 
+def joint_kfold_split(groups: Sequence[Sequence[str]], folds: int = 4, seed: int = 0) -> SplitPlan:
+    """k-fold cross-validation over several datasets together: each group (a dataset's case
+    ids) is split as :func:`kfold_split` splits it alone, and fold ``k`` holds out part ``k``
+    of every group. So each fold validates on a share of each dataset, and one dataset's folds
+    are the same whether or not the others join it."""
+    plans = [kfold_split(group, folds, seed) for group in groups]
+    cases = [c for plan in plans for c in plan.cases]
+    if len(set(cases)) != len(cases):
+        raise DatasetError(None, "a case id appears in more than one dataset")
+    partitions = [
+        {
+            key: sorted(c for plan in plans for c in plan.partitions[k][key])
+            for key in ("train", "val")
+        }
+        for k in range(folds)
+    ]
+    return SplitPlan("kfold", seed, sorted(cases), partitions)
+
+
 def save_split(path: str | Path, plan: SplitPlan, *, overwrite: bool = False) -> Path:
     return write_json(path, plan.to_json(), overwrite=overwrite)
 

@@ -31,11 +31,28 @@ def atrium_outside_crop(
     return int(np.count_nonzero((truth != 0) & ~inside))
 
 
+def atrium_outside_region(truth: np.ndarray, box: AtriumBox, slice_margin: int) -> int:
+    """Atrium voxels of a slices-first ``truth`` outside the region a 3D stage 2 segments
+    around ``box`` (:func:`~src_monai.inference.in_box_3d.region_around`)."""
+    from src_monai.inference.in_box_3d import region_around
+
+    region = region_around(box, slice_margin, truth.shape)
+    inside = np.zeros(truth.shape, bool)
+    inside[region.z0 : region.z1, region.y0 : region.y1, region.x0 : region.x1] = True
+    return int(np.count_nonzero((truth != 0) & ~inside))
+
+
 def box_rows(
-    localiser: Predictor, pairs: Sequence[EvalPair], *, crop_size: int, slice_margin: int
+    localiser: Predictor,
+    pairs: Sequence[EvalPair],
+    *,
+    crop_size: int,
+    slice_margin: int,
+    region_3d: bool = False,
 ) -> Job[list[dict[str, Any]]]:
     """Per case: the localiser's box, whether it holds the true box, and the atrium voxels
-    the stage-2 crop around it would miss."""
+    the stage-2 crop around it would miss (``region_3d``: the region a 3D stage 2 segments,
+    whose windows tile the whole box, instead of one ``crop_size`` crop per slice)."""
     rows = []
     for done, pair in enumerate(pairs, start=1):
         assert pair.image is not None
@@ -52,7 +69,11 @@ def box_rows(
         if box is not None and true_box is not None:
             row["box"], row["true_box"] = box.text(), true_box.text()
             row["box_holds_atrium"] = box.contains(true_box)
-            row["voxels_outside_crop"] = atrium_outside_crop(true, box, crop_size, slice_margin)
+            row["voxels_outside_crop"] = (
+                atrium_outside_region(true, box, slice_margin)
+                if region_3d
+                else atrium_outside_crop(true, box, crop_size, slice_margin)
+            )
         rows.append(row)
         yield Progress(pair.case_id, done, len(pairs))
     return rows

@@ -27,7 +27,11 @@ def batch_maker(config: Config, cases: list[VolumeCase], seed: int) -> Callable[
         return _window_maker(config, cases, seed, rng)
     if data.stage is Stage.CROP_SEGMENTER:
         sampler = CropSampler(
-            cases, jitter=data.crop_jitter, slice_margin=data.crop_slice_margin, rng=rng
+            cases,
+            jitter=data.crop_jitter,
+            slice_margin=data.crop_slice_margin,
+            rng=rng,
+            balance=data.balance_datasets,
         )
         # On the cases' device: on a GPU the crops are cut and augmented there.
         generator = torch.Generator(device=cases[0].slices.device).manual_seed(seed)
@@ -37,7 +41,7 @@ def batch_maker(config: Config, cases: list[VolumeCase], seed: int) -> Callable[
             return augment_batch(images, labels, config.augment, generator)
 
         return crops
-    slices = SliceSampler(cases, data.foreground_oversample, rng)
+    slices = SliceSampler(cases, data.foreground_oversample, rng, balance=data.balance_datasets)
     transform = training_transforms(config.augment, data.patch_size, seed)
     return lambda: make_batch(cases, slices.draw(count), data.context_slices, transform)
 
@@ -48,7 +52,7 @@ def _window_maker(
     """A 3D crop model's batches: windows inside the atrium's box, augmented in-plane."""
     data, count = config.data, config.train.batch_size
     window = (data.crop_depth, data.crop_size, data.crop_size)
-    sampler = WindowSampler(cases, jitter=data.crop_jitter, rng=rng)
+    sampler = WindowSampler(cases, jitter=data.crop_jitter, rng=rng, balance=data.balance_datasets)
     generator = torch.Generator(device=cases[0].slices.device).manual_seed(seed)
 
     def windows() -> Batch:

@@ -95,8 +95,27 @@ def test_one_slice_of_a_3d_model_is_its_window_prediction(trained_3d):
     first = segment_one_slice(predictor.segmenter, prepared, 3, None, tta=False)
     again = segment_one_slice(predictor.segmenter, prepared, 3, None, tta=False)
     assert first.shape == prepared.slices.shape[1:] and np.array_equal(first, again)
-    with pytest.raises(Exception, match="uncertainty maps are not available for a 3D model"):
-        run_to_end(predictor.predict_volume(scan.array, predictor.options(uncertainty=True)))
+
+
+def test_a_3d_models_uncertainty_map_covers_its_region_and_leaves_the_labels(trained_3d):
+    """The 2.5D models' map (entropy of the mean over rotated and gamma views), from the 3D
+    windows: on the scan's grid, 0..1, certain outside the region, and the labels are the
+    same as without it."""
+    dataset, result = trained_3d
+    predictor = Predictor.from_checkpoint(result.best_model, "cpu")
+    scan = read_scan(dataset / "imagesTr" / "case_002.nii.gz")
+    box = AtriumBox(2, 5, 6, 12, 5, 11)
+    plain = run_to_end(predictor.predict_volume(scan.array, predictor.options(), box=box))
+    mapped = run_to_end(
+        predictor.predict_volume(scan.array, predictor.options(uncertainty=True), box=box)
+    )
+    assert np.array_equal(mapped.labels, plain.labels)
+    uncertainty = mapped.uncertainty
+    assert uncertainty.shape == scan.array.shape
+    assert uncertainty.min() >= 0.0 and uncertainty.max() <= 1.0 + 1e-6
+    outside = np.ones(scan.array.shape, bool)
+    outside[max(6 - 8, 0) : 12 + 8, max(5 - 8, 0) : 11 + 8, 1:6] = False
+    assert not uncertainty[outside].any() and uncertainty[~outside].max() > 0.01
 
 
 def test_window_augmentation_moves_labels_with_images_and_fields_in_3d():

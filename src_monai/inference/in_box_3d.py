@@ -13,9 +13,8 @@ import numpy as np
 import torch
 
 from src_monai.data.crops import AtriumBox
-from src_monai.errors import LascError
 from src_monai.inference.options import PredictOptions
-from src_monai.inference.stage import StageNetwork
+from src_monai.inference.stage import UNCERTAINTY_VIEWS, StageNetwork, normalised_entropy
 from src_monai.progress import Job, Progress, run_to_end
 
 IN_PLANE_MARGIN = 8  # voxels added around the box in-plane before the windows are laid
@@ -41,32 +40,41 @@ def segment_in_box_3d(
     options: PredictOptions,
     *,
     slice_margin: int | None = None,
-) -> Job[tuple[np.ndarray, np.ndarray | None]]:
-    """Labels (and, when asked, class probabilities ``(C, ...)``) of the prepared,
-    slices-first volume ``slices``: the 3D network inside the region around ``box``
-    (``slice_margin``: slices added on each side, the model's margin unless given),
-    certain background elsewhere."""
-    if options.uncertainty:
-        raise LascError(None, "uncertainty maps are not available for a 3D model yet")
+) -> Job[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
+    """Labels, and when asked class probabilities ``(C, ...)`` and the uncertainty map, of
+    the prepared, slices-first volume ``slices``: the 3D network inside the region around
+    ``box`` (``slice_margin``: slices added on each side, the model's margin unless given),
+    certain background elsewhere. The uncertainty map is the 2.5D models': the normalised
+    entropy of the mean over the unchanged region and its
+    :data:`~src_monai.inference.stage.UNCERTAINTY_VIEWS` (slices rotated alike)."""
     spec = segmenter.spec
     margin = spec.crop_slice_margin if slice_margin is None else slice_margin
     region = region_around(box, margin, slices.shape)
     part = (slice(region.z0, region.z1), slice(region.y0, region.y1), slice(region.x0, region.x1))
-    yield Progress("3D segmenter inside the box", 0, 1)
+    steps = 2 if options.uncertainty else 1
+    yield Progress("3D segmenter inside the box", 0, steps)
     volume = torch.from_numpy(np.ascontiguousarray(slices[part]))[None, None]
     with torch.inference_mode():
         probabilities = segmenter.scores(
             volume, tta=options.tta, overlap=WINDOW_OVERLAP, softmax=True
         )[0].float()
-    yield Progress("3D segmenter inside the box", 1, 1)
+    yield Progress("3D segmenter inside the box", 1, steps)
+    uncertainty = None
+    if options.uncertainty:
+        with torch.inference_mode():
+            views = segmenter.view_scores(volume, WINDOW_OVERLAP)[0].cpu()
+        mean = (probabilities.cpu() + views) / (1 + len(UNCERTAINTY_VIEWS))
+        uncertainty = np.zeros(slices.shape, np.float32)  # certain outside the region
+        uncertainty[part] = normalised_entropy(mean).numpy()
+        yield Progress("3D segmenter: uncertainty views", 2, steps)
     labels = np.zeros(slices.shape, np.uint8)
     labels[part] = probabilities.max(0).indices.to("cpu", torch.uint8).numpy()
     if not options.probabilities:
-        return labels, None
+        return labels, None, uncertainty
     placed = np.zeros((probabilities.shape[0], *slices.shape), np.float32)
     placed[0] = 1.0  # background outside the region, certainly
     placed[(slice(None), *part)] = probabilities.cpu().numpy()
-    return labels, placed
+    return labels, placed, uncertainty
 
 
 def one_slice_3d(
@@ -81,5 +89,5 @@ def one_slice_3d(
     y0, y1, x0, x1 = (0, height, 0, width) if box is None else (box.y0, box.y1, box.x0, box.x1)
     slab = AtriumBox(low, min(low + depth, count), y0, y1, x0, x1)
     options = PredictOptions(tta=tta)
-    labels, _ = run_to_end(segment_in_box_3d(segmenter, slices, slab, options, slice_margin=0))
+    labels, _, _ = run_to_end(segment_in_box_3d(segmenter, slices, slab, options, slice_margin=0))
     return labels[index]

@@ -39,6 +39,14 @@ def _plain(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.as_tensor() if hasattr(tensor, "as_tensor") else tensor
 
 
+def _in_plane(transform: Any, item: torch.Tensor) -> torch.Tensor:
+    """A 2D transform on one batch item: ``(C, H, W)`` as it is; a volume ``(C, D, H, W)``
+    channel by channel, its slices as the transform's channels (every slice alike)."""
+    if item.ndim == 3:
+        return _plain(transform(item))
+    return torch.stack([_plain(transform(channel)) for channel in item])
+
+
 def normalised_entropy(probabilities: torch.Tensor) -> torch.Tensor:
     """Entropy over the class axis (first) divided by its maximum, log(classes): 0..1."""
     p = probabilities.clamp_min(1e-8)
@@ -148,8 +156,9 @@ class StageNetwork:
             return _plain(inferer(batch, self.network))
 
     def view_scores(self, batch: torch.Tensor, overlap: float) -> torch.Tensor:
-        """Summed class probabilities of :data:`UNCERTAINTY_VIEWS` of a batch, each mapped
-        back onto the original slice grid."""
+        """Summed class probabilities of :data:`UNCERTAINTY_VIEWS` of a batch (of 2.5D stacks
+        or, a 3D model, of volumes: rotated slice by slice), each mapped back onto the
+        original grid."""
         from monai.transforms import AdjustContrast, Rotate
 
         total: torch.Tensor | None = None
@@ -162,10 +171,10 @@ class StageNetwork:
                 back = Rotate(-angle, keep_size=True, mode="bilinear", padding_mode="border")
             else:
                 view = AdjustContrast(amount)
-            views = torch.stack([_plain(view(x)) for x in batch])
+            views = torch.stack([_in_plane(view, x) for x in batch])
             scores = self.scores(views, tta=False, overlap=overlap, softmax=True).float()
             if back is not None:
-                scores = torch.stack([_plain(back(x)) for x in scores])
+                scores = torch.stack([_in_plane(back, x) for x in scores])
             total = scores if total is None else total + scores
         assert total is not None
         return total

@@ -240,10 +240,14 @@ def _in_box_3d(
 ) -> Job[Scores]:
     """A 3D crop model's scores (:mod:`~src_monai.inference.in_box_3d`) in model axes."""
     axis = prepared.grid.slice_axis
-    labels, probabilities = yield from segment_in_box_3d(segmenter, prepared.slices, box, options)
+    labels, probabilities, uncertainty = yield from segment_in_box_3d(
+        segmenter, prepared.slices, box, options
+    )
     if probabilities is not None:
         probabilities = np.moveaxis(probabilities, 1, axis + 1)
-    return Scores(np.moveaxis(labels, 0, axis), probabilities)
+    if uncertainty is not None:
+        uncertainty = np.moveaxis(uncertainty, 0, axis)
+    return Scores(np.moveaxis(labels, 0, axis), probabilities, uncertainty)
 
 
 @dataclass(frozen=True)

@@ -143,3 +143,20 @@ def test_the_core_never_imports_the_earlier_tools_package():
         if target.startswith("src_monai.legacy")
     )
     assert not reaching, "; ".join(reaching)
+
+
+def test_the_bundles_pipeline_needs_monai_torch_nibabel_numpy_and_scipy_alone():
+    """``bundle_pipeline.py`` is copied into exported MONAI bundles, which run without
+    napari-lasc installed."""
+    path = REPO / "src_monai" / "model" / "bundle_pipeline.py"
+    allowed = {"__future__", "pathlib", "typing", "monai", "torch", "nibabel", "numpy", "scipy"}
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"relative import in {path.name}"
+            names = [node.module or ""]
+        else:
+            continue
+        for name in names:
+            assert name.split(".")[0] in allowed, f"{path.name} imports {name}"

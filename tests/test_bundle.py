@@ -61,8 +61,14 @@ def test_bundle_runs_with_monai_alone_and_equals_lasc_infer(tmp_path):
     assert "CC-BY-SA 4.0" in (bundle / "LICENSE").read_text()
 
     scans = _scans(tmp_path / "scans")
-    # MONAI's own runner, from the bundle folder, with our packages made unimportable: the
-    # bundle must not need them.
+    _run_bundle(bundle, scans[0].parent, tmp_path / "bundle_out")
+    _lasc_infer(scans[0].parent, tmp_path / "lasc_out", SINGLE_STAGE)
+    _assert_same_labels(scans, tmp_path / "bundle_out", tmp_path / "lasc_out", atrium=10_000)
+
+
+def _run_bundle(bundle: Path, scans: Path, out: Path) -> None:
+    """MONAI's own runner, from the bundle folder, with our packages made unimportable: the
+    bundle must not need them."""
     script = """
 import runpy, sys
 class Block:
@@ -73,52 +79,106 @@ sys.meta_path.insert(0, Block())
 sys.argv = ["monai.bundle", *sys.argv[1:]]
 runpy.run_module("monai.bundle", run_name="__main__")
 """
-    ran = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            script,
-            "run",
-            "--config_file",
-            "configs/inference.json",
-            "--dataset_dir",
-            str(scans[0].parent),
-            "--output_dir",
-            str(tmp_path / "bundle_out"),
-        ],
-        cwd=bundle,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    command = [sys.executable, "-c", script, "run", "--config_file", "configs/inference.json"]
+    command += ["--dataset_dir", str(scans), "--output_dir", str(out)]
+    ran = subprocess.run(command, cwd=bundle, capture_output=True, text=True, timeout=900)
     assert ran.returncode == 0, ran.stderr[-3000:]
-    ours = subprocess.run(
-        [
-            LASC,
-            "infer",
-            str(scans[0].parent),
-            "--out",
-            str(tmp_path / "lasc_out"),
-            "--model",
-            str(SINGLE_STAGE),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+
+
+def _lasc_infer(scans: Path, out: Path, model: Path | str) -> None:
+    command = [LASC, "infer", str(scans), "--out", str(out), "--model", str(model)]
+    ours = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert ours.returncode == 0, ours.stderr
+
+
+def _assert_same_labels(scans: list[Path], bundle_out: Path, lasc_out: Path, atrium: int) -> None:
     for scan in scans:
         name = scan.name.removesuffix(".nii.gz")
-        theirs = nib.load(tmp_path / "bundle_out" / f"{name}_seg.nii.gz")
-        mine = nib.load(tmp_path / "lasc_out" / scan.name)
+        theirs = nib.load(bundle_out / f"{name}_seg.nii.gz")
+        mine = nib.load(lasc_out / scan.name)
         np.testing.assert_allclose(theirs.affine, mine.affine, atol=1e-4)
         labels = np.asarray(theirs.dataobj)
         expected = np.asarray(mine.dataobj)
         assert labels.shape == expected.shape
-        assert np.count_nonzero(expected == 1) > 10_000, name  # a real atrium, not two blanks
+        assert np.count_nonzero(expected == 1) > atrium, name  # a real atrium, not two blanks
         assert np.array_equal(labels, expected), (
             f"{name}: {np.count_nonzero(labels != expected)} voxels differ"
         )
+
+
+def _other_grids(source: Path, folder: Path) -> list[Path]:
+    """``source`` as it is, stored with its first two axes reversed (another orientation: the
+    pipeline turns it), and at half its voxel size in-plane (resampled there and back)."""
+    folder.mkdir()
+    image = nib.load(source)
+    data = np.asarray(image.dataobj)
+    stem = source.name.removesuffix(".nii.gz")
+    flipped_affine = image.affine @ np.diag([-1.0, -1.0, 1.0, 1.0])
+    flipped_affine[:3, 3] = image.affine[:3, :3] @ np.array(
+        [data.shape[0] - 1, data.shape[1] - 1, 0]
+    )
+    flipped_affine[:3, 3] += image.affine[:3, 3]
+    fine = np.repeat(np.repeat(data, 2, 0), 2, 1)
+    fine_affine = image.affine @ np.diag([0.5, 0.5, 1.0, 1.0])
+    fine_affine[:3, 3] -= fine_affine[:3, :3] @ np.array([0.5, 0.5, 0.0])
+    paths = []
+    for name, array, affine in (
+        (stem, data, image.affine),
+        (f"{stem}_flipped", np.ascontiguousarray(data[::-1, ::-1]), flipped_affine),
+        (f"{stem}_fine", fine, fine_affine),
+    ):
+        paths.append(folder / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(array, affine), paths[-1])
+    return paths
+
+
+def test_a_two_stage_model_exports_with_its_steps_and_equals_lasc_infer(tmp_path):
+    """Both stages in the bundle (a 2.5D and a 3D stage 2), the steps between them in
+    scripts/: the labels of lasc infer on a scan, on the same scan stored in another axis
+    order, and at half the voxel size."""
+    from conftest import make_msd_dataset, tiny_config, train_tiny_localiser
+
+    from src_monai.model.files import combine_stages
+    from src_monai.progress import run_to_end
+    from src_monai.training.trainer import run_training
+
+    dataset = make_msd_dataset(tmp_path / "data", cases=4)
+    localiser = train_tiny_localiser(dataset, tmp_path / "runs").best_model
+    scans = _other_grids(dataset / "imagesTr" / "case_001.nii.gz", tmp_path / "scans")
+    windows = {"crop_size": 16, "crop_jitter": 2, "crop_slice_margin": 1}
+    three_d = {**windows, "crop_depth": 4, "context_slices": 1}
+    for name, data in (("crop", windows), ("3d", three_d)):
+        training = {"epochs": 8, "steps_per_epoch": 10, "batch_size": 2, "learning_rate": 0.01}
+        config = tiny_config(dataset, tmp_path / "runs", data=data, train=training)
+        segmenter = run_to_end(run_training(config)).best_model
+        model = combine_stages(localiser, segmenter, tmp_path / f"{name}.safetensors")
+        bundle = tmp_path / f"bundle_{name}"
+        done = subprocess.run(
+            [LASC, "export-bundle", str(model), str(bundle)], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        assert (bundle / "models" / "localiser.pt").is_file()
+        assert (bundle / "scripts" / "lasc_pipeline.py").is_file()
+        _run_bundle(bundle, scans[0].parent, tmp_path / f"bundle_out_{name}")
+        _lasc_infer(scans[0].parent, tmp_path / f"lasc_out_{name}", model)
+        _assert_same_labels(
+            scans, tmp_path / f"bundle_out_{name}", tmp_path / f"lasc_out_{name}", atrium=20
+        )
+
+
+@pytest.mark.slow
+def test_the_shipped_model_exports_and_equals_lasc_infer_on_a_real_scan(tmp_path):
+    """``lasc export-bundle bundled`` (the --help example): the bundled sample scan, stored
+    in another axis order and at half its voxel size in-plane."""
+    bundle = tmp_path / "bundle"
+    done = subprocess.run(
+        [LASC, "export-bundle", "bundled", str(bundle)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    scans = _other_grids(SAMPLE_SCAN, tmp_path / "scans")
+    _run_bundle(bundle, scans[0].parent, tmp_path / "bundle_out")
+    _lasc_infer(scans[0].parent, tmp_path / "lasc_out", "bundled")
+    _assert_same_labels(scans, tmp_path / "bundle_out", tmp_path / "lasc_out", atrium=20_000)
 
 
 def test_export_refuses_what_it_cannot_write_faithfully(tmp_path, tiny_run):

@@ -18,9 +18,7 @@ from src_monai.config import save_config
 SCRIPT = REPO / "scripts" / "cross_validate.py"
 
 
-def _cv(
-    config: Path, data: Path | list[Path], out: Path, *extra: str, **popen
-) -> subprocess.Popen:
+def _cv(config: Path, data: Path | list[Path], out: Path, *extra: str, **popen) -> subprocess.Popen:
     folders = [str(d) for d in (data if isinstance(data, list) else [data])]
     command = [sys.executable, str(SCRIPT), str(config), "--data", *folders, "--out", str(out)]
     command += ["--folds", "2", "--no-final", "--device", "cpu", *extra]

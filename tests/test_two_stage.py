@@ -147,12 +147,12 @@ def test_true_box_contains_the_truth(stages):
     assert box is not None and np.moveaxis(truth, 2, 0)[box.z0 : box.z1].sum() == truth.sum()
 
 
-def test_bundle_export_refuses_a_two_stage_model_in_one_line(stages, tmp_path):
+def test_bundle_export_refuses_a_stage_alone_in_one_line(stages, tmp_path):
     from src_monai.model.bundle import export_bundle
 
-    *_, model = stages
-    with pytest.raises(LascError, match="two-stage models .* cannot be exported yet"):
-        export_bundle(model, tmp_path / "bundle")
+    _, _, segmenter, _ = stages
+    with pytest.raises(LascError, match="crop_segmenter alone cannot be exported"):
+        export_bundle(segmenter, tmp_path / "bundle")
     assert not (tmp_path / "bundle").exists()
 
 

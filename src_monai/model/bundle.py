@@ -1,11 +1,20 @@
-"""A model as a MONAI bundle that needs none of our code (``lasc export-bundle``).
+"""A model as a MONAI bundle that runs without napari-lasc installed (``lasc export-bundle``).
 
-The bundle runs with MONAI alone (``python -m monai.bundle run --config_file
-configs/inference.json``; MONAI's CLI needs ``fire``) and gives the labels ``lasc infer`` gives:
+The bundle runs with MONAI (``python -m monai.bundle run --config_file configs/inference.json``;
+MONAI's CLI needs ``fire``) and gives the labels ``lasc infer`` gives (tests check both kinds).
+
+A **two-stage model** (the shipped kind): both networks are MONAI's, described in
+``localiser_def`` and ``network_def`` with their weights in ``models/localiser.pt`` and
+``models/model.pt``; the steps between them (orientation, resampling, the localiser's box,
+stage 2's windows or crops inside it, the way back) are ``scripts/lasc_pipeline.py``, a copy of
+:mod:`src_monai.model.bundle_pipeline`, which imports only MONAI, PyTorch, nibabel, NumPy and
+SciPy, with every number it needs in the config's ``pipeline``.
+
+A **one-stage model** is MONAI's parts alone:
 
 - the same intensity normalisation from MONAI transforms (``ScaleIntensityRangePercentilesd``
   0.5-99.5 %, then ``NormalizeIntensityd``), on the file's own voxel axes (no reorientation,
-  as in ``lasc infer``);
+  as in ``lasc infer`` for such models);
 - the 2.5D context (neighbouring slices as channels, edge slices repeated) built by a
   ``Lambdad`` expression;
 - MONAI's ``SliceInferer`` over the slice axis with the training patch as its window: it pads
@@ -15,8 +24,7 @@ configs/inference.json``; MONAI's CLI needs ``fire``) and gives the labels ``las
   and ``FillHolesd``, which :func:`src_monai.inference.postprocess.postprocess_labels` equals;
 - ``SaveImaged`` with the scan's affine, as ``<name>_seg.nii.gz``.
 
-The weights are a plain state dict (``models/model.pt``, read with ``weights_only=True``); the
-network is MONAI's, described in ``network_def``.
+The weights are plain state dicts (read with ``weights_only=True``).
 """
 
 from __future__ import annotations
@@ -78,17 +86,27 @@ def bundle_configs(spec: ModelSpec) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(metadata.json, inference.json)`` contents for a model; a :class:`LascError` says
     why a model cannot be exported."""
     _check_exportable(spec)
-    name, arguments, _ = network_spec(spec.network, spec.in_channels, spec.num_classes)
-    return _bundle_metadata(spec, name), _inference_config(spec, {"_target_": name, **arguments})
+    name, arguments, _ = network_spec(
+        spec.network, spec.in_channels, spec.num_classes, spec.input.spatial_dims
+    )
+    network_def = {"_target_": name, **arguments}
+    if spec.localiser is not None:
+        return _bundle_metadata(spec, name), _two_stage_config(spec, network_def)
+    return _bundle_metadata(spec, name), _inference_config(spec, network_def)
 
 
 def _check_exportable(spec: ModelSpec) -> None:
-    if spec.localiser is not None or spec.stage is not Stage.WHOLE_SLICE:
+    if spec.localiser is None and spec.stage is not Stage.WHOLE_SLICE:
         raise LascError(
             None,
-            "two-stage models (and their stages alone) cannot be exported yet: the bundle "
-            "predicts whole slices; export a single-stage model",
+            f"a {spec.stage.value} alone cannot be exported: it needs the other stage (export "
+            "the two-stage model that `lasc train` joined, or combine the stages first)",
         )
+    for part in [spec, *([spec.localiser] if spec.localiser is not None else [])]:
+        _check_stage(part)
+
+
+def _check_stage(spec: ModelSpec) -> None:
     if spec.tri_planar:
         raise LascError(
             None,
@@ -97,7 +115,10 @@ def _check_exportable(spec: ModelSpec) -> None:
         )
     if spec.normalisation != "zscore":
         raise LascError(None, f"normalisation {spec.normalisation!r} is not exported")
-    if network_spec(spec.network, spec.in_channels, spec.num_classes)[2] is not None:
+    if (
+        network_spec(spec.network, spec.in_channels, spec.num_classes, spec.input.spatial_dims)[2]
+        is not None
+    ):
         raise LascError(
             None,
             "models with the earlier tool's large first kernel are not MONAI networks alone "
@@ -193,6 +214,87 @@ def _inference_config(spec: ModelSpec, network_def: dict[str, Any]) -> dict[str,
     }
 
 
+def _two_stage_config(spec: ModelSpec, network_def: dict[str, Any]) -> dict[str, Any]:
+    """A two-stage model's inference: both networks MONAI's, the steps between them in
+    ``scripts/lasc_pipeline.py`` (:mod:`src_monai.model.bundle_pipeline`)."""
+    localiser = spec.localiser
+    assert localiser is not None
+    name, arguments, _ = network_spec(
+        localiser.network, localiser.in_channels, localiser.num_classes
+    )
+    return {
+        "imports": ["$import glob", "$import os", "$import numpy", "$import torch"],
+        "bundle_root": ".",
+        "ckpt_path": "$@bundle_root + '/models/model.pt'",
+        "localiser_path": "$@bundle_root + '/models/localiser.pt'",
+        "dataset_dir": "$@bundle_root + '/input'",
+        "output_dir": "$@bundle_root + '/eval'",
+        "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
+        "localiser_def": {"_target_": name, **arguments},
+        "network_def": network_def,
+        "localiser": "$@localiser_def.to(@device).eval()",
+        "network": "$@network_def.to(@device).eval()",
+        "pipeline": pipeline_parameters(spec),
+        "initialize": [
+            "$@localiser.load_state_dict(torch.load(@localiser_path, map_location=@device, "
+            "weights_only=True))",
+            "$@network.load_state_dict(torch.load(@ckpt_path, map_location=@device, "
+            "weights_only=True))",
+            "$torch.set_grad_enabled(False)",
+        ],
+        # MONAI puts the bundle folder on sys.path only when it runs, and resolves an item
+        # when first referenced: this import happens in "run", not in "imports".
+        "lasc_pipeline": "$__import__('scripts.lasc_pipeline', fromlist=['segment_folder'])",
+        "run": [
+            "$@lasc_pipeline.segment_folder(@dataset_dir, @output_dir, @localiser, @network, "
+            "@pipeline, @device)"
+        ],
+    }
+
+
+def pipeline_parameters(spec: ModelSpec) -> dict[str, Any]:
+    """Every number :mod:`~src_monai.model.bundle_pipeline` needs, as the project's
+    pipeline uses it (orientation, voxel size, both stages' windows, margins and flips)."""
+    from src_monai.inference.in_box_3d import IN_PLANE_MARGIN, WINDOW_OVERLAP
+    from src_monai.inference.options import PredictOptions
+    from src_monai.inference.resample import RESAMPLE_TOLERANCE
+
+    localiser = spec.localiser
+    assert localiser is not None
+    options = PredictOptions.for_model(spec)
+    localiser_options = PredictOptions.for_model(localiser, postprocess=True)
+    three_d = spec.input.spatial_dims == 3
+    spacing = spec.training_spacing
+    return {
+        "training_axcodes": list(spec.orientation_axcodes) if spec.orientation_axcodes else None,
+        "training_spacing": list(spacing) if spacing is not None else None,
+        "resample_tolerance": RESAMPLE_TOLERANCE,
+        "slice_axis": spec.slice_axis,
+        "num_classes": spec.num_classes,
+        "postprocess": options.postprocess,
+        "localiser": {
+            "downsample": localiser.downsample,
+            "context_slices": localiser.context_slices,
+            "window": list(localiser.input.window),
+            "overlap": localiser_options.overlap,
+            "flip_dims": [[-1]] if localiser_options.tta else [],
+            "batch_size": localiser_options.batch_size,
+            "num_classes": localiser.num_classes,
+        },
+        "segmenter": {
+            "kind": "3d" if three_d else "2.5d",
+            "window": list(spec.input.window),
+            "overlap": WINDOW_OVERLAP if three_d else options.overlap,
+            "crop_size": spec.crop_size,
+            "slice_margin": spec.crop_slice_margin,
+            "in_plane_margin": IN_PLANE_MARGIN,
+            "context_slices": spec.context_slices,
+            "flip_dims": [[-1]] if options.tta else [],
+            "batch_size": options.batch_size,
+        },
+    }
+
+
 def slice_inferer_arguments(spec: ModelSpec) -> dict[str, Any]:
     """MONAI ``SliceInferer`` arguments that tile slices as ``lasc infer`` does."""
     return {
@@ -211,7 +313,7 @@ def _tensor_format(spec: ModelSpec, kind: str, channels: dict[str, str]) -> dict
         "format": kind,
         **({"modality": "MR"} if kind == "magnitude" else {}),
         "num_channels": len(channels),
-        "spatial_shape": list(spec.patch_size),
+        "spatial_shape": list(spec.input.window),
         "dtype": "float32",
         "value_range": [],
         "is_patch_data": True,
@@ -234,15 +336,10 @@ def _bundle_metadata(spec: ModelSpec, network_name: str) -> dict[str, Any]:
         "pytorch_version": _installed("torch"),
         "numpy_version": _installed("numpy"),
         "required_packages_version": {"nibabel": _installed("nibabel")},
-        "name": "napari-lasc left atrium 2.5D",
-        "task": "Left atrium segmentation of 3D cardiac MRI, slice by slice",
-        "description": (
-            f"2D {network_name} over {spec.context_slices} neighbouring slices along array "
-            f"axis {spec.slice_axis}; exported from napari-lasc"
-        ),
+        **_naming(spec, network_name),
         "authors": "napari-lasc developers",
         "copyright": "Copyright napari-lasc developers; weights CC-BY-SA 4.0 (see LICENSE)",
-        "data_source": "Medical Segmentation Decathlon Task02_Heart (LASC'13)",
+        "data_source": spec.record.source or "Medical Segmentation Decathlon Task02_Heart",
         "data_type": "nibabel",
         "image_classes": "single-channel MRI volume, any intensity range",
         "label_classes": classes,
@@ -254,7 +351,9 @@ def _bundle_metadata(spec: ModelSpec, network_name: str) -> dict[str, Any]:
                 "image": _tensor_format(
                     spec,
                     "magnitude",
-                    {str(i): f"slice {i - half:+d}" for i in range(spec.context_slices)},
+                    {str(i): f"slice {i - half:+d}" for i in range(spec.context_slices)}
+                    if spec.input.spatial_dims == 2
+                    else {"0": "MRI volume"},
                 )
             },
             "outputs": {
@@ -264,12 +363,41 @@ def _bundle_metadata(spec: ModelSpec, network_name: str) -> dict[str, Any]:
             },
         },
         "napari_lasc": {
+            "two_stage": spec.localiser is not None,
             "slice_axis": spec.slice_axis,
             "context_slices": spec.context_slices,
             "postprocess": spec.defaults.postprocess,
             "training_split": spec.split or None,
             "cross_validation": cv or None,
         },
+    }
+
+
+def _naming(spec: ModelSpec, network_name: str) -> dict[str, str]:
+    """The bundle's name, task and description for a one- or two-stage model."""
+    if spec.localiser is None:
+        return {
+            "name": "napari-lasc left atrium 2.5D",
+            "task": "Left atrium segmentation of 3D cardiac MRI, slice by slice",
+            "description": (
+                f"2D {network_name} over {spec.context_slices} neighbouring slices along "
+                f"array axis {spec.slice_axis}; exported from napari-lasc"
+            ),
+        }
+    three_d = spec.input.spatial_dims == 3
+    stage_two = (
+        f"a 3D {network_name} in {'x'.join(map(str, spec.input.window))} windows"
+        if three_d
+        else f"a 2.5D {network_name} on {spec.crop_size}-voxel crops"
+    )
+    return {
+        "name": f"napari-lasc left atrium two-stage {'3D' if three_d else '2.5D'}",
+        "task": "Left atrium segmentation of 3D cardiac MRI: find the atrium, then segment it",
+        "description": (
+            f"Two stages: a 2D {spec.localiser.network.name} finds the atrium on slices "
+            f"shrunk {spec.localiser.downsample}x, then {stage_two} segments its box at full "
+            "resolution; exported from napari-lasc"
+        ),
     }
 
 
@@ -303,15 +431,40 @@ def export_bundle(model_path: str | Path, out: str | Path, *, overwrite: bool = 
     }
     for name, text in files.items():
         write_text(out / name, text, overwrite=overwrite)
-    # fp32 weights: the bundle's users load them into a fresh fp32 network.
-    state = {
-        key: value.float() if value.is_floating_point() else value
-        for key, value in plain_state_dict(network).items()
-    }
-    with atomic_destination(out / "models" / "model.pt", overwrite=overwrite) as temporary:
-        torch.save(state, temporary)
+    networks = {"model.pt": network}
+    if spec.localiser is not None:
+        networks = {"model.pt": network.segmenter, "localiser.pt": network.localiser}
+        (out / "scripts").mkdir(exist_ok=True)
+        pipeline = Path(__file__).with_name("bundle_pipeline.py").read_text(encoding="utf-8")
+        write_text(out / "scripts" / "lasc_pipeline.py", pipeline, overwrite=overwrite)
+        write_text(out / "scripts" / "__init__.py", "", overwrite=overwrite)
+    for file_name, part in networks.items():
+        # fp32 weights: the bundle's users load them into a fresh fp32 network.
+        state = {
+            key: value.float() if value.is_floating_point() else value
+            for key, value in plain_state_dict(part).items()
+        }
+        with atomic_destination(out / "models" / file_name, overwrite=overwrite) as temporary:
+            torch.save(state, temporary)
     logger.info("MONAI bundle of %s written to %s", model_path.name, out)
     return out
+
+
+TWO_STAGE_STEPS = """\
+`scripts/lasc_pipeline.py` (MONAI, PyTorch, nibabel, NumPy and SciPy only) runs napari-lasc's
+steps: the scan is turned to the training orientation and, where its voxel size differs by
+more than 10 %, resampled to the training one; intensities are clipped to their 0.5-99.5
+percentiles and z-scored; the localiser finds the atrium's box on shrunk slices; the segmenter
+labels the box (grown by its margins) at full resolution with MONAI's sliding-window inferer;
+the labels go back onto the scan's own grid."""
+
+
+def _one_stage_steps(info: dict[str, Any]) -> str:
+    return f"""\
+The scan stays in its own voxel axes (no reorientation). Intensities are clipped to their
+0.5-99.5 percentiles and z-scored; slices along array axis {info["slice_axis"]} go to the network
+with {info["context_slices"] // 2} neighbour(s) on each side as extra channels; MONAI's
+`SliceInferer` pads small slices to the training patch and tiles large ones."""
 
 
 def _readme(bundle_metadata: dict[str, Any]) -> str:
@@ -340,16 +493,13 @@ Each `*.nii` / `*.nii.gz` scan in `dataset_dir` gives `<name>_seg.nii.gz` in `ou
 `lasc infer` on the same scan (napari-lasc tests this).
 
 ## What it does
-The scan stays in its own voxel axes (no reorientation). Intensities are clipped to their
-0.5-99.5 percentiles and z-scored; slices along array axis {info["slice_axis"]} go to the network
-with {info["context_slices"] // 2} neighbour(s) on each side as extra channels; MONAI's
-`SliceInferer` pads small slices to the training patch and tiles large ones.
+{TWO_STAGE_STEPS if info["two_stage"] else _one_stage_steps(info)}
 {"The largest 3D component is kept and holes are filled." if info["postprocess"] else ""}
 
 ## Accuracy and limits
-{accuracy} Trained on {len((info["training_split"] or {}).get("train", []))} MSD Task02_Heart
-scans (1.25 x 1.25 x 1.37 mm, 3D balanced SSFP); other sequences, resolutions or pathologies
-are untested. Research use only.
+{accuracy} Trained on {len((info["training_split"] or {}).get("train", []))} scans of
+{bundle_metadata["data_source"]}; other sequences, resolutions or pathologies are untested
+(the napari-lasc model card has the per-case figures). Research use only.
 
 ## Licence
 See LICENSE: the weights derive from CC-BY-SA 4.0 data and carry that licence.

@@ -1,0 +1,344 @@
+"""napari-lasc's two-stage inference for a MONAI bundle, with MONAI, PyTorch, nibabel, NumPy
+and SciPy alone: ``lasc export-bundle`` copies this file into the bundle as
+``scripts/lasc_pipeline.py`` (custom code in ``scripts/``, as MONAI's own bundles carry it).
+
+It imports nothing of napari-lasc, and it repeats napari-lasc's pipeline step by step (a test
+checks that the labels equal ``lasc infer``'s on real scans):
+
+1. the scan's axes permuted and flipped to the training orientation (nibabel ``ornt``);
+   intensities clipped to their 0.5-99.5 percentiles and z-scored (MONAI transforms); the
+   volume resampled to the training voxel size where it differs by more than 10 %;
+2. stage 1, the localiser: slices shrunk by its factor (block means), 2.5D stacks, MONAI's
+   ``SlidingWindowInferer``, the largest 3D component; its box at full resolution;
+3. stage 2 inside that box: a 3D network's Gaussian-blended windows over the box grown by
+   its margins, or a 2.5D crop network on square crops of the box's slices; background
+   elsewhere (whole slices where the localiser finds nothing);
+4. labels resampled back and re-oriented onto the scan's grid, then (when the model's
+   cross-validation chose it) each class's largest 3D component kept and its holes filled.
+
+Every number the steps need is in ``pipeline`` (``configs/inference.json``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+
+
+def segment_folder(
+    dataset_dir: str,
+    output_dir: str,
+    localiser: torch.nn.Module,
+    segmenter: torch.nn.Module,
+    pipeline: dict[str, Any],
+    device: torch.device,
+) -> list[str]:
+    """Every ``*.nii`` / ``*.nii.gz`` scan of ``dataset_dir`` as ``<name>_seg.nii.gz`` in
+    ``output_dir`` (uint8 labels, the scan's affine and header); the paths written."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    scans = sorted(p for p in Path(dataset_dir).iterdir() if p.name.endswith((".nii", ".nii.gz")))
+    for path in scans:
+        image = nib.load(str(path))
+        labels = segment(
+            np.asanyarray(image.dataobj),
+            image.affine if _orientation_stated(image) else None,
+            tuple(float(z) for z in image.header.get_zooms()[:3]),
+            localiser,
+            segmenter,
+            pipeline,
+            device,
+        )
+        name = path.name.removesuffix(".gz").removesuffix(".nii")
+        result = nib.Nifti1Image(labels.astype(np.uint8), image.affine, image.header)
+        result.set_data_dtype(np.uint8)
+        target = out / f"{name}_seg.nii.gz"
+        nib.save(result, str(target))
+        written.append(str(target))
+    return written
+
+
+def _orientation_stated(image: Any) -> bool:
+    header = image.header
+    return bool(int(header["qform_code"])) or bool(int(header["sform_code"]))
+
+
+def segment(
+    volume: np.ndarray,
+    affine: np.ndarray | None,
+    spacing: tuple[float, ...],
+    localiser: torch.nn.Module,
+    segmenter: torch.nn.Module,
+    pipeline: dict[str, Any],
+    device: torch.device,
+) -> np.ndarray:
+    """Labels of one scan (file axis order) in its own shape."""
+    transform = _orientation(affine, pipeline["training_axcodes"])
+    oriented = (
+        volume if transform is None else nib.orientations.apply_orientation(volume, transform)
+    )
+    oriented_spacing = _permuted(spacing, transform)
+    values = normalise(oriented)
+    grid = _resampled_shape(oriented.shape, oriented_spacing, pipeline)
+    if grid is not None:
+        values = _resize(values, grid, anti_aliasing=True)
+    axis = pipeline["slice_axis"]
+    slices = np.ascontiguousarray(np.moveaxis(values, axis, 0))
+    box = localise(localiser, slices, pipeline["localiser"], device)
+    labels = segment_in_box(segmenter, slices, box, pipeline["segmenter"], device)
+    labels = np.moveaxis(labels, 0, axis)
+    if grid is not None:
+        labels = resample_labels(labels, pipeline["num_classes"], oriented.shape)
+    labels = np.ascontiguousarray(_unorient(labels, transform))
+    if pipeline["postprocess"]:
+        labels = postprocess(labels, pipeline["num_classes"])
+    return labels
+
+
+# ------------------------------------------------------------------ 1. the model's grid
+
+
+def _orientation(affine: np.ndarray | None, axcodes: list[str] | None) -> np.ndarray | None:
+    if affine is None or axcodes is None:
+        return None
+    start = nib.orientations.io_orientation(np.asarray(affine, dtype=float))
+    transform = nib.orientations.ornt_transform(start, nib.orientations.axcodes2ornt(axcodes))
+    identity = np.array([[a, 1] for a in range(3)], dtype=float)
+    return None if np.array_equal(transform, identity) else transform
+
+
+def _permuted(values: tuple, transform: np.ndarray | None) -> tuple:
+    if transform is None:
+        return tuple(values)
+    out: list = [None] * 3
+    for axis, value in enumerate(values):
+        out[int(transform[axis, 0])] = value
+    return tuple(out)
+
+
+def _unorient(volume: np.ndarray, transform: np.ndarray | None) -> np.ndarray:
+    if transform is None:
+        return volume
+    inverse = np.zeros_like(transform)
+    for axis, (target, flip) in enumerate(transform):
+        inverse[int(target)] = (axis, flip)
+    return nib.orientations.apply_orientation(volume, inverse)
+
+
+def normalise(volume: np.ndarray) -> np.ndarray:
+    """0.5-99.5 percentiles to 0..1 (clipped), then zero mean and unit variance."""
+    from monai.transforms import NormalizeIntensity, ScaleIntensityRangePercentiles
+
+    volume = np.asarray(volume, dtype=np.float32)
+    scaled = ScaleIntensityRangePercentiles(lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)(
+        volume[None]
+    )
+    return np.asarray(NormalizeIntensity()(scaled)[0], dtype=np.float32)
+
+
+def _resampled_shape(shape, spacing, pipeline) -> tuple[int, ...] | None:
+    target = pipeline["training_spacing"]
+    if target is None:
+        return None
+    ratios = [float(s) / float(t) for s, t in zip(spacing, target, strict=True)]
+    if all(abs(r - 1.0) <= pipeline["resample_tolerance"] for r in ratios):
+        return None
+    return tuple(max(1, round(n * r)) for n, r in zip(shape, ratios, strict=True))
+
+
+def _resize(values: np.ndarray, shape, *, anti_aliasing: bool) -> np.ndarray:
+    from monai.transforms import Resize
+
+    resize = Resize(
+        tuple(shape), mode="trilinear", anti_aliasing=anti_aliasing, dtype=torch.float32
+    )
+    out = resize(torch.from_numpy(np.asarray(values, dtype=np.float32))[None])
+    return np.ascontiguousarray(torch.as_tensor(out)[0].numpy())
+
+
+def resample_labels(labels: np.ndarray, num_classes: int, shape) -> np.ndarray:
+    """Each class's indicator interpolated (trilinear); the highest per voxel."""
+    from monai.transforms import Resize
+
+    resize = Resize(tuple(shape), mode="trilinear", dtype=torch.float32)
+    source = torch.from_numpy(np.asarray(labels))
+    best = torch.zeros(tuple(shape), dtype=torch.float32)
+    out = torch.zeros(tuple(shape), dtype=torch.uint8)
+    for label in range(num_classes):
+        score = torch.as_tensor(resize((source == label).float()[None]))[0]
+        better = score > best
+        best = torch.where(better, score, best)
+        out[better] = label
+    return out.numpy()
+
+
+# ------------------------------------------------------------------ networks
+
+
+def _scores(network, batch, stage: dict[str, Any], device, *, softmax: bool) -> torch.Tensor:
+    """Logits (or probabilities) of a batch through MONAI's sliding window, with the
+    stage's test-time flips averaged in (probabilities then)."""
+    from monai.inferers import SlidingWindowInferer
+
+    window = stage["window"]
+    larger = any(
+        size > patch for size, patch in zip(batch.shape[-len(window) :], window, strict=True)
+    )
+    inferer = SlidingWindowInferer(
+        roi_size=window,
+        sw_batch_size=batch.shape[0],
+        overlap=stage["overlap"],
+        mode="gaussian" if larger else "constant",
+        padding_mode="constant",
+    )
+    batch = batch.to(device)
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if device.type == "cuda"
+            else torch.autocast("cpu", enabled=False)
+        )
+        with autocast:
+            out = inferer(x, network)
+        return out.as_tensor() if hasattr(out, "as_tensor") else out
+
+    flips = [tuple(d) for d in stage["flip_dims"]]
+    first = logits(batch)
+    if not flips:
+        return torch.softmax(first.float(), dim=1) if softmax else first
+    total = torch.softmax(first.float(), dim=1)
+    for dims in flips:
+        total += torch.flip(torch.softmax(logits(torch.flip(batch, dims)).float(), dim=1), dims)
+    return total / (1 + len(flips))
+
+
+def _context_stack(slices: torch.Tensor, indices, context: int) -> torch.Tensor:
+    index = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+    half = context // 2
+    offsets = torch.arange(-half, half + 1)
+    return slices[(index[:, None] + offsets[None, :]).clamp(0, slices.shape[0] - 1)]
+
+
+def _slice_labels(network, slices: np.ndarray, stage: dict[str, Any], device) -> np.ndarray:
+    """Labels of every slice of a slices-first volume, 2.5D stacks in batches."""
+    tensor = torch.from_numpy(np.ascontiguousarray(slices))
+    labels = torch.empty(tensor.shape, dtype=torch.uint8)
+    batch_size = stage["batch_size"]
+    for start in range(0, tensor.shape[0], batch_size):
+        stop = min(start + batch_size, tensor.shape[0])
+        with torch.inference_mode():
+            stack = _context_stack(tensor, range(start, stop), stage["context_slices"])
+            scores = _scores(network, stack, stage, device, softmax=bool(stage["flip_dims"]))
+            labels[start:stop] = scores.max(1).indices.to("cpu", torch.uint8)
+    return labels.numpy()
+
+
+# ------------------------------------------------------------------ 2. localise
+
+
+def localise(network, slices: np.ndarray, stage: dict[str, Any], device) -> tuple | None:
+    """The atrium's box ``(z0, z1, y0, y1, x0, x1)`` at full resolution, or ``None``."""
+    factor = stage["downsample"]
+    small = _shrink(torch.from_numpy(slices), factor).numpy()
+    if float(small.max()) == float(small.min()):
+        return None
+    labels = postprocess(_slice_labels(network, small, stage, device), stage["num_classes"])
+    box = _box_around(labels == 1)
+    if box is None:
+        return None
+    z0, z1, y0, y1, x0, x1 = box
+    _, height, width = slices.shape
+    return z0, z1, y0 * factor, min(y1 * factor, height), x0 * factor, min(x1 * factor, width)
+
+
+def _shrink(slices: torch.Tensor, factor: int) -> torch.Tensor:
+    batch = slices.float()[:, None]
+    height, width = batch.shape[-2:]
+    pad = (0, -width % factor, 0, -height % factor)
+    if any(pad):
+        batch = torch.nn.functional.pad(batch, pad, mode="replicate")
+    return torch.nn.functional.avg_pool2d(batch, factor)[:, 0]
+
+
+def _box_around(mask: np.ndarray) -> tuple | None:
+    if not mask.any():
+        return None
+    edges: list[int] = []
+    for axis in range(3):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        edges += [int(hits[0]), int(hits[-1]) + 1]
+    return tuple(edges)
+
+
+# ------------------------------------------------------------------ 3. segment
+
+
+def segment_in_box(network, slices: np.ndarray, box, stage: dict[str, Any], device) -> np.ndarray:
+    """Stage 2's labels (slices first) inside the region around ``box`` (``None``: all)."""
+    count, height, width = slices.shape
+    if stage["kind"] == "3d":
+        if box is None:
+            region = (0, count, 0, height, 0, width)
+        else:
+            margins = (stage["slice_margin"], stage["in_plane_margin"], stage["in_plane_margin"])
+            region = []
+            for (low, high), margin, size in zip(
+                ((box[0], box[1]), (box[2], box[3]), (box[4], box[5])),
+                margins,
+                slices.shape,
+                strict=True,
+            ):
+                region += [max(low - margin, 0), min(high + margin, size)]
+        part = tuple(slice(region[2 * a], region[2 * a + 1]) for a in range(3))
+        volume = torch.from_numpy(np.ascontiguousarray(slices[part]))[None, None]
+        with torch.inference_mode():
+            probabilities = _scores(network, volume, stage, device, softmax=True)[0].float()
+        labels = np.zeros(slices.shape, np.uint8)
+        labels[part] = probabilities.max(0).indices.to("cpu", torch.uint8).numpy()
+        return labels
+    if box is None:
+        return _slice_labels(network, slices, stage, device)
+    half, size = stage["context_slices"] // 2, stage["crop_size"]
+    first, stop = max(box[0] - stage["slice_margin"], 0), min(box[1] + stage["slice_margin"], count)
+    lower, upper = max(first - half, 0), min(stop + half, count)
+    top = round((box[2] + box[3]) / 2.0 - size / 2)
+    left = round((box[4] + box[5]) / 2.0 - size / 2)
+    y0, y1, x0, x1 = max(top, 0), min(top + size, height), max(left, 0), min(left + size, width)
+    crop = np.zeros((upper - lower, size, size), np.float32)
+    crop[:, y0 - top : y1 - top, x0 - left : x1 - left] = slices[lower:upper, y0:y1, x0:x1]
+    crop_labels = _slice_labels(network, crop, stage, device)
+    labels = np.zeros(slices.shape, np.uint8)
+    kept = crop_labels[first - lower : stop - lower, y0 - top : y1 - top, x0 - left : x1 - left]
+    labels[first:stop, y0:y1, x0:x1] = kept
+    return labels
+
+
+# ------------------------------------------------------------------ 4. post-process
+
+
+def postprocess(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Each foreground class's largest 3D component (full connectivity), then its enclosed
+    holes filled where no other class claims them."""
+    from scipy import ndimage
+
+    result = np.asarray(labels, dtype=np.uint8).copy()
+    full = ndimage.generate_binary_structure(3, 3)
+    for cls in range(1, num_classes):
+        mask = result == cls
+        components, count = ndimage.label(mask, structure=full)
+        if count > 1:
+            sizes = np.bincount(components.ravel())
+            sizes[0] = 0
+            largest = components == sizes.argmax()
+            result[mask & ~largest] = 0
+            mask = largest
+        if count:
+            holes = ndimage.binary_fill_holes(mask, structure=full) & ~mask & (result == 0)
+            result[holes] = cls
+    return result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import astuple
+
 import numpy as np
 import pytest
 import torch
@@ -11,8 +13,9 @@ from src_monai.config import ConfigError, Stage
 from src_monai.data.crops import AtriumBox
 from src_monai.data.patches import WindowSampler, make_window_batch, window_at
 from src_monai.data.sampling import VolumeCase
+from src_monai.inference.in_box_3d import IN_PLANE_MARGIN
 from src_monai.inference.predictor import Predictor
-from src_monai.io.scans import read_scan
+from src_monai.io.scans import read_labels, read_scan
 from src_monai.model.files import load_model, load_spec
 from src_monai.progress import run_to_end
 from src_monai.training.trainer import run_training
@@ -79,8 +82,9 @@ def test_3d_prediction_keeps_the_scan_grid_and_stays_inside_the_region(trained_3
     box = AtriumBox(2, 5, 6, 12, 5, 11)  # the scan's slices-first voxels (slices along k)
     inside = run_to_end(predictor.predict_volume(scan.array, options, box=box))
     outside = np.ones(scan.array.shape, bool)
-    # region = box + margin (1 slice) + 8 voxels in-plane; slices-first (k, i, j) -> (i, j, k)
-    outside[max(6 - 8, 0) : 12 + 8, max(5 - 8, 0) : 11 + 8, 1:6] = False
+    # region = box + margin (1 slice) + M voxels in-plane; slices-first (k, i, j) -> (i, j, k)
+    m = IN_PLANE_MARGIN
+    outside[max(6 - m, 0) : 12 + m, max(5 - m, 0) : 11 + m, 1:6] = False
     assert not inside.labels[outside].any()
     assert inside.box == box and inside.box_from_user
 
@@ -114,7 +118,8 @@ def test_a_3d_models_uncertainty_map_covers_its_region_and_leaves_the_labels(tra
     assert uncertainty.shape == scan.array.shape
     assert uncertainty.min() >= 0.0 and uncertainty.max() <= 1.0 + 1e-6
     outside = np.ones(scan.array.shape, bool)
-    outside[max(6 - 8, 0) : 12 + 8, max(5 - 8, 0) : 11 + 8, 1:6] = False
+    m = IN_PLANE_MARGIN
+    outside[max(6 - m, 0) : 12 + m, max(5 - m, 0) : 11 + m, 1:6] = False
     assert not uncertainty[outside].any() and uncertainty[~outside].max() > 0.01
 
 
@@ -156,18 +161,61 @@ def test_a_localiser_and_a_3d_segmenter_make_one_two_stage_model(trained_3d, tmp
 
 
 def test_atrium_outside_the_3d_region_is_counted_beyond_its_margins():
-    """A 3D stage 2 segments the box grown by its slice margin and 8 voxels in-plane; the
-    localiser check counts the atrium voxels outside that region, and only those."""
+    """A 3D stage 2 segments the box grown by its slice margin and IN_PLANE_MARGIN voxels
+    in-plane; the localiser check counts the atrium voxels outside that region, and only
+    those."""
     from src_monai.evaluation.boxes import atrium_outside_region
 
-    truth = np.zeros((40, 60, 60), np.uint8)
+    m = IN_PLANE_MARGIN
+    truth = np.zeros((40, 30 + m + 10, 60), np.uint8)
     truth[10:20, 20:30, 20:30] = 1  # the box itself
     box = AtriumBox(10, 20, 20, 30, 20, 30)
     assert atrium_outside_region(truth, box, slice_margin=5) == 0
     truth[24, 25, 25] = 1  # 4 slices past the box: inside the margin
-    truth[12:18, 37, 25] = 1  # 8 rows past the box's last: inside the margin
+    truth[12:18, 30 + m - 1, 25] = 1  # the last row of the margin
     assert atrium_outside_region(truth, box, slice_margin=5) == 0
     truth[26, 25, 25] = 1  # the 7th slice past the box
-    truth[15, 39, 25] = 1  # 9 rows past
+    truth[15, 30 + m + 1, 25] = 1  # past the margin's rows
     assert atrium_outside_region(truth, box, slice_margin=5) == 2
     assert atrium_outside_region(truth, box, slice_margin=7) == 1
+
+
+def test_the_region_grows_past_the_faces_its_labels_reach_but_not_past_the_scan():
+    """Where a localiser's box stops short, stage 2's labels reach the region's face: the
+    region grows there by GROWTH, and stays inside the scan."""
+    from src_monai.inference.in_box_3d import GROWTH, grown_region
+
+    shape = (60, 100, 100)
+    region = AtriumBox(10, 30, 0, 50, 40, 80)
+    labels = np.zeros((20, 50, 40), np.uint8)
+    labels[5:10, 10:20, 10:20] = 1  # inside: nothing grows
+    assert grown_region(region, labels, shape) == region
+    labels[-1, 20, 20] = 1  # reaches the last slice
+    labels[10, 0, 20] = 1  # reaches row 0, which is the scan's edge: no growth there
+    labels[10, 20, 0] = 1  # reaches the first column
+    grown = grown_region(region, labels, shape)
+    assert grown == AtriumBox(10, 30 + GROWTH[0], 0, 50, 40 - GROWTH[2], 80)
+
+
+def test_a_localisers_box_grows_where_the_atrium_reaches_its_faces_a_users_never(trained_3d):
+    """The same short box: given by a user it bounds the labels; found by the localiser it
+    grows (the region's labels touch its faces on the synthetic atrium)."""
+    from src_monai.inference.options import PredictOptions
+    from src_monai.inference.steps import prepare, segment_in_box
+
+    dataset, result = trained_3d
+    predictor = Predictor.from_checkpoint(result.best_model, "cpu")
+    scan = read_scan(dataset / "imagesTr" / "case_003.nii.gz")
+    prepared = prepare(scan.array, predictor.spec, spacing=scan.geometry.spacing)
+    truth = np.moveaxis(read_labels(dataset / "labelsTr" / "case_003.nii.gz").array, 2, 0)
+    true_box = AtriumBox.around(truth)
+    short = AtriumBox(true_box.z0, true_box.z0 + 1, *astuple(true_box)[2:])
+    options = PredictOptions()
+    fixed = run_to_end(segment_in_box(predictor.segmenter, prepared, short, options)).labels
+    grown = run_to_end(
+        segment_in_box(predictor.segmenter, prepared, short, options, grow=True)
+    ).labels
+    last_fixed = np.flatnonzero(np.moveaxis(fixed, 2, 0).any(axis=(1, 2)))[-1]
+    last_grown = np.flatnonzero(np.moveaxis(grown, 2, 0).any(axis=(1, 2)))[-1]
+    assert last_fixed < short.z1 + predictor.spec.crop_slice_margin
+    assert last_grown > last_fixed

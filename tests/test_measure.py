@@ -65,19 +65,30 @@ def test_quality_flags_name_each_problem():
     flags = quality_flags(two, spacing)
     assert "2 separate 3D components" in flags
     assert "touches the edge of the field of view" in flags
-    small = ball(8.0, spacing)
-    assert any("outside the plausible 30-250 mL" in f for f in quality_flags(small, spacing))
-    far = quality_flags(good, spacing, training_spacing=(0.6, 0.6, 1.37))
-    assert any("far from the training data" in f for f in far)
-    turned = quality_flags(good, spacing, axcodes="LPS", training_axcodes=("R", "A", "S"))
-    assert turned == ["orientation LPS differs from the training data's RAS"]
+    small = ball(8.0, spacing)  # about 2.7 mL
+    assert any("outside the plausible 15-250 mL" in f for f in quality_flags(small, spacing))
+    medium = ball(17.0, spacing)  # about 21 mL: an LGE atrium, too small for bSSFP
+    assert quality_flags(medium, spacing, sequence="lge") == []
+    (bssfp,) = quality_flags(medium, spacing, sequence="bssfp")
+    assert bssfp.endswith("mL outside the plausible 30-250 mL for bSSFP")
+    coarse = quality_flags(good, spacing, training_spacing=(0.6, 0.6, 1.37))
+    assert any("coarser than the training data" in f for f in coarse)
+    fine = quality_flags(good, spacing, training_spacing=(2.5, 2.5, 1.37))
+    assert fine == []  # finer voxels are resampled to the training size without loss
+    # A stated orientation is turned to the training one; an unstated one cannot be.
+    assert quality_flags(good, spacing, axcodes="LPS", training_axcodes=("R", "A", "S")) == []
     assert quality_flags(good, spacing, axcodes="RAS", training_axcodes="RAS") == []
-    assert quality_flags(good, spacing, axcodes=None, training_axcodes="RAS") == []
+    unstated = quality_flags(good, spacing, axcodes=None, training_axcodes="RAS")
+    assert unstated == [
+        "the file states no orientation: its axes were taken as the training data's (RAS)"
+    ]
 
 
-def test_a_scan_stored_mirrored_is_flagged_by_lasc_infer(tmp_path):
-    """The same anatomy stored with its first axis reversed (LAS, geometry exact): the model
-    sees a mirrored heart, and the summary says so."""
+def test_a_scan_stored_mirrored_is_turned_back_not_flagged_by_lasc_infer(tmp_path):
+    """The same anatomy stored with its first axis reversed (LAS, geometry exact): the
+    pipeline turns it to the training orientation, so it measures as the original and
+    raises no flag (the flag used to warn of a mirrored heart, when slices were fed as
+    stored)."""
     import csv
     import subprocess
 
@@ -92,6 +103,7 @@ def test_a_scan_stored_mirrored_is_flagged_by_lasc_infer(tmp_path):
     mirrored = nib.Nifti1Image(np.asarray(scan.dataobj)[::-1], scan.affine @ flip)
     (tmp_path / "in").mkdir()
     nib.save(mirrored, tmp_path / "in" / "las.nii.gz")
+    nib.save(scan, tmp_path / "in" / "ras.nii.gz")
     done = subprocess.run(
         [LASC, "infer", str(tmp_path / "in"), "--out", str(tmp_path / "out")],
         capture_output=True,
@@ -100,5 +112,9 @@ def test_a_scan_stored_mirrored_is_flagged_by_lasc_infer(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     with open(tmp_path / "out" / "summary.csv") as handle:
-        (row,) = list(csv.DictReader(handle))
-    assert "orientation LAS differs from the training data's RAS" in row["QC flags"]
+        rows = {row["input"].split("/")[-1]: row for row in csv.DictReader(handle)}
+    las, ras = rows["las.nii.gz"], rows["ras.nii.gz"]
+    assert "orientation" not in las["QC flags"]
+    volume = "left atrium volume (mL)"
+    assert float(las[volume]) == pytest.approx(float(ras[volume]), rel=1e-3)
+    assert float(ras[volume]) > 50

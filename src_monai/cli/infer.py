@@ -10,6 +10,7 @@ from pathlib import Path
 
 from src_monai.errors import LascError
 from src_monai.inference.files import plan_files, predict_files
+from src_monai.inference.measure import SEQUENCES
 from src_monai.inference.predictor import PredictOptions, Predictor
 from src_monai.io.files import creatable_folder, writable_folder
 
@@ -106,6 +107,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "disagree; about 7x the time) and add its scores to summary.csv",
     )
     parser.add_argument(
+        "--sequence",
+        choices=SEQUENCES,
+        default="auto",
+        help="the scans' MRI sequence, for the plausible atrium volume the QC flags check "
+        "(bssfp 30-250 mL, lge 15-200 mL; auto: 15-250 mL)",
+    )
+    parser.add_argument(
         "--series",
         metavar="UID",
         help="an input folder holding several DICOM series: the SeriesInstanceUID to segment",
@@ -194,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
             box=box,
             series=args.series,
             plans=plans,
+            sequence=args.sequence,
         ),
         description="infer",
         unit="file",

@@ -143,6 +143,7 @@ def predict_files(
     box: AtriumBox | None = None,
     series: str | None = None,
     plans: Sequence[CaseOutputs] | None = None,
+    sequence: str = "auto",
 ) -> Job[list[dict[str, Any]]]:
     """Segment scans (and PNG slices) into ``out``; returns this run's summary rows.
 
@@ -153,7 +154,9 @@ def predict_files(
 
     Outputs are checked first and written per case (see the module's text). ``skip_existing``
     keeps a case whose files are all there and redoes one with a file missing.
-    ``save_uncertainty`` adds ``<name>_uncertainty.nii.gz`` and two summary columns."""
+    ``save_uncertainty`` adds ``<name>_uncertainty.nii.gz`` and two summary columns.
+    ``sequence`` (``auto``, ``bssfp``, ``lge``): the MRI sequence whose plausible atrium
+    volumes the QC flags check against (``auto``: any of them)."""
     if plans is None:
         plans = plan_files(
             inputs,
@@ -184,6 +187,7 @@ def predict_files(
             series=series,
             rgb_map=rgb_map,
             position=(done - 1, len(plans)),
+            sequence=sequence,
         )
         merge_rows(out / SUMMARY, [row], key="input")
         rows.append(row)
@@ -210,6 +214,7 @@ def _predict_plan(
     series: str | None,
     rgb_map: dict | None,
     position: tuple[int, int],
+    sequence: str = "auto",
 ) -> Job[dict[str, Any]]:
     """One input's files written; its summary row. ``position``: files done before it, and
     of how many. An error that names no file is made to name this one."""
@@ -217,7 +222,9 @@ def _predict_plan(
     try:
         if source.suffix.lower() == ".png":
             return _predict_png(predictor, plan, options, rgb_map)
-        scan_job = _predict_scan(predictor, plan, options, probabilities, uncertainty, box, series)
+        scan_job = _predict_scan(
+            predictor, plan, options, probabilities, uncertainty, box, series, sequence=sequence
+        )
         return (yield from _within_file(scan_job, source.name, *position))
     except LascError as exc:
         if exc.source is not None:
@@ -245,6 +252,8 @@ def _predict_scan(
     save_uncertainty: bool,
     box: AtriumBox | None = None,
     series: str | None = None,
+    *,
+    sequence: str = "auto",
 ) -> Job[dict[str, Any]]:
     scan = read_scan(plan.source, series)
     geometry = scan.geometry
@@ -260,6 +269,7 @@ def _predict_scan(
         scan.geometry.spacing,
         predictor.spec,
         axcodes=scan.geometry.axcodes if scan.geometry.orientation_known else None,
+        sequence=sequence,
     )
     write_case_outputs(plan, prediction, report, scan.geometry)
     for flag in report.quality_flags:

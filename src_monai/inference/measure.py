@@ -136,14 +136,30 @@ def _diameters(plane: np.ndarray, spacing: Sequence[float]) -> tuple[float, floa
     return diameter, float(across.max() - across.min())
 
 
-# A left atrium with its pulmonary-vein trunks, as LASC'13 labels it: the 16 training cases
-# hold 72-146 mL. Normal adult LA volumes without veins are about 30-75 mL (ASE/EACVI
-# chamber quantification 2015: indexed volume 16-34 mL/m²), enlarged atria exceed 100 mL.
-# Outside 30-250 mL a result is more likely a segmentation failure than anatomy.
-PLAUSIBLE_VOLUME_ML = (30.0, 250.0)
-# A scan whose voxel size differs from the training data's by more than this factor on any
-# axis is outside what the model has seen.
+# Plausible left-atrial volumes per MRI sequence, as each data set labels the atrium. bSSFP
+# (LASC'13) labels include the pulmonary-vein trunks: its 16 training cases hold 72-146 mL.
+# LGE-MRI (AtriaSeg 2018) labels stop closer to the ostia: its 80 cases hold 19-132 mL
+# (5th-95th percentile 33-93 mL). Normal adult LA volumes without veins are about 30-75 mL
+# (ASE/EACVI chamber quantification 2015: indexed 16-34 mL/m²), enlarged atria exceed 100
+# mL. Outside its sequence's range a result is more likely a failure than anatomy; where the
+# sequence is not known, the union of the ranges applies.
+PLAUSIBLE_VOLUME_ML = {"bssfp": (30.0, 250.0), "lge": (15.0, 200.0)}
+SEQUENCES = ("auto", *PLAUSIBLE_VOLUME_ML)
+SEQUENCE_NAMES = {"bssfp": "bSSFP", "lge": "LGE-MRI"}
+# A scan whose voxels are coarser than the training data's by more than this factor on any
+# axis holds less detail than the model has seen (finer scans are resampled without loss).
 SPACING_FACTOR = 1.5
+
+
+def plausible_volume_ml(sequence: str = "auto") -> tuple[float, float]:
+    """The plausible atrium volume range (mL) of a sequence (``bssfp``, ``lge``); ``auto``:
+    the union of them all."""
+    if sequence == "auto":
+        ranges = PLAUSIBLE_VOLUME_ML.values()
+        return min(low for low, _ in ranges), max(high for _, high in ranges)
+    if sequence not in PLAUSIBLE_VOLUME_ML:
+        raise ValueError(f"unknown sequence {sequence!r} (known: {', '.join(SEQUENCES)})")
+    return PLAUSIBLE_VOLUME_ML[sequence]
 
 
 def quality_flags(
@@ -155,30 +171,32 @@ def quality_flags(
     volume_ml: float | None = None,
     axcodes: Sequence[str] | None = None,
     training_axcodes: Sequence[str] | None = None,
+    sequence: str = "auto",
 ) -> list[str]:
     """Reasons to check a segmentation by eye; an empty list when none applies.
 
     ``training_spacing`` is the model's median training voxel size, in the same axis order
-    as ``spacing``. ``axcodes`` (e.g. ``RAS``) is the scan's voxel-axis orientation and
-    ``training_axcodes`` that of the model's training scans: slices are fed in the file's
-    own axes, so a scan stored in another orientation shows the model a turned or
-    mirrored heart.
+    as ``spacing``. ``axcodes`` (e.g. ``RAS``) is the scan's voxel-axis orientation where
+    its file states one (``None``: it does not), ``training_axcodes`` that of the model's
+    training scans: a stated orientation is turned to the training one by the pipeline, an
+    unstated one cannot be. ``sequence`` chooses the plausible volume range
+    (:func:`plausible_volume_ml`).
     """
     from scipy import ndimage
 
     mask = np.asarray(labels) == label
     flags = []
-    if axcodes and training_axcodes and tuple(axcodes) != tuple(training_axcodes):
+    if axcodes is None and training_axcodes:
         flags.append(
-            f"orientation {''.join(axcodes)} differs from the training data's "
-            f"{''.join(training_axcodes)}"
+            "the file states no orientation: its axes were taken as the training data's "
+            f"({''.join(training_axcodes)})"
         )
     if training_spacing is not None:
         ratios = [float(s) / float(t) for s, t in zip(spacing, training_spacing, strict=True)]
-        if any(r > SPACING_FACTOR or r < 1 / SPACING_FACTOR for r in ratios):
+        if any(r > SPACING_FACTOR for r in ratios):
             shown = "x".join(f"{float(s):.2f}" for s in spacing)
             trained = "x".join(f"{float(t):.2f}" for t in training_spacing)
-            flags.append(f"voxel size {shown} mm far from the training data's {trained} mm")
+            flags.append(f"voxel size {shown} mm coarser than the training data's {trained} mm")
     if not mask.any():
         return [*flags, "empty prediction"]
     full = ndimage.generate_binary_structure(3, 3)
@@ -187,9 +205,12 @@ def quality_flags(
         flags.append(f"{components} separate 3D components")
     if volume_ml is None:
         volume_ml = float(np.count_nonzero(mask)) * float(np.prod(spacing)) / 1000.0
-    low, high = PLAUSIBLE_VOLUME_ML
+    low, high = plausible_volume_ml(sequence)
     if not low <= volume_ml <= high:
-        flags.append(f"volume {volume_ml:.0f} mL outside the plausible {low:.0f}-{high:.0f} mL")
+        which = "" if sequence == "auto" else f" for {SEQUENCE_NAMES[sequence]}"
+        flags.append(
+            f"volume {volume_ml:.0f} mL outside the plausible {low:.0f}-{high:.0f} mL{which}"
+        )
     edges = mask[[0, -1]].any() or mask[:, [0, -1]].any() or mask[:, :, [0, -1]].any()
     if edges:
         flags.append("touches the edge of the field of view")

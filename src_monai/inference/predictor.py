@@ -190,7 +190,9 @@ class Predictor:
                 )
             scores: Scores = yield from segment_whole(segmenter, prepared, options)
         else:
-            scores = yield from segment_in_box(segmenter, prepared, model_box, options)
+            scores = yield from segment_in_box(
+                segmenter, prepared, model_box, options, grow=not from_user
+            )
         prediction = restore(scores, grid, self.spec.num_classes, postprocess=options.postprocess)
         return replace(
             prediction,

@@ -63,11 +63,13 @@ def report_case(
     spec: ModelSpec,
     *,
     axcodes: Sequence[str] | None = None,
+    sequence: str = "auto",
 ) -> CaseReport:
     """Measure the predicted atrium, flag what needs a look, score the uncertainty map.
 
     ``spacing`` is the scan's voxel size in file axis order; ``axcodes`` its orientation when
-    the file records one (``None``: not checked).
+    the file records one (``None``: it records none); ``sequence`` (``auto``, ``bssfp``,
+    ``lge``) chooses the plausible volume range.
     """
     labels = prediction.labels
     measurements = measure_atrium(labels, spacing, slice_axis=spec.slice_axis)
@@ -78,6 +80,7 @@ def report_case(
         volume_ml=measurements.volume_ml,
         axcodes=axcodes,
         training_axcodes=spec.orientation_axcodes,
+        sequence=sequence,
     )
     if prediction.localised is False:
         flags.insert(0, "the localiser found no atrium: whole slices were segmented")

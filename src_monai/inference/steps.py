@@ -200,15 +200,21 @@ def segment_whole(
 
 
 def segment_in_box(
-    segmenter: StageNetwork, prepared: PreparedScan, box: AtriumBox, options: PredictOptions
+    segmenter: StageNetwork,
+    prepared: PreparedScan,
+    box: AtriumBox,
+    options: PredictOptions,
+    *,
+    grow: bool = False,
 ) -> Job[Scores]:
     """A crop segmenter on the square crop around ``box`` (model slices-first voxels) over
     the box's slices plus the model's margin (with the neighbours their context needs),
-    placed into certain background elsewhere."""
+    placed into certain background elsewhere. ``grow`` (a localiser's box): a 3D stage 2's
+    region grows where the atrium reaches its faces (:mod:`~src_monai.inference.in_box_3d`)."""
     spec = segmenter.spec
     slices = prepared.slices
     if spec.input.spatial_dims == 3:
-        return (yield from _in_box_3d(segmenter, prepared, box, options))
+        return (yield from _in_box_3d(segmenter, prepared, box, options, grow=grow))
     count, half = slices.shape[0], spec.context_slices // 2
     first, stop = box.slice_range(spec.crop_slice_margin, count)
     lower, upper = max(first - half, 0), min(stop + half, count)
@@ -236,12 +242,17 @@ def segment_in_box(
 
 
 def _in_box_3d(
-    segmenter: StageNetwork, prepared: PreparedScan, box: AtriumBox, options: PredictOptions
+    segmenter: StageNetwork,
+    prepared: PreparedScan,
+    box: AtriumBox,
+    options: PredictOptions,
+    *,
+    grow: bool = False,
 ) -> Job[Scores]:
     """A 3D crop model's scores (:mod:`~src_monai.inference.in_box_3d`) in model axes."""
     axis = prepared.grid.slice_axis
     labels, probabilities, uncertainty = yield from segment_in_box_3d(
-        segmenter, prepared.slices, box, options
+        segmenter, prepared.slices, box, options, grow=grow
     )
     if probabilities is not None:
         probabilities = np.moveaxis(probabilities, 1, axis + 1)

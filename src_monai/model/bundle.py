@@ -255,7 +255,12 @@ def _two_stage_config(spec: ModelSpec, network_def: dict[str, Any]) -> dict[str,
 def pipeline_parameters(spec: ModelSpec) -> dict[str, Any]:
     """Every number :mod:`~src_monai.model.bundle_pipeline` needs, as the project's
     pipeline uses it (orientation, voxel size, both stages' windows, margins and flips)."""
-    from src_monai.inference.in_box_3d import IN_PLANE_MARGIN, WINDOW_OVERLAP
+    from src_monai.inference.in_box_3d import (
+        GROWTH,
+        GROWTH_ROUNDS,
+        IN_PLANE_MARGIN,
+        WINDOW_OVERLAP,
+    )
     from src_monai.inference.options import PredictOptions
     from src_monai.inference.resample import RESAMPLE_TOLERANCE
 
@@ -288,6 +293,8 @@ def pipeline_parameters(spec: ModelSpec) -> dict[str, Any]:
             "crop_size": spec.crop_size,
             "slice_margin": spec.crop_slice_margin,
             "in_plane_margin": IN_PLANE_MARGIN,
+            "growth": list(GROWTH),
+            "growth_rounds": GROWTH_ROUNDS,
             "context_slices": spec.context_slices,
             "flip_dims": [[-1]] if options.tta else [],
             "batch_size": options.batch_size,

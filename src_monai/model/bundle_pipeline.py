@@ -11,8 +11,9 @@ checks that the labels equal ``lasc infer``'s on real scans):
 2. stage 1, the localiser: slices shrunk by its factor (block means), 2.5D stacks, MONAI's
    ``SlidingWindowInferer``, the largest 3D component; its box at full resolution;
 3. stage 2 inside that box: a 3D network's Gaussian-blended windows over the box grown by
-   its margins, or a 2.5D crop network on square crops of the box's slices; background
-   elsewhere (whole slices where the localiser finds nothing);
+   its margins (and further where its labels reach the region's faces), or a 2.5D crop
+   network on square crops of the box's slices; background elsewhere (whole slices where
+   the localiser finds nothing);
 4. labels resampled back and re-oriented onto the scan's grid, then (when the model's
    cross-validation chose it) each class's largest 3D component kept and its holes filled.
 
@@ -283,25 +284,7 @@ def segment_in_box(network, slices: np.ndarray, box, stage: dict[str, Any], devi
     """Stage 2's labels (slices first) inside the region around ``box`` (``None``: all)."""
     count, height, width = slices.shape
     if stage["kind"] == "3d":
-        if box is None:
-            region = (0, count, 0, height, 0, width)
-        else:
-            margins = (stage["slice_margin"], stage["in_plane_margin"], stage["in_plane_margin"])
-            region = []
-            for (low, high), margin, size in zip(
-                ((box[0], box[1]), (box[2], box[3]), (box[4], box[5])),
-                margins,
-                slices.shape,
-                strict=True,
-            ):
-                region += [max(low - margin, 0), min(high + margin, size)]
-        part = tuple(slice(region[2 * a], region[2 * a + 1]) for a in range(3))
-        volume = torch.from_numpy(np.ascontiguousarray(slices[part]))[None, None]
-        with torch.inference_mode():
-            probabilities = _scores(network, volume, stage, device, softmax=True)[0].float()
-        labels = np.zeros(slices.shape, np.uint8)
-        labels[part] = probabilities.max(0).indices.to("cpu", torch.uint8).numpy()
-        return labels
+        return _segment_region_3d(network, slices, box, stage, device)
     if box is None:
         return _slice_labels(network, slices, stage, device)
     half, size = stage["context_slices"] // 2, stage["crop_size"]
@@ -316,6 +299,44 @@ def segment_in_box(network, slices: np.ndarray, box, stage: dict[str, Any], devi
     labels = np.zeros(slices.shape, np.uint8)
     kept = crop_labels[first - lower : stop - lower, y0 - top : y1 - top, x0 - left : x1 - left]
     labels[first:stop, y0:y1, x0:x1] = kept
+    return labels
+
+
+def _segment_region_3d(network, slices: np.ndarray, box, stage: dict[str, Any], device):
+    """The 3D network's windows over the box grown by its margins; where the labels reach
+    a face that is not the scan's edge, the region grows past it (``growth``) and is
+    segmented again, up to ``growth_rounds`` times (a localiser's box can stop short)."""
+    count, height, width = slices.shape
+    if box is None:
+        region = [0, count, 0, height, 0, width]
+    else:
+        margins = (stage["slice_margin"], stage["in_plane_margin"], stage["in_plane_margin"])
+        region = []
+        for axis in range(3):
+            low, high = box[2 * axis], box[2 * axis + 1]
+            region += [max(low - margins[axis], 0), min(high + margins[axis], slices.shape[axis])]
+    rounds = stage["growth_rounds"] if box is not None else 0
+    for round_ in range(rounds + 1):
+        part = tuple(slice(region[2 * a], region[2 * a + 1]) for a in range(3))
+        volume = torch.from_numpy(np.ascontiguousarray(slices[part]))[None, None]
+        with torch.inference_mode():
+            probabilities = _scores(network, volume, stage, device, softmax=True)[0].float()
+        found = probabilities.max(0).indices.to("cpu", torch.uint8).numpy()
+        if round_ == rounds:
+            break
+        larger = list(region)
+        for axis in range(3):
+            planes = np.moveaxis(found != 0, axis, 0)
+            step, size = stage["growth"][axis], slices.shape[axis]
+            if region[2 * axis] > 0 and planes[0].any():
+                larger[2 * axis] = max(region[2 * axis] - step, 0)
+            if region[2 * axis + 1] < size and planes[-1].any():
+                larger[2 * axis + 1] = min(region[2 * axis + 1] + step, size)
+        if larger == region:
+            break
+        region = larger
+    labels = np.zeros(slices.shape, np.uint8)
+    labels[part] = found
     return labels
 
 

@@ -680,3 +680,58 @@ def test_when_the_model_finds_no_atrium_the_widget_asks_for_a_box(make_napari_vi
     widget.run()
     wait_for(qtbot, widget)
     assert "box: yours, slices 10-30" in widget._result.value
+
+
+def test_a_3d_two_stage_model_in_the_widget_volume_slice_box_and_uncertainty(
+    make_napari_viewer, qtbot, errors, tmp_path
+):
+    """A two-stage model whose stage 2 is 3D (tiny, trained here) wherever the widget uses a
+    model: the whole volume, the current slice, the box it shows, and the uncertainty map."""
+    from conftest import make_msd_dataset, tiny_config, train_tiny_localiser
+
+    from napari_lasc._models import FROM_FILE
+    from src_monai.model.files import combine_stages
+    from src_monai.training.trainer import run_training
+
+    dataset = make_msd_dataset(tmp_path / "data", cases=4)
+    localiser = train_tiny_localiser(dataset, tmp_path / "runs").best_model
+    windows = {"crop_size": 16, "crop_depth": 4, "context_slices": 1, "crop_jitter": 2}
+    training = {"epochs": 8, "steps_per_epoch": 10, "batch_size": 2, "learning_rate": 0.01}
+    config = tiny_config(dataset, tmp_path / "runs", data=windows, train=training)
+    segmenter = run_to_end(run_training(config)).best_model
+    model = combine_stages(localiser, segmenter, tmp_path / "two_3d.safetensors")
+
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(dataset / "imagesTr" / "case_002.nii.gz"), plugin=PLUGIN)
+    widget = dock(viewer, "Segment left atrium")
+    widget._image.value = image
+    widget._model.value = FROM_FILE
+    widget._model_file.value = model
+    widget.run()
+    wait_for(qtbot, widget)
+    assert errors() == []
+    name = f"{image.name} left atrium"
+    whole = np.asarray(viewer.layers[name].data).copy()
+    assert whole.shape == image.data.shape and np.count_nonzero(whole == 1) > 20
+    assert f"{image.name} atrium box" in viewer.layers
+
+    widget._current_slice.value = True
+    index = int(np.flatnonzero(np.any(whole == 1, axis=(1, 2)))[0]) + 1
+    viewer.dims.set_current_step(0, index)
+    widget.run()
+    wait_for(qtbot, widget)
+    assert errors() == []
+    one = np.asarray(viewer.layers[name].data)  # that slice repainted, the rest kept
+    np.testing.assert_array_equal(np.delete(one, index, axis=0), np.delete(whole, index, axis=0))
+    assert np.count_nonzero(one[index] == 1) > 0
+    assert widget.summary.slice_index == index
+
+    widget._current_slice.value = False
+    widget._uncertainty.value = True
+    widget.run()
+    wait_for(qtbot, widget)
+    assert errors() == []
+    uncertainty = viewer.layers[f"{image.name} uncertainty"].data
+    assert uncertainty.shape == image.data.shape
+    assert uncertainty.min() >= 0.0 and uncertainty.max() <= 1.0 + 1e-6
+    assert uncertainty.max() > 0.0

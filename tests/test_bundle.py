@@ -200,3 +200,18 @@ def test_export_refuses_what_it_cannot_write_faithfully(tmp_path, tiny_run):
     )
     assert done.returncode == 2 and (occupied / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in occupied.iterdir()) == ["keep.txt"]
+
+
+def test_the_licence_attributes_the_lge_data_when_the_weights_learnt_from_it():
+    from dataclasses import replace
+
+    from conftest import model_spec
+
+    from src_monai.config import ModelConfig
+    from src_monai.model.bundle import licence_text
+
+    spec = model_spec(ModelConfig())
+    bssfp = replace(spec, record=replace(spec.record, source="/data/lasc13"))
+    joint = replace(spec, record=replace(spec.record, source="/data/lasc13 + /data/atriaseg2018"))
+    assert "CC-BY-SA 4.0" in licence_text(bssfp) and "Xiong" not in licence_text(bssfp)
+    assert "Xiong et al." in licence_text(joint) and "CC-BY-SA 4.0" in licence_text(joint)

@@ -54,6 +54,19 @@ data, are shared under the same licence: CC-BY-SA 4.0. Attribute the Medical Seg
 Decathlon (Antonelli et al., Nature Communications 13, 4128, 2022; Simpson et al.,
 arXiv:1902.09063) and the LASC'13 challenge (Tobon-Gomez et al., IEEE TMI 34(7), 2015).
 """
+LGE_NOTE = """
+The weights were also trained on the LGE-MRI scans of the 2018 Atrial Segmentation Challenge
+(the 80 training cases; used under the challenge's terms for research): cite Xiong et al., A
+global benchmark of algorithms for segmenting the left atrium from late gadolinium-enhanced
+cardiac MRI, Medical Image Analysis 67, 101832 (2021).
+"""
+
+
+def licence_text(spec: ModelSpec) -> str:
+    """The bundle's LICENSE: the data the weights derive from, and how to attribute it."""
+    sources = [spec.record.source, *([spec.localiser.record.source] if spec.localiser else [])]
+    lge = any("atriaseg" in source.lower() for source in sources)
+    return LICENCE_NOTE + (LGE_NOTE if lge else "")
 
 
 # MONAI's bundle runner reads configs/logging.conf when present (the layout of MONAI's own).
@@ -434,7 +447,7 @@ def export_bundle(model_path: str | Path, out: str | Path, *, overwrite: bool = 
         "configs/inference.json": json.dumps(inference, indent=2) + "\n",
         "docs/README.md": _readme(bundle_metadata),
         "configs/logging.conf": LOGGING_CONF,
-        "LICENSE": LICENCE_NOTE,
+        "LICENSE": licence_text(spec),
     }
     for name, text in files.items():
         write_text(out / name, text, overwrite=overwrite)

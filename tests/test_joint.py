@@ -151,3 +151,33 @@ def test_extra_datasets_are_read_relative_to_the_config_and_must_be_msd(two_data
     config.data.extra_datasets = [str(tmp_path / "missing")]
     with pytest.raises(DatasetError, match="missing: data.extra_datasets must be MSD"):
         load_training_data(config)
+
+
+def test_fine_tuning_a_joint_model_trains_on_the_users_data_alone(two_datasets, tmp_path):
+    """The recipe of a model trained on two datasets names both; fine-tuning it (napari's
+    correction loop) on a user's folder must not need the other one."""
+    import shutil
+
+    from src_monai.progress import run_to_end
+    from src_monai.training.plan import training_plan
+    from src_monai.training.trainer import run_training
+
+    bssfp, lge = two_datasets
+    config = tiny_config(
+        bssfp, tmp_path / "runs", data={"extra_datasets": [str(lge)], "val_fraction": 0.0}
+    )
+    joint = run_to_end(run_training(config)).best_model
+    shutil.rmtree(lge)  # the user has never had it
+    plan = training_plan(
+        joint,
+        bssfp,
+        tmp_path / "tuned",
+        epochs=1,
+        steps_per_epoch=2,
+        batch_size=2,
+        device="cpu",
+        cases=3,
+    )
+    assert plan.configs["model"].data.extra_datasets == []
+    result = run_to_end(plan.run())
+    assert result.stopped == "completed" and result.best_model.is_file()

@@ -90,7 +90,8 @@ def _pointed(
     if spec.record.recipe is None:
         raise LascError(source, "records no training recipe (config): train it from a config")
     raw = spec.record.recipe.to_dict()
-    raw["data"].update(dataset=str(dataset), split="", fold=0, layout="auto")
+    # The user's dataset alone: the recipe's other datasets (a joint model's) are not theirs.
+    raw["data"].update(dataset=str(dataset), extra_datasets=[], split="", fold=0, layout="auto")
     if cases is not None and cases < MIN_CASES_FOR_VALIDATION:
         raw["data"]["val_fraction"] = 0.0
     raw["train"].update(run_name="", time_limit_minutes=0.0, tensorboard=False, **options)

@@ -181,3 +181,20 @@ def test_fine_tuning_a_joint_model_trains_on_the_users_data_alone(two_datasets, 
     assert plan.configs["model"].data.extra_datasets == []
     result = run_to_end(plan.run())
     assert result.stopped == "completed" and result.best_model.is_file()
+
+
+def test_a_hold_out_split_takes_its_share_from_each_dataset(tmp_path):
+    """No split file: data.val_fraction of each dataset is held out, so a small dataset is
+    validated on too (one random draw over the merged ids could miss it)."""
+    from tests.conftest import make_msd_dataset
+
+    first = make_msd_dataset(tmp_path / "bssfp", cases=4, prefix="la")
+    second = make_msd_dataset(tmp_path / "lge", cases=8, prefix="lge")
+    config = tiny_config(
+        first, tmp_path / "runs", data={"extra_datasets": [str(second)], "val_fraction": 0.25}
+    )
+    data = load_training_data(config)
+    held_out = [case.case_id for case in data.val]
+    assert sum(c.startswith("la_") for c in held_out) == 1
+    assert sum(c.startswith("lge_") for c in held_out) == 2
+    assert len(data.train) == 9

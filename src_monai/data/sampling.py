@@ -124,7 +124,11 @@ def load_training_data(config: Config) -> TrainingData:
     return TrainingData(train=train, val=val, source=source, layout=layout)
 
 
-def _partition(config: Config, case_ids: list[str], source: Path) -> tuple[list[str], list[str]]:
+def _partition(
+    config: Config, case_ids: list[str], source: Path, groups: list[list[str]] | None = None
+) -> tuple[list[str], list[str]]:
+    """Training and validation case ids: the split file's fold, else a seeded hold-out of
+    ``data.val_fraction``, taken from each of ``groups`` (several datasets) alike."""
     from src_monai.data.splits import holdout_split, load_split
 
     data = config.data
@@ -136,10 +140,15 @@ def _partition(config: Config, case_ids: list[str], source: Path) -> tuple[list[
                 f"data.fold = {data.fold}: the split has {len(plan.partitions)} partition(s)",
             )
         return plan.train_and_validation(data.fold)
-    plan = holdout_split(
-        case_ids, (1.0 - data.val_fraction, data.val_fraction, 0.0), seed=data.split_seed
-    )
-    return plan.train_and_validation()
+    train: list[str] = []
+    val: list[str] = []
+    for group in groups or [case_ids]:
+        plan = holdout_split(
+            group, (1.0 - data.val_fraction, data.val_fraction, 0.0), seed=data.split_seed
+        )
+        group_train, group_val = plan.train_and_validation()
+        train, val = train + group_train, val + group_val
+    return train, val
 
 
 def _msd_cases(config: Config, roots: list[Path]) -> tuple[list[VolumeCase], list[VolumeCase]]:
@@ -153,7 +162,10 @@ def _msd_cases(config: Config, roots: list[Path]) -> tuple[list[VolumeCase], lis
             f"data.num_classes = {config.data.num_classes}, but "
             f"{dataset.root}/dataset.json declares {dataset.num_classes} classes",
         )
-    train_ids, val_ids = _partition(config, dataset.case_ids(), dataset.root)
+    groups: dict[str, list[str]] = {}
+    for case in dataset.training:
+        groups.setdefault(case.dataset, []).append(case.case_id)
+    train_ids, val_ids = _partition(config, dataset.case_ids(), dataset.root, list(groups.values()))
     by_id = {case.case_id: case for case in dataset.training}
     # One voxel order for the networks: every scan turned to the first case's orientation
     # (exact: axes permuted and flipped); the model records it and inference does the same.

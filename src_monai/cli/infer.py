@@ -76,6 +76,28 @@ def prediction_options(args: argparse.Namespace, predictor: Predictor) -> Predic
     )
 
 
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """What ``lasc infer`` writes besides the labels, and what its QC flags check against."""
+    parser.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also write <name>_probability.nii.gz (foreground probability)",
+    )
+    parser.add_argument(
+        "--uncertainty",
+        action="store_true",
+        help="also write <name>_uncertainty.nii.gz (0..1: how much augmented views of the scan "
+        "disagree; about 7x the time) and add its scores to summary.csv",
+    )
+    parser.add_argument(
+        "--sequence",
+        choices=SEQUENCES,
+        default="auto",
+        help="the scans' MRI sequence, for the plausible atrium volume the QC flags check "
+        "(bssfp 30-250 mL, lge 15-200 mL; auto: 15-250 mL)",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``lasc infer`` options."""
     parser.add_argument(
@@ -95,24 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the package",
     )
     add_prediction_arguments(parser)
-    parser.add_argument(
-        "--probabilities",
-        action="store_true",
-        help="also write <name>_probability.nii.gz (foreground probability)",
-    )
-    parser.add_argument(
-        "--uncertainty",
-        action="store_true",
-        help="also write <name>_uncertainty.nii.gz (0..1: how much augmented views of the scan "
-        "disagree; about 7x the time) and add its scores to summary.csv",
-    )
-    parser.add_argument(
-        "--sequence",
-        choices=SEQUENCES,
-        default="auto",
-        help="the scans' MRI sequence, for the plausible atrium volume the QC flags check "
-        "(bssfp 30-250 mL, lge 15-200 mL; auto: 15-250 mL)",
-    )
+    _add_output_arguments(parser)
     parser.add_argument(
         "--series",
         metavar="UID",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -168,6 +168,7 @@ def predict_files(
             series=series,
         )
     options = options or predictor.options()
+    request = CaseRequest(save_probabilities, save_uncertainty, box, series, rgb_map, sequence)
     out = _output_folder(out)
     rows: list[dict[str, Any]] = []
     for done, plan in enumerate(plans, start=1):
@@ -177,18 +178,7 @@ def predict_files(
             continue
         if skip_existing and plan.started:
             logger.info("%s: an earlier result is incomplete: segmenting it again", source.name)
-        row = yield from _predict_plan(
-            predictor,
-            plan,
-            options,
-            probabilities=save_probabilities,
-            uncertainty=save_uncertainty,
-            box=box,
-            series=series,
-            rgb_map=rgb_map,
-            position=(done - 1, len(plans)),
-            sequence=sequence,
-        )
+        row = yield from _predict_plan(predictor, plan, options, request, (done - 1, len(plans)))
         merge_rows(out / SUMMARY, [row], key="input")
         rows.append(row)
         yield Progress(source.name, done, len(plans))
@@ -203,28 +193,32 @@ def _output_folder(out: str | Path) -> Path:
     return out
 
 
+@dataclass(frozen=True)
+class CaseRequest:
+    """What each case of a run asks for besides the model and its options."""
+
+    probabilities: bool = False
+    uncertainty: bool = False
+    box: AtriumBox | None = None
+    series: str | None = None
+    rgb_map: dict | None = None
+    sequence: str = "auto"
+
+
 def _predict_plan(
     predictor: Predictor,
     plan: CaseOutputs,
     options: PredictOptions,
-    *,
-    probabilities: bool,
-    uncertainty: bool,
-    box: AtriumBox | None,
-    series: str | None,
-    rgb_map: dict | None,
+    request: CaseRequest,
     position: tuple[int, int],
-    sequence: str = "auto",
 ) -> Job[dict[str, Any]]:
     """One input's files written; its summary row. ``position``: files done before it, and
     of how many. An error that names no file is made to name this one."""
     source = plan.source
     try:
         if source.suffix.lower() == ".png":
-            return _predict_png(predictor, plan, options, rgb_map)
-        scan_job = _predict_scan(
-            predictor, plan, options, probabilities, uncertainty, box, series, sequence=sequence
-        )
+            return _predict_png(predictor, plan, options, request.rgb_map)
+        scan_job = _predict_scan(predictor, plan, options, request)
         return (yield from _within_file(scan_job, source.name, *position))
     except LascError as exc:
         if exc.source is not None:
@@ -245,31 +239,23 @@ def _within_file(job: Job[Any], name: str, before: int, files: int) -> Job[Any]:
 
 
 def _predict_scan(
-    predictor: Predictor,
-    plan: CaseOutputs,
-    options: PredictOptions,
-    save_probabilities: bool,
-    save_uncertainty: bool,
-    box: AtriumBox | None = None,
-    series: str | None = None,
-    *,
-    sequence: str = "auto",
+    predictor: Predictor, plan: CaseOutputs, options: PredictOptions, request: CaseRequest
 ) -> Job[dict[str, Any]]:
-    scan = read_scan(plan.source, series)
+    scan = read_scan(plan.source, request.series)
     geometry = scan.geometry
     prediction = yield from predictor.predict_volume(
         scan.array,
-        replace(options, probabilities=save_probabilities, uncertainty=save_uncertainty),
+        replace(options, probabilities=request.probabilities, uncertainty=request.uncertainty),
         spacing=geometry.spacing,
         affine=geometry.stated_affine,
-        box=box,
+        box=request.box,
     )
     report = report_case(
         prediction,
         scan.geometry.spacing,
         predictor.spec,
         axcodes=scan.geometry.axcodes if scan.geometry.orientation_known else None,
-        sequence=sequence,
+        sequence=request.sequence,
     )
     write_case_outputs(plan, prediction, report, scan.geometry)
     for flag in report.quality_flags:

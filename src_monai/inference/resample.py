@@ -14,6 +14,9 @@ import numpy as np
 import torch
 from monai.transforms import Resize
 
+# One implementation with the exported MONAI bundle's.
+from src_monai.model.bundle_pipeline import resample_labels  # noqa: F401 (re-exported)
+
 # Voxel sizes within this fraction of the training spacing on every axis are predicted as they
 # are: the training scans themselves vary this much, and resampling costs time and blurs.
 RESAMPLE_TOLERANCE = 0.1
@@ -38,22 +41,6 @@ def resample_volume(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     resize = Resize(tuple(shape), mode="trilinear", anti_aliasing=True, dtype=torch.float32)
     out = resize(torch.from_numpy(np.asarray(volume, dtype=np.float32))[None])
     return np.ascontiguousarray(torch.as_tensor(out)[0].numpy())
-
-
-def resample_labels(labels: np.ndarray, num_classes: int, shape: Sequence[int]) -> np.ndarray:
-    """Labels on another grid: each class's indicator interpolated (trilinear), then the
-    class with the highest value per voxel, which keeps boundaries smooth where nearest
-    neighbour would leave steps. Holds two volumes at a time, whatever the class count."""
-    resize = Resize(tuple(shape), mode="trilinear", dtype=torch.float32)
-    source = torch.from_numpy(np.asarray(labels))
-    best = torch.zeros(tuple(shape), dtype=torch.float32)
-    out = torch.zeros(tuple(shape), dtype=torch.uint8)
-    for label in range(num_classes):
-        score = torch.as_tensor(resize((source == label).float()[None]))[0]
-        better = score > best
-        best = torch.where(better, score, best)
-        out[better] = label
-    return out.numpy()
 
 
 def resample_channels(values: np.ndarray, shape: Sequence[int]) -> np.ndarray:

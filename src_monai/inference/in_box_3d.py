@@ -87,7 +87,7 @@ def segment_in_box_3d(
             )[0].float()
         if not grow or round_ == GROWTH_ROUNDS:
             break
-        larger = grown_region(region, probabilities.max(0).indices.numpy(), slices.shape)
+        larger = grown_region(region, probabilities.max(0).indices.cpu().numpy(), slices.shape)
         if larger == region:
             break
         region = larger

@@ -215,3 +215,8 @@ def test_the_licence_attributes_the_lge_data_when_the_weights_learnt_from_it():
     joint = replace(spec, record=replace(spec.record, source="/data/lasc13 + /data/atriaseg2018"))
     assert "CC-BY-SA 4.0" in licence_text(bssfp) and "Xiong" not in licence_text(bssfp)
     assert "Xiong et al." in licence_text(joint) and "CC-BY-SA 4.0" in licence_text(joint)
+    from src_monai.model.bundle import data_source
+
+    named = data_source(joint)  # by name, without the local folders
+    assert "Task02_Heart" in named and "Atrial Segmentation Challenge" in named
+    assert "/data" not in named

@@ -359,7 +359,7 @@ def _bundle_metadata(spec: ModelSpec, network_name: str) -> dict[str, Any]:
         **_naming(spec, network_name),
         "authors": "napari-lasc developers",
         "copyright": "Copyright napari-lasc developers; weights CC-BY-SA 4.0 (see LICENSE)",
-        "data_source": spec.record.source or "Medical Segmentation Decathlon Task02_Heart",
+        "data_source": data_source(spec),
         "data_type": "nibabel",
         "image_classes": "single-channel MRI volume, any intensity range",
         "label_classes": classes,
@@ -391,6 +391,21 @@ def _bundle_metadata(spec: ModelSpec, network_name: str) -> dict[str, Any]:
             "cross_validation": cv or None,
         },
     }
+
+
+# How the bundle names the datasets this project's models are trained on (by folder name).
+KNOWN_DATASETS = {
+    "lasc13": "Medical Segmentation Decathlon Task02_Heart (LASC'13, bSSFP)",
+    "task02_heart": "Medical Segmentation Decathlon Task02_Heart (LASC'13, bSSFP)",
+    "atriaseg2018": "2018 Atrial Segmentation Challenge (LGE-MRI)",
+}
+
+
+def data_source(spec: ModelSpec) -> str:
+    """The training data by name (a known dataset) or folder name, never a local path."""
+    parts = [part.strip() for part in spec.record.source.split(" + ") if part.strip()]
+    names = [KNOWN_DATASETS.get(Path(part).name.lower(), Path(part).name) for part in parts]
+    return " + ".join(names) or KNOWN_DATASETS["lasc13"]
 
 
 def _naming(spec: ModelSpec, network_name: str) -> dict[str, str]:

@@ -195,15 +195,31 @@ def _postprocessing(spec: ModelSpec) -> dict[str, Any]:
     return {"_target_": "Compose", "transforms": steps}
 
 
-def _inference_config(spec: ModelSpec, network_def: dict[str, Any]) -> dict[str, Any]:
+def _common_entries() -> dict[str, Any]:
+    """The entries every bundle config starts with: imports, folders, the stage-2 weights'
+    path, the device."""
     return {
         "imports": ["$import glob", "$import os", "$import numpy", "$import torch"],
         "bundle_root": ".",
         "ckpt_path": "$@bundle_root + '/models/model.pt'",
         "dataset_dir": "$@bundle_root + '/input'",
         "output_dir": "$@bundle_root + '/eval'",
-        "datalist": "$sorted(glob.glob(os.path.join(@dataset_dir, '*.nii*')))",
         "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
+    }
+
+
+def _load_weights(network: str, path: str) -> str:
+    """The ``initialize`` expression loading the plain state dict at ``@path`` into
+    ``@network`` (``weights_only``: a state dict runs no code)."""
+    return (
+        f"$@{network}.load_state_dict(torch.load(@{path}, map_location=@device, weights_only=True))"
+    )
+
+
+def _inference_config(spec: ModelSpec, network_def: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **_common_entries(),
+        "datalist": "$sorted(glob.glob(os.path.join(@dataset_dir, '*.nii*')))",
         "network_def": network_def,
         "network": "$@network_def.to(@device).eval()",
         "preprocessing": _preprocessing(spec),
@@ -218,11 +234,7 @@ def _inference_config(spec: ModelSpec, network_def: dict[str, Any]) -> dict[str,
             "$lambda item: @postprocessing({'pred': @inferer(item['image'][None].to(@device), "
             "@network)[0].cpu()})"
         ),
-        "initialize": [
-            "$@network.load_state_dict(torch.load(@ckpt_path, map_location=@device, "
-            "weights_only=True))",
-            "$torch.set_grad_enabled(False)",
-        ],
+        "initialize": [_load_weights("network", "ckpt_path"), "$torch.set_grad_enabled(False)"],
         "run": ["$[@predict(item) for item in @dataset]"],
     }
 
@@ -236,23 +248,16 @@ def _two_stage_config(spec: ModelSpec, network_def: dict[str, Any]) -> dict[str,
         localiser.network, localiser.in_channels, localiser.num_classes
     )
     return {
-        "imports": ["$import glob", "$import os", "$import numpy", "$import torch"],
-        "bundle_root": ".",
-        "ckpt_path": "$@bundle_root + '/models/model.pt'",
+        **_common_entries(),
         "localiser_path": "$@bundle_root + '/models/localiser.pt'",
-        "dataset_dir": "$@bundle_root + '/input'",
-        "output_dir": "$@bundle_root + '/eval'",
-        "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
         "localiser_def": {"_target_": name, **arguments},
         "network_def": network_def,
         "localiser": "$@localiser_def.to(@device).eval()",
         "network": "$@network_def.to(@device).eval()",
         "pipeline": pipeline_parameters(spec),
         "initialize": [
-            "$@localiser.load_state_dict(torch.load(@localiser_path, map_location=@device, "
-            "weights_only=True))",
-            "$@network.load_state_dict(torch.load(@ckpt_path, map_location=@device, "
-            "weights_only=True))",
+            _load_weights("localiser", "localiser_path"),
+            _load_weights("network", "ckpt_path"),
             "$torch.set_grad_enabled(False)",
         ],
         # MONAI puts the bundle folder on sys.path only when it runs, and resolves an item

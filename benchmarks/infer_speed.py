@@ -217,13 +217,23 @@ def model_time(model: str, device: str, repeats: int, batch_size: int) -> dict:
 
     volume = read_scan(LASC13 / "imagesTr" / "la_003.nii.gz").array
     project = Predictor.from_checkpoint(model, device)
-    baseline = Predictor.from_checkpoint(BASELINE_MODEL, device)
+    # The same model in float32: what the default precision (bfloat16 where the CPU has it)
+    # buys, apart from everything else.
+    float32 = Predictor.from_checkpoint(model, device, precision="float32")
+    baseline = Predictor.from_checkpoint(BASELINE_MODEL, device, precision="float32")
     values = normalise_volume(volume, project.spec.normalisation)
-    ours, _ = _timed(lambda: project_labels(project, values, batch_size), repeats, project.device)
+    ours, labels = _timed(
+        lambda: project_labels(project, values, batch_size), repeats, project.device
+    )
+    ours32, labels32 = _timed(
+        lambda: project_labels(float32, values, batch_size), repeats, project.device
+    )
     theirs, _ = _timed(lambda: baseline_labels(baseline, values), repeats, baseline.device)
     return {
         "shape": "x".join(map(str, volume.shape)),
         "project": _summary(ours),
+        "project_float32": _summary(ours32),
+        "voxels_differing_from_float32": int((labels != labels32).sum()),
         "baseline": _summary(theirs),
         "speedup": statistics.median(theirs) / statistics.median(ours),
     }
@@ -322,7 +332,9 @@ def _print_tables(results: dict) -> None:
         )
     timing = results["model_time_256x256x130"]
     print(
-        f"\nmodel time, {timing['shape']}: project {timing['project']['median_s']:.3f} s, "
+        f"\nmodel time, {timing['shape']}: project {timing['project']['median_s']:.3f} s "
+        f"(float32 {timing['project_float32']['median_s']:.3f} s, "
+        f"{timing['voxels_differing_from_float32']} voxels differ), "
         f"SliceInferer {timing['baseline']['median_s']:.3f} s (x{timing['speedup']:.2f})"
     )
     if "peak_memory_mb_320x320x130" in results:

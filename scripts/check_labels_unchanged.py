@@ -1,7 +1,7 @@
 """Check that ``lasc infer`` still gives the same labels, voxel for voxel, on real scans.
 
-Runs the ``lasc infer`` command (a subprocess: the whole user path) with the bundled model on
-every scan in a folder and compares a SHA-256 of each output's voxels and affine with a
+Runs the ``lasc infer`` command (a subprocess: the whole user path) with the bundled model, in
+float32, on every scan in a folder and compares a SHA-256 of each output's voxels and affine with a
 recorded reference. Record the reference before a change that must not alter predictions
 (a refactor), compare after it::
 
@@ -55,7 +55,12 @@ def infer_digests(scans: list[Path], extra_args: list[str]) -> dict[str, str]:
     """Run ``lasc infer`` once over ``scans``; the digest of each output by scan name."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "out"
-        command = [sys.executable, "-m", "src_monai.cli", "infer", *map(str, scans)]
+        # float32: bfloat16 (lasc infer's default where the CPU has it) moves a few dozen
+        # boundary voxels between CPUs with and without it; the reference must not.
+        command = [
+            *[sys.executable, "-m", "src_monai.cli", "infer", *map(str, scans)],
+            *["--precision", "float32"],
+        ]
         subprocess.run([*command, "--out", str(out), *extra_args], check=True)
         return {scan.name: label_digest(out / scan.name) for scan in scans}
 

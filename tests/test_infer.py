@@ -301,3 +301,43 @@ def test_postprocessing_equals_monais_on_real_predictions(lasc13):
             predictor.predict_volume(volume, predictor.options(postprocess=False))
         ).labels
         np.testing.assert_array_equal(postprocess_labels(raw, 2), _monai_postprocess(raw, 2))
+
+
+def test_bfloat16_moves_few_voxels_of_the_bundled_model_and_float32_repeats_exactly():
+    """The default precision (bfloat16 where the CPU computes it natively) is a speed choice,
+    not a different segmentation: on the real sample scan its labels are those of float32
+    but for a few boundary voxels, and float32 (the reference checks') repeats voxel for
+    voxel."""
+    from src_monai.model.files import SAMPLE_SCAN
+
+    volume = read_scan(SAMPLE_SCAN).array
+    labels = {}
+    for precision in ("float32", "bfloat16"):
+        predictor = Predictor.from_checkpoint(None, "cpu", precision=precision)
+        labels[precision] = run_to_end(predictor.predict_volume(volume, predictor.options())).labels
+    again = run_to_end(predictor.predict_volume(volume, predictor.options())).labels
+    assert np.array_equal(again, labels["bfloat16"])
+    full, half = labels["float32"] > 0, labels["bfloat16"] > 0
+    dice = 2 * (full & half).sum() / (full.sum() + half.sum())
+    assert full.sum() > 10_000 and dice > 0.995
+    assert (full != half).sum() > 0  # bfloat16 was applied: rounding moves some voxel
+    float32 = Predictor.from_checkpoint(None, "cpu", precision="float32")
+    repeated = run_to_end(float32.predict_volume(volume, float32.options())).labels
+    assert np.array_equal(repeated, labels["float32"])
+
+
+def test_an_unknown_precision_is_refused_in_one_line(tiny_run, tmp_path):
+    dataset, result = tiny_run
+    with pytest.raises(LascError, match="unknown precision 'half'"):
+        Predictor.from_checkpoint(result.best_model, "cpu", precision="half")
+    refused = subprocess.run(
+        [
+            *[LASC, "infer", str(dataset / "imagesTr"), "--out", str(tmp_path / "o")],
+            *["--model", str(result.best_model), "--precision", "half"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert refused.returncode == 2 and "invalid choice: 'half'" in refused.stderr
+    assert not (tmp_path / "o").exists()

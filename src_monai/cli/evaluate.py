@@ -111,7 +111,9 @@ def run(args: argparse.Namespace) -> int:
         _report_left_out(found, args.truth)
         num_classes = args.num_classes
     elif args.model and args.data:
-        predictor = Predictor.from_checkpoint(args.model, args.device, tri_planar=args.tri_planar)
+        predictor = Predictor.from_checkpoint(
+            args.model, args.device, tri_planar=args.tri_planar, precision=args.precision
+        )
         num_classes = predictor.spec.num_classes
         dataset = discover_msd(args.data)
         cases = dataset.training

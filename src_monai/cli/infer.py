@@ -11,7 +11,7 @@ from pathlib import Path
 from src_monai.errors import LascError
 from src_monai.inference.files import plan_files, predict_files
 from src_monai.inference.measure import SEQUENCES
-from src_monai.inference.predictor import PredictOptions, Predictor
+from src_monai.inference.predictor import PRECISIONS, PredictOptions, Predictor
 from src_monai.io.files import creatable_folder, writable_folder
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,13 @@ def add_prediction_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "cpu", "cuda"),
         default="auto",
         help="where the network runs (auto: a CUDA GPU when there is one)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="the networks' arithmetic (auto: bfloat16 on a GPU and on CPUs with native "
+        "bfloat16, AVX512-BF16 or AMX; float32 elsewhere)",
     )
     parser.add_argument("--batch-size", type=int, default=16, help="slices per batch")
     parser.add_argument(
@@ -190,7 +197,9 @@ def run(args: argparse.Namespace) -> int:
         series=args.series,
     )
     creatable_folder(args.out)  # checked here, made only once the model file is known good
-    predictor = Predictor.from_checkpoint(args.model, args.device, tri_planar=args.tri_planar)
+    predictor = Predictor.from_checkpoint(
+        args.model, args.device, tri_planar=args.tri_planar, precision=args.precision
+    )
     box = _given_box(args, plans, predictor) if args.box or args.box_mm else None
     writable_folder(args.out)
     rows = drive(

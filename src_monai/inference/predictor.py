@@ -36,6 +36,7 @@ from src_monai.inference.steps import (
     segment_in_box,
     segment_whole,
 )
+from src_monai.model.bundle_pipeline import PRECISIONS
 from src_monai.model.files import load_model, model_path
 from src_monai.model.spec import ModelSpec, Stage
 from src_monai.progress import Job
@@ -63,25 +64,40 @@ class Predictor:
     boxes, see :meth:`localise`). Made from a model file (:meth:`from_checkpoint`) or from a
     live network and its spec."""
 
-    def __init__(self, network: torch.nn.Module, spec: ModelSpec, device: torch.device) -> None:
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        spec: ModelSpec,
+        device: torch.device,
+        precision: str = "auto",
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise LascError(None, f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
         self.localiser: StageNetwork | None = None
         self._segmenter: StageNetwork | None = None
         if spec.stage is Stage.LOCALISER:
-            self.localiser = StageNetwork(network, spec, device)
+            self.localiser = StageNetwork(network, spec, device, precision)
         elif spec.localiser is not None:  # a two-stage model: network holds both stages
-            self.localiser = StageNetwork(network.localiser, spec.localiser, device)
-            self._segmenter = StageNetwork(network.segmenter, spec, device)
+            self.localiser = StageNetwork(network.localiser, spec.localiser, device, precision)
+            self._segmenter = StageNetwork(network.segmenter, spec, device, precision)
         else:
-            self._segmenter = StageNetwork(network, spec, device)
+            self._segmenter = StageNetwork(network, spec, device, precision)
         self.spec = spec
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path | None = None, device: str = "auto", *, tri_planar: bool | None = None
+        cls,
+        path: str | Path | None = None,
+        device: str = "auto",
+        *,
+        tri_planar: bool | None = None,
+        precision: str = "auto",
     ) -> Predictor:
         """Load a model file; ``None`` loads the model bundled with the package.
 
-        ``tri_planar=True`` refuses (naming the file) a model trained on one axis only."""
+        ``tri_planar=True`` refuses (naming the file) a model trained on one axis only.
+        ``precision``: ``auto`` (bfloat16 where the device computes it natively), ``float32``
+        or ``bfloat16`` (:func:`~src_monai.model.bundle_pipeline.network_autocast`)."""
         torch_device = resolve_device(device)
         path = model_path(path)
         network, spec = load_model(path, torch_device)
@@ -89,7 +105,7 @@ class Predictor:
             spec.planes(tri_planar)
         except LascError as exc:
             raise LascError(path, exc.problem) from None
-        return cls(network, spec, torch_device)
+        return cls(network, spec, torch_device, precision)
 
     @property
     def segmenter(self) -> StageNetwork:

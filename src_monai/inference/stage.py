@@ -18,6 +18,7 @@ import torch
 
 from src_monai.data.transforms import context_stack
 from src_monai.inference.options import PredictOptions
+from src_monai.model.bundle_pipeline import network_autocast
 from src_monai.model.spec import ModelSpec
 from src_monai.progress import Job, Progress
 
@@ -57,10 +58,17 @@ class StageNetwork:
     """A trained network of one stage, applied to batches of 2.5D slices (or, a 3D crop
     model, of volumes)."""
 
-    def __init__(self, network: torch.nn.Module, spec: ModelSpec, device: torch.device) -> None:
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        spec: ModelSpec,
+        device: torch.device,
+        precision: str = "auto",
+    ) -> None:
         self.network = network.to(device).eval()
         self.spec = spec
         self.device = device
+        self.precision = precision  # see bundle_pipeline.network_autocast
         self._inferers: dict[tuple[str, int], Any] = {}
         self._warned_out_of_memory = False
         self._batch_limit = 0  # slices per forward pass that fit in memory; 0: no limit seen
@@ -147,12 +155,7 @@ class StageNetwork:
         sizes = zip(batch.shape[-len(window) :], window, strict=True)
         larger = any(size > patch for size, patch in sizes)
         inferer = self._inferer("gaussian" if larger else "constant", batch.shape[0], overlap)
-        autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if self.device.type == "cuda"
-            else torch.autocast("cpu", enabled=False)
-        )
-        with autocast:
+        with network_autocast(self.device, self.precision):
             return _plain(inferer(batch, self.network))
 
     def view_scores(self, batch: torch.Tensor, overlap: float) -> torch.Tensor:

@@ -295,6 +295,9 @@ def pipeline_parameters(spec: ModelSpec) -> dict[str, Any]:
         "slice_axis": spec.slice_axis,
         "num_classes": spec.num_classes,
         "postprocess": options.postprocess,
+        # auto: bfloat16 where the device computes it natively, as lasc infer's default;
+        # float32 reproduces lasc infer --precision float32
+        "precision": "auto",
         "localiser": {
             "downsample": localiser.downsample,
             "context_slices": localiser.context_slices,

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 
+import pytest
 import torch
 from conftest import tiny_config
 from safetensors.torch import load_file, save_file
@@ -89,3 +90,29 @@ def test_a_finished_run_stops_logging_into_its_folder(msd_dataset, tmp_path):
     ]
     assert second.run_dir.name not in (first.run_dir / "train.log").read_text()
     assert second.run_dir.name in (second.run_dir / "train.log").read_text()
+
+
+def test_bf16_trains_on_the_cpu_and_fp16_is_refused_before_a_run_folder(msd_dataset, tmp_path):
+    """bf16 autocast runs on CPUs (``benchmarks/train_precision.py`` times it against fp32);
+    fp16's loss scaling is CUDA's, so it is refused on the CPU before anything is written."""
+
+    from src_monai.config import ConfigError
+    from src_monai.training.optimisation import Optimisation
+
+    config = tiny_config(msd_dataset, tmp_path / "runs", train={"precision": "bf16"})
+    optimisation = Optimisation(config, torch.device("cpu"))
+    seen = []
+    optimisation.network.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    images = torch.randn(2, 3, 32, 32)
+    labels = torch.randint(0, 2, (2, 1, 32, 32))
+    loss = optimisation.loss(images, labels)
+    optimisation.apply()
+    assert seen == [torch.bfloat16] and loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert all(p.dtype == torch.float32 for p in optimisation.network.parameters())
+    result = run_to_end(run_training(config))
+    assert result.stopped == "completed" and result.best_model.is_file()
+
+    refused = tiny_config(msd_dataset, tmp_path / "fp16", train={"precision": "fp16"})
+    with pytest.raises(ConfigError, match="'fp16' needs a CUDA device"):
+        run_to_end(run_training(refused))
+    assert not (tmp_path / "fp16").exists()

@@ -31,15 +31,36 @@ def atrium_outside_crop(
     return int(np.count_nonzero((truth != 0) & ~inside))
 
 
-def atrium_outside_region(truth: np.ndarray, box: AtriumBox, slice_margin: int) -> int:
+def atrium_outside_region(
+    truth: np.ndarray, box: AtriumBox, slice_margin: int, *, in_plane_margin: int | None = None
+) -> int:
     """Atrium voxels of a slices-first ``truth`` outside the region a 3D stage 2 segments
-    around ``box`` (:func:`~src_monai.inference.in_box_3d.region_around`)."""
+    around ``box`` (:func:`~src_monai.inference.in_box_3d.region_around`; its in-plane
+    margin unless ``in_plane_margin`` is given)."""
     from src_monai.inference.in_box_3d import region_around
 
-    region = region_around(box, slice_margin, truth.shape)
+    region = region_around(box, slice_margin, truth.shape, in_plane_margin=in_plane_margin)
     inside = np.zeros(truth.shape, bool)
     inside[region.z0 : region.z1, region.y0 : region.y1, region.x0 : region.x1] = True
     return int(np.count_nonzero((truth != 0) & ~inside))
+
+
+def atrium_outside_grown_region(truth: np.ndarray, box: AtriumBox, slice_margin: int) -> int:
+    """Atrium voxels of a slices-first ``truth`` outside the region around ``box`` once it
+    has grown as a perfect 3D stage 2 would grow it: the region's labels are the truth inside
+    it, and it grows past each face they reach (:func:`~src_monai.inference.in_box_3d.
+    grown_region`, at most ``GROWTH_ROUNDS`` times). What the localiser's box leaves to the
+    segmenter, apart from the segmenter's own errors."""
+    from src_monai.inference.in_box_3d import GROWTH_ROUNDS, grown_region, region_around
+
+    region = region_around(box, slice_margin, truth.shape)
+    for _ in range(GROWTH_ROUNDS):
+        inside = truth[region.z0 : region.z1, region.y0 : region.y1, region.x0 : region.x1]
+        larger = grown_region(region, inside, truth.shape)
+        if larger == region:
+            break
+        region = larger
+    return atrium_outside_region(truth, region, 0, in_plane_margin=0)
 
 
 def box_rows(
@@ -74,6 +95,10 @@ def box_rows(
                 if region_3d
                 else atrium_outside_crop(true, box, crop_size, slice_margin)
             )
+            if region_3d:
+                row["voxels_outside_grown_region"] = atrium_outside_grown_region(
+                    true, box, slice_margin
+                )
         rows.append(row)
         yield Progress(pair.case_id, done, len(pairs))
     return rows

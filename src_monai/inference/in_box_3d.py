@@ -29,10 +29,17 @@ GROWTH = (8, 16, 16)  # slices, rows, columns past a face the labels reach
 GROWTH_ROUNDS = 2
 
 
-def region_around(box: AtriumBox, slice_margin: int, shape: tuple[int, ...]) -> AtriumBox:
-    """``box`` grown by ``slice_margin`` slices and :data:`IN_PLANE_MARGIN` voxels, inside a
-    slices-first ``shape``."""
-    margins = (slice_margin, IN_PLANE_MARGIN, IN_PLANE_MARGIN)
+def region_around(
+    box: AtriumBox,
+    slice_margin: int,
+    shape: tuple[int, ...],
+    *,
+    in_plane_margin: int | None = None,
+) -> AtriumBox:
+    """``box`` grown by ``slice_margin`` slices and :data:`IN_PLANE_MARGIN` voxels (or
+    ``in_plane_margin``), inside a slices-first ``shape``."""
+    in_plane = IN_PLANE_MARGIN if in_plane_margin is None else in_plane_margin
+    margins = (slice_margin, in_plane, in_plane)
     edges = []
     for (low, high), margin, size in zip(
         ((box.z0, box.z1), (box.y0, box.y1), (box.x0, box.x1)), margins, shape, strict=True

@@ -112,9 +112,13 @@ def _moving_average(network: torch.nn.Module, decay: float):
 
 
 def _precision(asked: str, device: torch.device) -> str:
+    """``auto``: bf16 on CUDA, fp32 on the CPU (a recipe's arithmetic does not change with
+    the CPU it lands on). ``bf16`` also runs on the CPU, where autocast computes convolutions
+    in bfloat16: on CPUs with AVX512-BF16 a 3D UNet's step takes about half the time. fp16
+    needs CUDA (its loss scaling is CUDA's)."""
     precision = ("bf16" if device.type == "cuda" else "fp32") if asked == "auto" else asked
-    if precision != "fp32" and device.type != "cuda":
-        raise ConfigError(None, f"train.precision = {precision!r} needs a CUDA device")
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(None, "train.precision = 'fp16' needs a CUDA device (bf16 runs on CPUs)")
     return precision
 
 

@@ -14,7 +14,7 @@ atrium, how many atrium voxels the stage-2 crop would miss), and the whole two-s
 post-processing (``per_case.csv``, means in ``summary.json``). With ``--uncertainty``, the
 uncertainty map of each held-out case (post-processing on, as shipped) against its errors:
 ``uncertainty_per_case.csv`` and Spearman correlations under ``uncertainty`` in the summary
-(the same measures as ``cv_planes_uncertainty.py``). With ``--final RUN``, the two-stage model
+(the same measures as ``cv_planes_uncertainty.py``). ``--only FOLD`` scores the folds trained so far. With ``--final RUN``, the two-stage model
 that ``lasc train`` joined in ``RUN/model.safetensors`` (trained on every case) is written to
 ``OUT/model.safetensors`` in fp16 with the inference variant chosen here (best mean Dice, then
 HD95) and its cross-validated accuracy in the metadata: the file to bundle.
@@ -134,16 +134,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--uncertainty", action="store_true", help="re-validate the case score")
     parser.add_argument("--final", type=Path, help="two-stage run folder of the final model")
+    parser.add_argument(
+        "--only",
+        type=int,
+        action="append",
+        metavar="FOLD",
+        help="score only this fold (repeatable): the folds trained so far; the summary says "
+        "which folds it covers",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    args.out.mkdir(parents=True, exist_ok=False)
     dataset = discover_datasets(args.data)
     dataset_of = {c.case_id: c.dataset or args.data[0].name for c in dataset.training}
     split_folder = args.segmenters or args.localisers
     folds = load_split(split_folder / "folds.json", known_cases=dataset.case_ids())
     by_case = {c.case_id: c for c in dataset.training}
     boxes, rows, uncertain_rows, slice_pairs = [], [], [], []
+    scored_folds = sorted(set(args.only or range(len(folds.partitions))))
+    if not set(scored_folds) <= set(range(len(folds.partitions))):
+        parser.error(f"--only: the folds are 0-{len(folds.partitions) - 1}")
+    if args.final and args.only:
+        parser.error("--final chooses from the whole cross-validation: not with --only")
+    args.out.mkdir(parents=True, exist_ok=False)
     for k, partition in enumerate(folds.partitions):
+        if k not in scored_folds:
+            continue
         pairs = [EvalPair(c, None, by_case[c].label, by_case[c].image) for c in partition["val"]]
         if args.segmenters is None:
             localiser = Predictor.from_checkpoint(fold_models(args.localisers, k), args.device)
@@ -200,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(args.out / "boxes.csv", boxes)
     if rows:
         write_csv(args.out / "per_case.csv", rows)
-    summary = score_summary(boxes, rows)
+    summary = {"folds": scored_folds, **score_summary(boxes, rows)}
     if len(args.data) > 1:
         summary["datasets"] = {
             root.name: score_summary(

@@ -91,3 +91,47 @@ def test_two_datasets_are_cross_validated_in_joint_folds_with_a_table_each(tmp_p
     summary = json.loads((out / "cv_summary.json").read_text())
     parts = summary["variants"]["plain"]["datasets"]
     assert {name: part["cases"] for name, part in parts.items()} == {"bssfp": 4, "lge": 4}
+
+
+def test_two_stage_scoring_covers_the_folds_asked_for(tmp_path):
+    """``cv_two_stage.py --only`` scores the folds trained so far and says which; a fold that
+    does not exist is refused in one line, before anything is written."""
+    data = make_msd_dataset(tmp_path / "data", cases=4)
+    config = save_config(
+        tiny_config(
+            data,
+            tmp_path / "unused",
+            data={"downsample": 2, "patch_size": [16, 16]},
+            train={"epochs": 2, "val_every": 2},
+        ),
+        tmp_path / "localiser.toml",
+    )
+    localisers = tmp_path / "cv-loc"
+    run = _cv(config, data, localisers)
+    log, _ = run.communicate(timeout=900)
+    assert run.returncode == 0, log[-3000:]
+    script = [sys.executable, str(REPO / "scripts" / "cv_two_stage.py"), "--data", str(data)]
+    script += ["--localisers", str(localisers)]
+    scored = subprocess.run(
+        [*script, "--only", "1", "--out", str(tmp_path / "boxes")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    held_out = json.loads((localisers / "folds.json").read_text())["partitions"][1]["val"]
+    with open(tmp_path / "boxes" / "boxes.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(r["case"] for r in rows) == sorted(held_out)
+    assert {r["fold"] for r in rows} == {"1"}
+    assert json.loads((tmp_path / "boxes" / "summary.json").read_text())["folds"] == [1]
+    refused = subprocess.run(
+        [*script, "--only", "2", "--out", str(tmp_path / "none")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert refused.returncode == 2 and "--only: the folds are 0-1" in refused.stderr
+    assert not (tmp_path / "none").exists()

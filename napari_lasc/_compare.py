@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import textwrap
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -144,7 +145,7 @@ class CompareWidget(Container):
         self._result.value, self._volumes.value = format_metrics(metrics)
         seen = prediction.metadata.get(SEEN_BY_MODEL_KEY)
         if seen:  # a score on a case the model learnt from says little about new patients
-            self._result.value += f" · {seen}"
+            self._result.value += "\n" + textwrap.fill(seen, 60)  # the dock stays narrow
         name = f"{prediction.name} vs {truth.name} errors"
         # LayerList has no .get(): look the name up.
         existing = self._viewer.layers[name] if name in self._viewer.layers else None  # noqa: SIM401

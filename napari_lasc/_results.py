@@ -13,6 +13,7 @@ from src_monai.io.scans import image_digest
 from ._layers import (
     PREDICTION_OF_KEY,
     SEEN_BY_MODEL_KEY,
+    from_layer_axes,
     geometry_kwargs,
     labels_kwargs,
     layer_axis,
@@ -120,12 +121,11 @@ def show_uncertainty(viewer: Any, image: Any, uncertainty: np.ndarray) -> None:
 def seen_by_model_text(spec: Any, image: Any) -> str:
     """What the Compare widget says next to its scores when the model had learnt from this
     scan (recognised by layer name or by its voxels); empty otherwise."""
-    role = spec.training_role(image.name, image_digest(np.asarray(image.data)))
-    if not role:
-        return ""
-    cv = spec.cross_validation
-    honest = f"cross-validated {cv.text()}" if cv is not None else "see its model card"
-    return f"a {role} case of the model: not its accuracy ({honest})"
+    # The stored digests are of the scan as read, in file axis order: the layer's voxels in
+    # napari's order hash differently, so a renamed scan went unrecognised.
+    digest = image_digest(from_layer_axes(np.asarray(image.data)))
+    role = spec.training_role(image.name, digest)
+    return spec.seen_note({image.name: role}) if role else ""
 
 
 def summarise(

@@ -170,3 +170,36 @@ def test_evaluate_scores_the_cases_in_both_folders_and_names_those_left_out(
         capsys.readouterr().err
     )
     assert not (tmp_path / "strict").exists()
+
+
+def test_a_users_own_model_names_its_validation_cases_and_no_borrowed_accuracy(tiny_run, tmp_path):
+    """A model trained here (no cross-validation recorded) evaluated on its whole dataset: its
+    validation cases are called what they were (they chose the checkpoint), its training
+    cases training, and the note does not point to the bundled model's figures."""
+    from src_monai.model.files import load_spec
+
+    dataset, result = tiny_run
+    spec = load_spec(result.best_model)
+    done = subprocess.run(
+        [
+            *[LASC, "evaluate", "--model", str(result.best_model), "--data", str(dataset)],
+            *["--out", str(tmp_path / "r")],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader((tmp_path / "r" / "per_case.csv").open()))
+    roles = {row["case"]: row["seen_by_model"] for row in rows}
+    assert {c: roles[c] for c in spec.split["val"]} == dict.fromkeys(
+        spec.split["val"], "validation"
+    )
+    assert {c: roles[c] for c in spec.split["train"]} == dict.fromkeys(
+        spec.split["train"], "training"
+    )
+    note = " ".join(done.stderr.split())
+    assert spec.seen_note({r: roles[r] for r in roles if roles[r]}, len(rows)) in note
+    assert "validation, it chose the checkpoint" in note
+    assert "no cross-validated accuracy is recorded for this model" in note
+    assert "0.899" not in note and "MODEL_CARD" not in note

@@ -203,6 +203,6 @@ def test_evaluate_of_infer_outputs_marks_the_cases_the_model_learnt_from(tmp_pat
     assert _summary(seg)[0]["seen by model"] == "training"
     report = tmp_path / "report"
     assert _evaluate(seg, truth, report) == 0
-    assert "1 of 1 cases were seen by the model in training" in capsys.readouterr().err
+    assert "la_016 is a training case of this model" in capsys.readouterr().err
     with open(report / "per_case.csv", encoding="utf-8") as handle:
         assert next(csv.DictReader(handle))["seen_by_model"] == "training"

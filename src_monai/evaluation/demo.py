@@ -58,7 +58,7 @@ def run_demo(out: Path | None = None, device: str = "auto") -> Job[dict]:
         "seen_by_model": predictor.spec.training_role("la_016", image_digest(scan.array)) or "",
     }
     if summary["seen_by_model"]:
-        summary["note"] = "la_016 is one of the model's training cases: not its accuracy"
+        summary["note"] = predictor.spec.seen_note({"la_016": summary["seen_by_model"]})
     write_json(out / "summary.json", summary)
     write_text(out / "summary.txt", "\n".join(f"{k}: {v}" for k, v in summary.items()) + "\n")
     yield Progress("summary written", 3, 4)

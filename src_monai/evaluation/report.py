@@ -183,19 +183,17 @@ def _predicted(predictor, pair: EvalPair, truth, options, true_box: bool):
 
 def seen_cases_note(rows: Sequence[dict[str, Any]], spec=None) -> str:
     """One line when some scored cases were the model's training (or validation) cases,
-    naming them and the model's cross-validated accuracy; empty otherwise."""
-    seen = [r for r in rows if r.get("seen_by_model")]
-    if not seen:
+    naming them and the figures that apply instead (:func:`~src_monai.model.spec.seen_note`);
+    empty otherwise. Without the model's ``spec`` (predictions read from files, their
+    ``summary.csv`` saying which scans the model knew) its model card is the pointer."""
+    from src_monai.model.spec import seen_note
+
+    roles = {row["case"]: row["seen_by_model"] for row in rows if row.get("seen_by_model")}
+    if not roles:
         return ""
-    names = ", ".join(f"{r['case']} ({r['seen_by_model']})" for r in seen)
-    honest = "the cross-validated accuracy in docs/MODEL_CARD.md"
-    cv = getattr(spec, "cross_validation", None)
-    if cv is not None:
-        honest = f"its cross-validated accuracy: {cv.text()}"
-    return (
-        f"{len(seen)} of {len(rows)} cases were seen by the model in training, so their scores "
-        f"overstate its accuracy ({names}); on unseen patients see {honest}"
-    )
+    if spec is not None:
+        return spec.seen_note(roles, len(rows))
+    return seen_note(roles, len(rows), "for new patients see the model's card")
 
 
 def write_report(

@@ -215,6 +215,15 @@ class ModelSpec:
             return "validation"
         return None
 
+    def seen_note(self, roles: dict[str, str], total: int | None = None) -> str:
+        """:func:`seen_note` for this model, pointing to its cross-validated accuracy."""
+        accuracy = (
+            f"cross-validated on unseen patients: {self.cross_validation.text()}"
+            if self.cross_validation is not None
+            else "no cross-validated accuracy is recorded for this model"
+        )
+        return seen_note(roles, total, accuracy)
+
     def planes(self, tri_planar: bool | None = None) -> tuple[int, ...]:
         """The axes to predict along: the slice axis, and the other two for tri-planar."""
         tri_planar = self.tri_planar if tri_planar is None else tri_planar
@@ -382,6 +391,32 @@ class ModelSpec:
         if self.localiser is not None:
             metadata["localiser"] = self.localiser.to_metadata()
         return metadata
+
+
+def seen_note(roles: dict[str, str], total: int | None, accuracy: str) -> str:
+    """The one line every front end (``lasc evaluate``, ``lasc demo``, napari's Compare)
+    gives scores of cases the model learnt from. ``roles`` maps each such case to its
+    :meth:`ModelSpec.training_role`; ``total``: the cases scored, when there were several;
+    ``accuracy``: which figures apply to new patients instead."""
+    if len(roles) == 1 and total in (None, 1):  # one case: the same words everywhere
+        ((case, role),) = roles.items()
+        what = (
+            "training case" if role == "training" else "validation case (it chose the checkpoint)"
+        )
+        return (
+            f"{case} is a {what} of this model: its score overstates the accuracy on new "
+            f"patients ({accuracy})"
+        )
+    count = total if total is not None else len(roles)
+    cases = "; ".join(
+        f"{case}: {'training' if role == 'training' else 'validation, it chose the checkpoint'}"
+        for case, role in roles.items()
+    )
+    were = "was" if len(roles) == 1 else "were"
+    return (
+        f"{len(roles)} of {count} case{'' if count == 1 else 's'} {were} seen by the model "
+        f"({cases}): the scores overstate its accuracy on new patients ({accuracy})"
+    )
 
 
 def _stage(value: Any, from_data: Stage) -> Stage:

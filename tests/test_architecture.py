@@ -149,7 +149,8 @@ def test_the_bundles_pipeline_needs_monai_torch_nibabel_numpy_and_scipy_alone():
     """``bundle_pipeline.py`` is copied into exported MONAI bundles, which run without
     napari-lasc installed."""
     path = REPO / "src_monai" / "model" / "bundle_pipeline.py"
-    allowed = {"__future__", "pathlib", "typing", "monai", "torch", "nibabel", "numpy", "scipy"}
+    standard = {"__future__", "functools", "pathlib", "typing"}
+    allowed = standard | {"monai", "torch", "nibabel", "numpy", "scipy"}
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
@@ -160,3 +161,8 @@ def test_the_bundles_pipeline_needs_monai_torch_nibabel_numpy_and_scipy_alone():
             continue
         for name in names:
             assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
+    # Its own copy of what it shares with the core, kept equal.
+    from src_monai.inference.options import PRECISIONS
+    from src_monai.model import bundle_pipeline
+
+    assert bundle_pipeline.PRECISIONS == PRECISIONS

@@ -158,3 +158,56 @@ def test_model_bundled_works_wherever_a_model_is_taken(tmp_path, msd_dataset):
     argv = ["evaluate", "--model", "bundled", "--data", str(msd_dataset), "--out", str(report)]
     assert lasc(argv) == 0
     assert (report / "per_case.csv").is_file()
+
+
+PIPELINE_MODULES = ("torch", "monai", "scipy.ndimage", "skimage")
+
+
+def _imported_while(argv: list[str]) -> tuple[int, set[str]]:
+    """Exit status of ``lasc ARGV`` and which of the pipeline's heavy packages it imported."""
+    code = (
+        "import sys\nfrom src_monai.cli import main\n"
+        f"try:\n    status = main({argv!r})\nexcept SystemExit as exit:\n    status = exit.code\n"
+        f"print(status, *sorted(m for m in {PIPELINE_MODULES!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    status, *modules = done.stdout.splitlines()[-1].split()  # after any help text
+    return int(status), set(modules)
+
+
+def test_help_and_a_missing_input_are_answered_before_torch_loads(tmp_path):
+    """Seconds of torch and MONAI imports are spent only on work: ``lasc --help``, a
+    subcommand's help and a missing input or model folder are answered without them
+    (``benchmarks/cli_startup.py`` times it), and nothing is created."""
+    assert _imported_while(["--help"]) == (0, set())
+    for command in ("infer", "evaluate", "train", "export-bundle", "prepare", "demo"):
+        assert _imported_while([command, "--help"]) == (0, set()), command
+    missing = tmp_path / "nothing.nii.gz"
+    out = tmp_path / "out"
+    assert _imported_while(["infer", str(missing), "--out", str(out)]) == (2, set())
+    assert not out.exists()
+    refused = subprocess.run(
+        [LASC, "infer", str(missing), "--out", str(out)], capture_output=True, text=True
+    )
+    assert (
+        refused.returncode == 2 and refused.stderr.strip() == f"error: {missing}: input not found"
+    )
+
+
+def test_a_scan_that_fails_leaves_no_output_folder(tmp_path):
+    """The output folder appears with the first result: a run whose only scan is refused
+    (blank) leaves nothing behind."""
+    import nibabel as nib
+    import numpy as np
+
+    scan = tmp_path / "blank.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((32, 32, 8), np.float32), np.eye(4)), scan)
+    out = tmp_path / "new" / "out"
+    done = subprocess.run(
+        [LASC, "infer", str(scan), "--out", str(out), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and str(scan) in done.stderr, done.stderr
+    assert not out.exists() and not out.parent.exists()

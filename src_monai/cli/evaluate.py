@@ -9,16 +9,9 @@ import argparse
 import logging
 from pathlib import Path
 
+# Light imports only (the pipeline's are in run): parsing and --help need no torch.
 from src_monai.cli.infer import check_prediction_arguments, prediction_options
 from src_monai.errors import LascError
-from src_monai.evaluation.metrics import empty_predictions, format_summary
-from src_monai.evaluation.report import (
-    EvalPair,
-    evaluate_pairs,
-    pairs_from_folders,
-    seen_cases_note,
-    write_report,
-)
 from src_monai.io.files import ensure_empty_folder
 
 logger = logging.getLogger(__name__)
@@ -90,11 +83,35 @@ def _report_left_out(found, truth: Path) -> None:
         )
 
 
+def _cases_of_model(args: argparse.Namespace) -> list:
+    """``--data``'s cases as evaluation pairs, those of ``--split``'s subset when given."""
+    from src_monai.data.datasets import discover_msd
+    from src_monai.data.splits import load_split
+    from src_monai.evaluation.report import EvalPair
+
+    dataset = discover_msd(args.data)
+    cases = dataset.training
+    if args.split:
+        plan = load_split(args.split, known_cases=dataset.case_ids())
+        subset = args.subset or ("test" if plan.kind == "holdout" else plan.validation_key)
+        partition = plan.partitions[args.fold] if 0 <= args.fold < len(plan.partitions) else None
+        if partition is None or subset not in partition:
+            raise LascError(args.split, f"has no subset {subset!r} in partition {args.fold}")
+        wanted = set(partition[subset])
+        cases = [c for c in cases if c.case_id in wanted]
+    return [EvalPair(c.case_id, None, c.label, c.image) for c in cases]
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute ``lasc evaluate`` with parsed arguments."""
     from src_monai.cli.support import drive
-    from src_monai.data.datasets import discover_msd
-    from src_monai.data.splits import load_split
+    from src_monai.evaluation.metrics import empty_predictions, format_summary
+    from src_monai.evaluation.report import (
+        evaluate_pairs,
+        pairs_from_folders,
+        seen_cases_note,
+        write_report,
+    )
     from src_monai.inference.predictor import Predictor
 
     check_prediction_arguments(args)  # every option checked before any work
@@ -115,19 +132,7 @@ def run(args: argparse.Namespace) -> int:
             args.model, args.device, tri_planar=args.tri_planar, precision=args.precision
         )
         num_classes = predictor.spec.num_classes
-        dataset = discover_msd(args.data)
-        cases = dataset.training
-        if args.split:
-            plan = load_split(args.split, known_cases=dataset.case_ids())
-            subset = args.subset or ("test" if plan.kind == "holdout" else plan.validation_key)
-            partition = (
-                plan.partitions[args.fold] if 0 <= args.fold < len(plan.partitions) else None
-            )
-            if partition is None or subset not in partition:
-                raise LascError(args.split, f"has no subset {subset!r} in partition {args.fold}")
-            wanted = set(partition[subset])
-            cases = [c for c in cases if c.case_id in wanted]
-        pairs = [EvalPair(c.case_id, None, c.label, c.image) for c in cases]
+        pairs = _cases_of_model(args)
     else:
         raise LascError(None, "give --model with --data, or --pred with --truth")
     out = ensure_empty_folder(args.out, overwrite=args.overwrite)

@@ -8,8 +8,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from src_monai.model.bundle import export_bundle
-
 logger = logging.getLogger(__name__)
 
 DESCRIPTION = """\
@@ -30,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from src_monai.model.bundle import export_bundle  # torch and MONAI: not for --help
     from src_monai.model.files import model_path
 
     model = model_path(args.model)

@@ -7,12 +7,16 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+# Light imports only: arguments and paths are checked before torch and MONAI load (seconds).
 from src_monai.errors import LascError
-from src_monai.inference.files import plan_files, predict_files
 from src_monai.inference.measure import SEQUENCES
-from src_monai.inference.predictor import PRECISIONS, PredictOptions, Predictor
-from src_monai.io.files import creatable_folder, writable_folder
+from src_monai.inference.options import PRECISIONS
+from src_monai.io.files import creatable_folder
+
+if TYPE_CHECKING:
+    from src_monai.inference.predictor import PredictOptions, Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -181,10 +185,16 @@ def _given_box(args: argparse.Namespace, plans, predictor: Predictor):
 def run(args: argparse.Namespace) -> int:
     """Execute ``lasc infer`` with parsed arguments."""
     from src_monai.cli.support import drive
+    from src_monai.io.inputs import find_inputs
     from src_monai.io.png import parse_rgb_map
 
     check_prediction_arguments(args)  # checked before any work
     rgb_map = parse_rgb_map(args.rgb_map) if args.rgb_map else None
+    find_inputs(args.inputs)  # a missing input refused before the pipeline is imported
+    creatable_folder(args.out)
+    from src_monai.inference.files import plan_files, predict_files
+    from src_monai.inference.predictor import Predictor
+
     # Every input's header and every output planned and checked before the model loads: a
     # plan that would lose data is refused before any work or any new file.
     plans = plan_files(
@@ -196,12 +206,10 @@ def run(args: argparse.Namespace) -> int:
         skip_existing=args.skip_existing,
         series=args.series,
     )
-    creatable_folder(args.out)  # checked here, made only once the model file is known good
     predictor = Predictor.from_checkpoint(
         args.model, args.device, tri_planar=args.tri_planar, precision=args.precision
     )
     box = _given_box(args, plans, predictor) if args.box or args.box_mm else None
-    writable_folder(args.out)
     rows = drive(
         predict_files(
             predictor,

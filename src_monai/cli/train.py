@@ -13,8 +13,6 @@ from pathlib import Path
 from src_monai.config import STAGES, Config, is_two_stage_config
 from src_monai.errors import LascError
 from src_monai.legacy.ini import load_any_config as load_config
-from src_monai.training.trainer import run_training
-from src_monai.training.two_stage import run_two_stage_training
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Execute ``lasc train`` with parsed arguments."""
     from src_monai.cli.support import EXIT_INTERRUPTED, drive
+    from src_monai.training.trainer import run_training  # torch and MONAI: not for --help
+    from src_monai.training.two_stage import run_two_stage_training
 
     if int(os.environ.get("RANK", "0")) != 0:
         logging.getLogger("src_monai").setLevel(logging.WARNING)  # rank 0 speaks for all

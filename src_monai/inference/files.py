@@ -27,17 +27,16 @@ from src_monai.inference.options import PredictOptions
 from src_monai.inference.predictor import Predictor
 from src_monai.inference.report import CaseReport, report_case
 from src_monai.inference.steps import Prediction
-from src_monai.io.files import remove_stale_partials, writable_folder
+from src_monai.io.files import creatable_folder, remove_stale_partials, writable_folder
+from src_monai.io.inputs import find_inputs
 from src_monai.io.outputs import CaseOutputs, check_planned_outputs, merge_rows, write_unit
 from src_monai.io.scans import (
     ScanGeometry,
     case_id_from_path,
     image_digest,
-    is_scan_folder,
     read_geometry,
     read_scan,
     scan_suffix,
-    scan_suffixes,
     write_labels,
     write_volume,
 )
@@ -45,33 +44,6 @@ from src_monai.io.tables import csv_text
 from src_monai.progress import Job, Progress, run_to_end
 
 logger = logging.getLogger(__name__)
-
-
-def find_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
-    """Expand files and folders into (scan files, PNG files), sorted."""
-    scans, pngs = [], []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            children = sorted(
-                p for p in item.iterdir() if p.is_file() and not p.name.startswith(".")
-            )
-            found = [p for p in children if scan_suffix(p)]
-            found_png = [p for p in children if p.suffix.lower() == ".png"]
-            if not found and not found_png and is_scan_folder(item):
-                scans.append(item)  # a folder holding a DICOM series is one scan
-            scans += found
-            pngs += found_png
-        elif item.is_file() and item.suffix.lower() == ".png":
-            pngs.append(item)
-        elif item.is_file() and scan_suffix(item):
-            scans.append(item)
-        elif not item.exists():
-            raise LascError(item, "input not found")
-        else:
-            raise LascError(item, f"not a scan ({', '.join(scan_suffixes())}) or PNG")
-    if not scans and not pngs:
-        raise LascError(", ".join(map(str, inputs)), "no scans or PNG images found")
-    return scans, pngs
 
 
 def output_name(path: Path) -> str:
@@ -186,7 +158,11 @@ def predict_files(
 
 
 def _output_folder(out: str | Path) -> Path:
-    """``out``, made if needed, without the partial files an interrupted run left."""
+    """``out`` checked (an existing one cleared of the partial files an interrupted run left);
+    a new one is made by the first case's files, so a run that writes nothing leaves none."""
+    out = Path(out)
+    if not out.is_dir():
+        return creatable_folder(out)
     out = writable_folder(out)
     for stale in remove_stale_partials(out):
         logger.info("removed %s, left by an interrupted run", stale.name)

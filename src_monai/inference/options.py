@@ -16,6 +16,10 @@ from src_monai.model.spec import ModelSpec
 logger = logging.getLogger(__name__)
 
 
+# The networks' arithmetic (src_monai.model.bundle_pipeline.network_autocast, which keeps its
+# own copy: the bundle's file imports nothing of this package).
+PRECISIONS = ("auto", "float32", "bfloat16")
+
 @dataclass(frozen=True)
 class PredictOptions:
     """Explicit prediction options (no "model default" left in them).

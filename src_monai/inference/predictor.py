@@ -24,7 +24,7 @@ import torch
 
 from src_monai.data.crops import AtriumBox
 from src_monai.errors import LascError
-from src_monai.inference.options import PredictOptions
+from src_monai.inference.options import PRECISIONS, PredictOptions
 from src_monai.inference.stage import StageNetwork
 from src_monai.inference.steps import (
     Prediction,
@@ -36,7 +36,6 @@ from src_monai.inference.steps import (
     segment_in_box,
     segment_whole,
 )
-from src_monai.model.bundle_pipeline import PRECISIONS
 from src_monai.model.files import load_model, model_path
 from src_monai.model.spec import ModelSpec, Stage
 from src_monai.progress import Job

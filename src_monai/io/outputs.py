@@ -119,6 +119,8 @@ def write_unit(writers: Mapping[Path, Callable[[Path], None]], *, overwrite: boo
         path: path.with_name(f"{PARTIAL_PREFIX}{os.getpid()}-{path.name}") for path in writers
     }
     try:
+        for folder in dict.fromkeys(path.parent for path in writers):
+            folder.mkdir(parents=True, exist_ok=True)  # a new folder appears with its first file
         for path, write in writers.items():
             write(temporaries[path])
         for path, temporary in temporaries.items():

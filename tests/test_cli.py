@@ -102,6 +102,11 @@ def test_stats_are_printed(msd_dataset, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "case_000" in result.stdout and "3 cases, 24 slices" in result.stdout
     assert (tmp_path / "out" / "stats.png").is_file()
+    quiet = run("prepare", str(msd_dataset), str(tmp_path / "quiet"))
+    assert quiet.returncode == 0, quiet.stderr
+    assert "case_000" not in quiet.stdout  # the table is --stats's; its files are written
+    assert "3 cases, 24 slices" in quiet.stdout and "--stats" in quiet.stdout
+    assert (tmp_path / "quiet" / "stats.csv").is_file()
 
 
 @pytest.mark.slow
@@ -211,3 +216,36 @@ def test_a_scan_that_fails_leaves_no_output_folder(tmp_path):
     )
     assert done.returncode == 2 and str(scan) in done.stderr, done.stderr
     assert not out.exists() and not out.parent.exists()
+
+
+def test_infer_output_reads_well_and_leaves_no_lock_file(tmp_path):
+    """What a user sees of ``lasc infer`` in a log: each pass of a two-stage model named,
+    a file part-way through as a short fraction, "no" for a scan the model never saw, and
+    nothing in --out but the results."""
+    import nibabel as nib
+    import numpy as np
+
+    from src_monai.model.files import SAMPLE_SCAN
+
+    image = nib.load(SAMPLE_SCAN)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    nib.save(image, scans / "known.nii.gz")
+    mirrored = np.ascontiguousarray(np.asanyarray(image.dataobj)[::-1])  # new voxels: unseen
+    nib.save(nib.Nifti1Image(mirrored, image.affine, image.header), scans / "new.nii.gz")
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [LASC, "infer", str(scans), "--out", str(out), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "localiser: slices" in done.stderr and "segmenter: slices" in done.stderr
+    assert not re.search(r"\d\.\d{3,}/", done.stderr), done.stderr  # no 0.177778/2 files
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+    import csv
+
+    with open(out / "summary.csv", encoding="utf-8") as handle:
+        seen = {Path(r["output"]).name: r["seen by model"] for r in csv.DictReader(handle)}
+    assert seen == {"known.nii.gz": "training", "new.nii.gz": "no"}

@@ -43,6 +43,9 @@ def test_lasc_demo_writes_labels_overlay_and_summary(tmp_path):
     note = load_spec(BUNDLED_MODEL).seen_note({"la_016": "training"})
     assert note.startswith("la_016 is a training case of this model") and note in result.stdout
     assert "cross-validated on unseen patients: Dice 0.899" in note
+    text = (folder / "summary.txt").read_text()
+    assert "model: cross-validated over 4 folds of 16 cases, Dice 0.899" in text
+    assert "{" not in text  # no Python dicts for a reader
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["dice"] >= 0.85 and 50 < summary["la_volume_ml"] < 200
     written = nib.load(folder / "la_016_prediction.nii.gz")

@@ -179,8 +179,8 @@ def test_cli_infer(tiny_run, tmp_path):
     # Not a terminal: plain progress lines instead of a bar, the first one within the scan
     # (its batches of slices move the count), the last one at the end.
     lines = [line for line in done.stderr.splitlines() if line.startswith("infer: ")]
-    assert re.match(r"infer: 0\.\d+/1 files \(\d+ %\), .* files/s: case_000", lines[0])
-    assert lines[-1].startswith("infer: 1/1 files (100 %)")
+    assert re.match(r"infer: 0\.\d\d/1 file \(\d+ %\), .* files/s: case_000", lines[0])
+    assert lines[-1].startswith("infer: 1/1 file (100 %)")
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and again.stderr.startswith("error: ")
     assert "already exists" in again.stderr

@@ -22,10 +22,9 @@ from src_monai.cli.support import (
 SUBCOMMANDS = {
     "prepare": (
         prepare,
-        "turn a NIfTI dataset into a slice cache or the earlier tool's PNG "
-        "dataset, with statistics",
+        "statistics and patient-level folds of an MSD dataset, or the earlier tool's PNG dataset",
     ),
-    "train": (train, "train a 2D segmentation network from a config file"),
+    "train": (train, "train a model (one or two stages, 2.5D or 3D) from a config file"),
     "evaluate": (evaluate, "per-case 3D metrics of a model or of predicted labels"),
     "infer": (infer, "segment scans or PNG slices with a trained model"),
     "demo": (demo, "segment the bundled sample scan with the bundled model"),

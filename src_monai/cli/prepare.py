@@ -14,7 +14,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from src_monai.data.prepare import DEFAULT_SLICE_AXIS, format_stats_table, prepare
+from src_monai.data.prepare import (
+    DEFAULT_SLICE_AXIS,
+    format_stats_table,
+    prepare,
+    stats_summary_line,
+)
 from src_monai.io.png import DEFAULT_RGB_MAP, parse_rgb_map
 
 logger = logging.getLogger(__name__)
@@ -53,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stats",
         action="store_true",
-        help="print a statistics table and write stats.csv, stats.json and the stats.png chart",
+        help="print the per-case statistics table (stats.csv, stats.json and the stats.png "
+        "chart are written without it too, except with --format png, which needs --stats "
+        "for them)",
     )
     parser.add_argument(
         "--folds",
@@ -145,7 +152,9 @@ def run(args: argparse.Namespace) -> int:
         ),
         description="prepare",
     )
-    if args.stats or args.output_format == "none":
+    if args.stats:
         print(format_stats_table(stats))
+    elif args.output_format == "none":  # the files hold the table; --stats prints it
+        print(f"{stats_summary_line(stats)} (the table: --stats or stats.csv)")
     print(f"wrote {args.out}")
     return 0

@@ -155,8 +155,11 @@ class PlainProgressLines:
         # No estimate from a phase's first report: its rate includes the start-up.
         eta = f", about {_duration(left)} left" if not (first or last_step) else ""
         pace = f", {rate:.3g} {self.unit}s/s" if rate > 0 else ""
+        # A file part-way through shows as 0.2 of 1: two decimals say enough.
+        done = f"{progress.done:g}" if float(progress.done).is_integer() else f"{progress.done:.2f}"
         print(
-            f"{self.description}: {progress.done:g}/{progress.total} {self.unit}s ({share:.0f} %)"
+            f"{self.description}: {done}/{progress.total} {self.unit}"
+            f"{'' if progress.total == 1 else 's'} ({share:.0f} %)"
             f"{pace}{eta}: {progress.message}",
             file=sys.stderr,
             flush=True,

@@ -76,6 +76,17 @@ def compute_stats(
     return stats
 
 
+def stats_summary_line(stats: Sequence[CaseStats]) -> str:
+    """One line over all cases: counts and the LA volume's mean, spread and range."""
+    volumes = np.array([s.la_volume_ml for s in stats])
+    spread = volumes.std(ddof=1) if len(stats) > 1 else 0.0
+    return (
+        f"{len(stats)} case{'' if len(stats) == 1 else 's'}, {sum(s.slices for s in stats)} "
+        f"slices, {sum(s.slices_with_la for s in stats)} with LA; LA volume "
+        f"{volumes.mean():.1f} ± {spread:.1f} mL (range {volumes.min():.1f}-{volumes.max():.1f})"
+    )
+
+
 def format_stats_table(stats: Sequence[CaseStats]) -> str:
     """A plain-text table of the statistics with a summary line."""
     header = (
@@ -90,14 +101,8 @@ def format_stats_table(stats: Sequence[CaseStats]) -> str:
             f"{s.case_id:<10} {shape:<13} {spacing:<20} {s.slices:>6} "
             f"{s.slices_with_la:>9} {s.la_volume_ml:>14.2f}"
         )
-    volumes = np.array([s.la_volume_ml for s in stats])
     lines.append("-" * len(header))
-    lines.append(
-        f"{len(stats)} cases, {sum(s.slices for s in stats)} slices, "
-        f"{sum(s.slices_with_la for s in stats)} with LA; LA volume "
-        f"{volumes.mean():.1f} ± {volumes.std(ddof=1) if len(stats) > 1 else 0.0:.1f} mL "
-        f"(range {volumes.min():.1f}-{volumes.max():.1f})"
-    )
+    lines.append(stats_summary_line(stats))
     return "\n".join(lines)
 
 

@@ -60,7 +60,7 @@ def run_demo(out: Path | None = None, device: str = "auto") -> Job[dict]:
     if summary["seen_by_model"]:
         summary["note"] = predictor.spec.seen_note({"la_016": summary["seen_by_model"]})
     write_json(out / "summary.json", summary)
-    write_text(out / "summary.txt", "\n".join(f"{k}: {v}" for k, v in summary.items()) + "\n")
+    write_text(out / "summary.txt", _summary_text(summary))
     yield Progress("summary written", 3, 4)
     montage = _montage(scan.array, prediction.labels, truth.array)
     save_figure(out / "overlay.png", montage, dpi=80, overwrite=False)
@@ -98,3 +98,23 @@ def _montage(volume: np.ndarray, labels: np.ndarray, truth: np.ndarray):
         "disagree: magenta predicted only, green truth only"
     )
     return figure
+
+
+def _summary_text(summary: dict) -> str:
+    """``summary.txt``: a line per value, the model's cross-validation in words (the JSON
+    keeps its fields)."""
+    lines = []
+    for key, value in summary.items():
+        if key == "model":
+            cv = value
+            value = (
+                f"cross-validated over {cv['folds']} folds of {cv['cases']} cases, Dice "
+                f"{cv['dice_mean']:.3f} ± {cv['dice_sd']:.3f}, HD95 {cv['hd95_mean']:.1f} ± "
+                f"{cv['hd95_sd']:.1f} mm"
+                if cv
+                else "no cross-validation recorded"
+            )
+        elif key == "cross_validated":
+            continue  # said on the model's line
+        lines.append(f"{key}: {value}")
+    return "\n".join(lines) + "\n"

@@ -51,6 +51,12 @@ class EvalPair:
     the model had learnt from it)."""
 
 
+def _role(seen: str | None) -> str:
+    """``training`` / ``validation``, or empty for a scan the model never saw (``no``, and
+    the empty value of summaries written before that word)."""
+    return seen if seen in ("training", "validation") else ""
+
+
 def _seen_by_model(pred_dir: Path) -> dict[str, str]:
     """Case id -> ``seen by model`` from the ``summary.csv`` that ``lasc infer`` wrote beside
     its predictions, when there is one."""
@@ -61,7 +67,7 @@ def _seen_by_model(pred_dir: Path) -> dict[str, str]:
     except (OSError, UnicodeDecodeError, ValueError):
         return {}
     return {
-        case_id_from_path(row.get("output") or ""): row.get("seen by model") or ""
+        case_id_from_path(row.get("output") or ""): _role(row.get("seen by model"))
         for row in rows
         if row.get("output")
     }

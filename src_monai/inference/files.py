@@ -243,7 +243,7 @@ def _predict_scan(
         **report.summary_row(),
         # lasc evaluate --pred reads this column: scores of a case the model learnt from
         # are marked as such.
-        "seen by model": seen or "",
+        "seen by model": seen or "no",  # training / validation: its scores overstate
     }
 
 

@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 # own copy: the bundle's file imports nothing of this package).
 PRECISIONS = ("auto", "float32", "bfloat16")
 
+
 @dataclass(frozen=True)
 class PredictOptions:
     """Explicit prediction options (no "model default" left in them).

@@ -19,7 +19,7 @@ import torch
 from src_monai.data.transforms import context_stack
 from src_monai.inference.options import PredictOptions
 from src_monai.model.bundle_pipeline import network_autocast
-from src_monai.model.spec import ModelSpec
+from src_monai.model.spec import ModelSpec, Stage
 from src_monai.progress import Job, Progress
 
 logger = logging.getLogger(__name__)
@@ -236,6 +236,8 @@ def infer_slices(
     along the other two when ``options.tri_planar``; whole slices tiled by the network's
     window. Yields progress per batch of slices."""
     axes = stage.spec.planes(options.tri_planar)
+    # Which pass this is: a two-stage model goes over the slices twice (shrunk, then cropped).
+    role = "localiser" if stage.spec.stage is Stage.LOCALISER else "segmenter"
     scores = SliceScores.empty(values.shape, stage.spec.num_classes, options)
     total, done = sum(values.shape[axis] for axis in axes), 0
     for axis in axes:
@@ -246,8 +248,8 @@ def infer_slices(
             stop = min(start + options.batch_size, count)
             _predict_batch(stage, slices, start, stop, along, options)
             done += stop - start
-            plane = f"axis {axis}: " if len(axes) > 1 else ""
-            yield Progress(f"{plane}slices {start + 1}-{stop} of {count}", done, total)
+            plane = f"axis {axis}, " if len(axes) > 1 else ""
+            yield Progress(f"{role}: {plane}slices {start + 1}-{stop} of {count}", done, total)
     return scores
 
 

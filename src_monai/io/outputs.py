@@ -140,27 +140,28 @@ def _remove(paths) -> None:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path, name: str) -> Iterator[None]:
-    """An exclusive lock shared by every process writing ``folder/name`` (POSIX ``flock``;
-    where there is none, e.g. Windows, the rows are still merged, without the lock)."""
+def folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock shared by every process merging a table in ``folder``: POSIX
+    ``flock`` on the folder itself, so no lock file is left in a user's output folder (where
+    there is no ``flock``, e.g. Windows, the rows are still merged, without the lock)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not on this platform
         yield
         return
-    with open(folder / f".{name}.lock", "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
 
 
 def merge_rows(path: Path, rows: Sequence[Mapping[str, Any]], key: str) -> list[dict[str, str]]:
     """Merge ``rows`` into the CSV at ``path`` by the ``key`` column: earlier rows of other
     keys kept in their order, a row of the same key replaced; written atomically under
     :func:`folder_lock`. Returns the table as written."""
-    with folder_lock(path.parent, path.name):
+    with folder_lock(path.parent):
         try:
             table = read_csv(path)
         except (OSError, UnicodeDecodeError, ValueError) as exc:

@@ -241,3 +241,33 @@ def test_colour_mask_is_the_inverse_of_decoding():
     assert decode_rgb_mask(colour_mask(labels, rgb_map), rgb_map).tolist() == labels.tolist()
     with pytest.raises(DatasetError, match=r"no colour for class\(es\) \[3\]"):
         colour_mask(np.array([[3]], np.uint8), rgb_map)
+
+
+@pytest.mark.parametrize("with_manifest", [True, False])
+def test_an_msd_task_folder_as_its_archive_unpacks_is_read(tmp_path, with_manifest):
+    """``Task02_Heart.tar`` unpacks to ``Task02_Heart/`` with ``dataset.json`` (paths as
+    ``./imagesTr/...``, a ``test`` list), ``imagesTr``, ``labelsTr``, ``imagesTs`` and macOS
+    ``._*`` resource forks beside every scan: ``lasc prepare`` reads it as it is, and the
+    folder it was unpacked into is refused naming the task folder."""
+    from src_monai.cli import main
+
+    task = make_msd_dataset(tmp_path / "downloads" / "Task02_Heart", cases=3)
+    (task / "imagesTs").mkdir()
+    image, _, affine = synthetic_case(shape=(24, 20, 7), seed=9)
+    save_nifti(task / "imagesTs" / "case_100.nii.gz", image, affine)
+    for folder in ("imagesTr", "labelsTr", "imagesTs"):
+        for scan in list((task / folder).glob("*.nii.gz")):
+            (task / folder / f"._{scan.name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    manifest = json.loads((task / "dataset.json").read_text())
+    manifest["test"] = ["./imagesTs/case_100.nii.gz"]
+    (task / "dataset.json").write_text(json.dumps(manifest))
+    if not with_manifest:
+        (task / "dataset.json").unlink()
+    dataset = discover_msd(task)
+    assert dataset.case_ids() == ["case_000", "case_001", "case_002"]
+    assert [c.case_id for c in dataset.test] == ["case_100"]
+    assert main(["prepare", str(task), str(tmp_path / "prepared"), "--folds", "3"]) == 0
+    assert (tmp_path / "prepared" / "folds.json").is_file()
+    if with_manifest:
+        with pytest.raises(DatasetError, match="holds Task02_Heart: give that folder"):
+            discover_msd(tmp_path / "downloads")

@@ -61,6 +61,8 @@ def discover_msd(root: str | Path, *, verify: bool = True) -> MsdDataset:
     if not root.is_dir():
         raise DatasetError(root, "dataset folder not found")
     manifest = root / "dataset.json"
+    if not manifest.is_file() and not (root / "imagesTr").is_dir():
+        _refuse_a_folder_of_tasks(root)
     dataset = _msd_from_manifest(root, manifest) if manifest.is_file() else _msd_from_folders(root)
     if not dataset.training:
         raise DatasetError(root, "no training cases found (expected imagesTr/ and labelsTr/)")
@@ -72,6 +74,16 @@ def discover_msd(root: str | Path, *, verify: bool = True) -> MsdDataset:
         "%s: %d training cases, %d test images", root, len(dataset.training), len(dataset.test)
     )
     return dataset
+
+
+def _refuse_a_folder_of_tasks(root: Path) -> None:
+    """The folder an MSD archive was unpacked into (``Task02_Heart.tar`` gives
+    ``Task02_Heart/``): name the task folder inside it instead of finding no cases."""
+    tasks = sorted(c.name for c in root.iterdir() if c.is_dir() and (c / "dataset.json").is_file())
+    if tasks:
+        raise DatasetError(
+            root, f"is not an MSD task folder but holds {', '.join(tasks)}: give that folder"
+        )
 
 
 def _msd_from_manifest(root: Path, manifest: Path) -> MsdDataset:

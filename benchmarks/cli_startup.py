@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import machine_facts  # this folder
 
 REPO = Path(__file__).resolve().parents[1]
 LASC = str(Path(sys.executable).with_name("lasc"))
@@ -50,10 +51,7 @@ def main() -> int:
     medians = {name: statistics.median(values) for name, values in times.items()}
     torch_s = medians['python -c "import torch"']
     results = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "load_average_1min_at_start": load,
+        **machine_facts(load),
         "repeats": args.repeats,
         "seconds": times,
         "median_seconds": medians,

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine_facts  # this folder
 
 REPO = Path(__file__).resolve().parents[1]
 LASC13 = REPO.parent / "shared" / "data" / "lasc13"
@@ -268,10 +268,7 @@ def main() -> int:
     amortised = whole_processes(every_scan, model, args.device, 1) if args.all_scans else None
     timing = model_time(model, args.device, args.repeats, args.batch_size)
     results = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "load_average_1min_at_start": load,
+        **machine_facts(load),
         "device": args.device,
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

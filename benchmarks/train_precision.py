@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from machine import machine_facts  # this folder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,12 +88,9 @@ def main() -> int:
     times = step_seconds(config, device, args.rounds, args.steps)
     medians = {name: statistics.median(values) for name, values in times.items()}
     results = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
+        **machine_facts(load),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "load_average_1min_at_start": load,
         "config": str(
             args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config
         ),

@@ -112,13 +112,17 @@ def test_two_stage_scoring_covers_the_folds_asked_for(tmp_path):
     assert run.returncode == 0, log[-3000:]
     script = [sys.executable, str(REPO / "scripts" / "cv_two_stage.py"), "--data", str(data)]
     script += ["--localisers", str(localisers)]
-    scored = subprocess.run(
-        [*script, "--only", "1", "--out", str(tmp_path / "boxes")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+
+    def score(fold: str, out: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*script, "--only", fold, "--out", str(out)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    scored = score("1", tmp_path / "boxes")
     assert scored.returncode == 0, scored.stderr[-3000:]
     held_out = json.loads((localisers / "folds.json").read_text())["partitions"][1]["val"]
     with open(tmp_path / "boxes" / "boxes.csv", encoding="utf-8") as handle:
@@ -126,12 +130,6 @@ def test_two_stage_scoring_covers_the_folds_asked_for(tmp_path):
     assert sorted(r["case"] for r in rows) == sorted(held_out)
     assert {r["fold"] for r in rows} == {"1"}
     assert json.loads((tmp_path / "boxes" / "summary.json").read_text())["folds"] == [1]
-    refused = subprocess.run(
-        [*script, "--only", "2", "--out", str(tmp_path / "none")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    refused = score("2", tmp_path / "none")
     assert refused.returncode == 2 and "--only: the folds are 0-1" in refused.stderr
     assert not (tmp_path / "none").exists()

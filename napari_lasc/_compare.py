@@ -20,6 +20,7 @@ from src_monai.progress import Progress
 from ._layers import (
     ERROR_CLASS_NAMES,
     ERROR_COLOURS,
+    PREDICTION_OF_KEY,
     SEEN_BY_MODEL_KEY,
     labels_kwargs,
     layer_geometry,
@@ -101,6 +102,28 @@ class CompareWidget(Container):
         self._compare.changed.connect(self.compare)
         self.worker: Any = None
         self.metrics: dict[str, float] | None = None
+        self._choose_defaults()
+        napari_viewer.layers.events.inserted.connect(self._choose_defaults)
+
+    def _choose_defaults(self, _event: Any = None) -> None:
+        """A model's prediction in the first picker and another Labels layer (the truth) in
+        the second: the pickers never both start on one layer."""
+        import napari.layers
+
+        self._prediction.reset_choices()
+        self._truth.reset_choices()
+        labels = [
+            layer
+            for layer in self._viewer.layers
+            if isinstance(layer, napari.layers.Labels) and not layer.name.endswith(" errors")
+        ]
+        predictions = [layer for layer in labels if layer.metadata.get(PREDICTION_OF_KEY)]
+        others = [layer for layer in labels if layer not in predictions]
+        if predictions:
+            self._prediction.value = predictions[-1]
+        chosen = self._truth.value
+        if others and (chosen is None or chosen is self._prediction.value or chosen in predictions):
+            self._truth.value = others[-1]  # a truth the user picked is kept
 
     def compare(self) -> None:
         """Compute the metrics in a worker, then show them and add the error layer."""
@@ -112,6 +135,7 @@ class CompareWidget(Container):
         try:
             check_label_pair(prediction, truth)
         except LascError as exc:
+            self._result.value = self._volumes.value = ""  # no earlier scores beside an error
             show_error(str(exc))
             return
         predicted, true = np.asarray(prediction.data), np.asarray(truth.data)
@@ -153,5 +177,5 @@ class CompareWidget(Container):
             existing.data = errors
         else:
             kwargs = labels_kwargs(layer_geometry(truth), ERROR_CLASS_NAMES, ERROR_COLOURS)
-            self._viewer.add_labels(errors, name=name, **kwargs)
+            self._viewer.add_labels(errors, name=name, opacity=1.0, **kwargs)  # seen over both
         logger.info("%s: %s; %s", name, self._result.value, self._volumes.value)

@@ -30,6 +30,9 @@ SEEN_BY_MODEL_KEY = "lasc_seen_by_model"
 
 LA_CLASS_NAMES = ("background", "left atrium")
 LA_COLOURS: dict[int, tuple[int, int, int]] = {1: (255, 0, 255)}  # the earlier tool's magenta
+# Labels read from a file (an expert's truth, most often) in another colour than the model's
+# magenta prediction, so the two can be told apart on the same slice.
+FILE_LABEL_COLOURS: dict[int, tuple[int, int, int]] = {1: (60, 220, 90)}
 ERROR_CLASS_NAMES = ("agree", "false positive", "false negative")
 ERROR_COLOURS: dict[int, tuple[int, int, int]] = {1: (255, 60, 0), 2: (0, 160, 255)}
 

@@ -20,7 +20,13 @@ from src_monai.io.scans import (
     scan_suffix,
 )
 
-from ._layers import SOURCE_KEY, geometry_kwargs, labels_kwargs, to_layer_axes
+from ._layers import (
+    FILE_LABEL_COLOURS,
+    SOURCE_KEY,
+    geometry_kwargs,
+    labels_kwargs,
+    to_layer_axes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +118,7 @@ def scan_layer_data(scan: Scan) -> LayerData:
     if is_label_volume(scan):
         if scan.path.parent.name.lower() in LABEL_FOLDERS:
             name = f"{name} labels"
-        kwargs = labels_kwargs(scan.geometry)
+        kwargs = labels_kwargs(scan.geometry, colours=FILE_LABEL_COLOURS)
         data = scan.array if scan.array.dtype.kind != "b" else scan.array.astype(np.uint8)
         layer_type = "labels"
     else:

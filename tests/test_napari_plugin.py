@@ -740,3 +740,25 @@ def test_a_3d_two_stage_model_in_the_widget_volume_slice_box_and_uncertainty(
     assert uncertainty.shape == image.data.shape
     assert uncertainty.min() >= 0.0 and uncertainty.max() <= 1.0 + 1e-6
     assert uncertainty.max() > 0.0
+
+
+def test_compare_starts_on_prediction_and_truth_in_two_colours_and_clears_on_error(
+    make_napari_viewer, qtbot
+):
+    """After Segment, Compare's pickers hold the prediction and the ground truth (not one
+    layer twice), the two are drawn in different colours, the error layer is opaque over
+    them, and an error clears the scores shown before instead of leaving them beside it."""
+    viewer = make_napari_viewer()
+    image, truth = open_sample(viewer)
+    segment(viewer, qtbot, image)
+    prediction = viewer.layers["la_016 left atrium"]
+    compare = dock(viewer, "Compare with ground truth")
+    assert compare._prediction.value is prediction and compare._truth.value is truth
+    assert not np.allclose(prediction.get_color(1), truth.get_color(1))
+    compare.compare()
+    wait_for(qtbot, compare)
+    assert compare._result.value.startswith("Dice ")
+    assert viewer.layers["la_016 left atrium vs la_016 ground truth errors"].opacity == 1.0
+    compare._truth.value = prediction
+    compare.compare()
+    assert compare._result.value == "" and compare._volumes.value == ""

@@ -118,9 +118,13 @@ def write_unit(writers: Mapping[Path, Callable[[Path], None]], *, overwrite: boo
     temporaries = {
         path: path.with_name(f"{PARTIAL_PREFIX}{os.getpid()}-{path.name}") for path in writers
     }
-    try:
-        for folder in dict.fromkeys(path.parent for path in writers):
+    for folder in dict.fromkeys(path.parent for path in writers):
+        try:
             folder.mkdir(parents=True, exist_ok=True)  # a new folder appears with its first file
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise LascError(folder, f"could not be created ({reason})") from exc
+    try:
         for path, write in writers.items():
             write(temporaries[path])
         for path, temporary in temporaries.items():

@@ -507,7 +507,8 @@ def _one_stage_steps(info: dict[str, Any]) -> str:
 The scan stays in its own voxel axes (no reorientation). Intensities are clipped to their
 0.5-99.5 percentiles and z-scored; slices along array axis {info["slice_axis"]} go to the network
 with {info["context_slices"] // 2} neighbour(s) on each side as extra channels; MONAI's
-`SliceInferer` pads small slices to the training patch and tiles large ones."""
+`SliceInferer` pads small slices to the training patch and tiles large ones, in float32 (the
+labels of `lasc infer --precision float32`)."""
 
 
 def _readme(bundle_metadata: dict[str, Any]) -> str:

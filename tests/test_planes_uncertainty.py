@@ -75,7 +75,8 @@ def test_fused_prediction_is_the_mean_of_the_three_planes(tri_run):
 
 @pytest.fixture(scope="module")
 def predictor(tiny_run):
-    return Predictor.from_checkpoint(tiny_run[1].best_model, device="cpu")
+    # float32: these tests compare with a plain float32 forward pass, not the precision rule
+    return Predictor.from_checkpoint(tiny_run[1].best_model, device="cpu", precision="float32")
 
 
 def test_tri_planar_needs_a_tri_planar_model(predictor):

@@ -8,6 +8,7 @@ A two-stage model's stage 2 segments inside the box. After a run the box is show
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from src_monai.data.crops import AtriumBox
 from src_monai.errors import LascError
 from src_monai.inference.steps import Prediction
 
-from ._layers import layer_axis
+from ._layers import from_layer_axes, layer_axis
 
 
 def box_layer_name(image: Any) -> str:
@@ -88,6 +89,26 @@ def box_from_rectangle(
             layer_name, f"box slices {first}-{last} are not within the scan's 0-{count - 1}"
         )
     return AtriumBox(first, last + 1, *edges)
+
+
+def box_to_segment(
+    layer: Any,
+    image: Any,
+    slices: tuple[int, int],
+    slice_axis_of: Callable[[Any, tuple[int, ...]], int],
+    found: AtriumBox | None,
+) -> AtriumBox | None:
+    """The user's box for the next run: the box ``layer``'s last rectangle (in-plane) and
+    ``slices`` make on ``image`` (``slice_axis_of(image, shape)``: the file axis the model
+    slices across). ``None`` (the localiser finds the box) when there is no layer, it holds
+    no shape, or it still holds ``found``, the model's own box: untouched, it is not the
+    user's, so it is not called "yours" and the model may grow its region as before."""
+    if layer is None or not len(layer.data):
+        return None
+    shape = from_layer_axes(np.asarray(image.data)).shape
+    slice_axis = slice_axis_of(image, shape)
+    box = box_from_rectangle(layer.data[-1], shape, slice_axis, slices, layer.name)
+    return None if box == found else box
 
 
 def show_box(

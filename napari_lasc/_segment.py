@@ -37,11 +37,11 @@ from src_monai.model.files import load_spec
 from src_monai.progress import Progress
 
 from ._area_plot import AreaCurve
-from ._box_layer import box_from_rectangle, find_box_layer, show_box
+from ._box_layer import box_to_segment, find_box_layer, show_box
 from ._controller import SegmentController
 from ._controls import button_row
 from ._correction import open_fine_tune, training_case_job
-from ._layers import check_scan_layer, from_layer_axes, layer_axis, stated_orientation
+from ._layers import check_scan_layer, layer_axis, stated_orientation
 from ._models import FROM_FILE, MODELS, follow_models
 from ._results import (
     SegmentationSummary,
@@ -75,6 +75,7 @@ class SegmentWidget(Container):
 
         self._viewer = napari_viewer
         self._controller = SegmentController()
+        self._found_boxes: dict[str, AtriumBox] = {}  # per scan layer: the model's last box
         super().__init__(widgets=self._make_controls())
         self.area_curve = AreaCurve(self.go_to_slice)
         self.native.layout().addWidget(self.area_curve.canvas)
@@ -239,6 +240,8 @@ class SegmentWidget(Container):
             )
             if slices is not None:
                 self._box_first.value, self._box_last.value = slices
+            if not user_box and result.prediction.box is not None:
+                self._found_boxes[image.name] = result.prediction.box
             text += box_text
         else:
             layer = paint_slice(self._viewer, image, result, slice_axis, spec)
@@ -341,21 +344,13 @@ class SegmentWidget(Container):
 
     # ------------------------------------------------------------------ the atrium box
 
-    def box_layer(self, image: Any):
-        """The Shapes layer ``<scan> atrium box`` of ``image``, if there is one."""
-        return find_box_layer(self._viewer, image)
-
     def user_box(self, image: Any) -> AtriumBox | None:
-        """The box the next run segments around: the last rectangle of the image's box layer
-        (in-plane) and the two spin boxes (slices); ``None`` when there is no such layer or
-        it holds no shape (the localiser then finds the box)."""
-        layer = self.box_layer(image)
-        if layer is None or not len(layer.data):
-            return None
-        shape = from_layer_axes(np.asarray(image.data)).shape
+        """The box the next run segments around (:func:`box_to_segment`): the image's box
+        layer, the two slice spin boxes, and the box the model found last."""
         slices = (int(self._box_first.value), int(self._box_last.value))
-        slice_axis = self._scan_slice_axis(image, shape)
-        return box_from_rectangle(layer.data[-1], shape, slice_axis, slices, layer.name)
+        layer = find_box_layer(self._viewer, image)
+        found = self._found_boxes.get(image.name)
+        return box_to_segment(layer, image, slices, self._scan_slice_axis, found)
 
     def _scan_slice_axis(self, image: Any, shape: tuple[int, ...]) -> int:
         """The scan's file axis the model slices across, from the model file's header and

@@ -635,6 +635,12 @@ def test_the_atrium_box_is_shown_and_a_moved_box_steers_stage_2(make_napari_view
     assert len(boxes.data) == 1 and "box: found by the model" in widget._result.value
     first, last = widget._box_first.value, widget._box_last.value
     assert 0 <= first < last < image.data.shape[0]
+    untouched = np.asarray(boxes.data[0]).copy()
+    widget.run()  # the model's box, not touched: still the model's, not "yours"
+    wait_for(qtbot, widget)
+    assert "box: found by the model" in widget._result.value
+    assert np.allclose(boxes.data[0], untouched)
+    assert (widget._box_first.value, widget._box_last.value) == (first, last)
     # Move the rectangle 40 voxels along napari's last axis with napari's own Shapes API.
     moved = np.asarray(boxes.data[0]) + np.array([0.0, 0.0, 40.0])
     boxes.data = [moved]

@@ -48,7 +48,8 @@ class SegmentationSummary:
         if self.slice_range is None:
             return f"no left atrium found · {timing}"
         first, last = self.slice_range
-        return f"LA volume {self.volume_ml:.1f} mL · slices {first}–{last} · {timing}"
+        # napari's slider indices, first to last inclusive, as the box line says them
+        return f"LA volume {self.volume_ml:.1f} mL on slices {first}-{last} · {timing}"
 
 
 def find_prediction_layer(viewer: Any, image: Any):

@@ -63,6 +63,9 @@ DEFAULT_TRAINING_SET = Path.home() / "napari-lasc-training-set"
 __all__ = ["SegmentWidget", "SegmentationSummary", "SliceResult", "summarise"]
 
 
+SLICE_NUMBERS = "napari's slider indices, first to last inclusive"
+
+
 class SegmentWidget(Container):
     """Segment the left atrium in a 3D scan layer, in a background worker."""
 
@@ -108,6 +111,7 @@ class SegmentWidget(Container):
         # The atrium box's slices (its rectangle is the box layer's): see _box_layer.
         self._box_first = SpinBox(label="box slices from", min=0, max=100_000, value=0)
         self._box_last = SpinBox(label="box slices to", min=0, max=100_000, value=0)
+        self._box_first.tooltip = self._box_last.tooltip = SLICE_NUMBERS
         self._run = PushButton(text="Segment")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._bar = ProgressBar(label="progress", value=0, max=1, visible=False)

@@ -634,6 +634,14 @@ def test_the_atrium_box_is_shown_and_a_moved_box_steers_stage_2(make_napari_view
     boxes = viewer.layers["la_016 atrium box"]
     assert len(boxes.data) == 1 and "box: found by the model" in widget._result.value
     first, last = widget._box_first.value, widget._box_last.value
+    # One convention for slice numbers (napari's indices, first-last inclusive), said in the
+    # spin boxes' tooltip, for the LA's slices and the box's alike.
+    labels = np.asarray(viewer.layers["la_016 left atrium"].data)
+    occupied = np.flatnonzero(np.count_nonzero(labels, axis=(1, 2)))
+    expected = f"LA volume {widget.summary.volume_ml:.1f} mL on slices {occupied[0]}-{occupied[-1]}"
+    assert expected in widget._result.value, widget._result.value
+    assert f"slices {first}-{last}" in widget._result.value
+    assert "first to last inclusive" in widget._box_first.tooltip
     assert 0 <= first < last < image.data.shape[0]
     untouched = np.asarray(boxes.data[0]).copy()
     widget.run()  # the model's box, not touched: still the model's, not "yours"

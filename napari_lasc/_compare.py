@@ -110,8 +110,12 @@ class CompareWidget(Container):
         the second: the pickers never both start on one layer."""
         import napari.layers
 
-        self._prediction.reset_choices()
-        self._truth.reset_choices()
+        try:
+            self._prediction.reset_choices()
+            self._truth.reset_choices()
+        except RuntimeError:  # the dock was closed and its Qt widgets deleted: stop listening
+            self._viewer.layers.events.inserted.disconnect(self._choose_defaults)
+            return
         labels = [
             layer
             for layer in self._viewer.layers

@@ -7,17 +7,18 @@
     python scripts/cv_two_stage.py --data DATA --localisers runs/cv-loc --segmenters runs/cv-crop \\
         --out runs/cv-two-stage
 
-Both cross-validations use the same patient-level folds (seed 0). For each fold, on its
-held-out patients: the localiser's box against the true one (``boxes.csv``: does it hold the
-atrium, how many atrium voxels the stage-2 crop would miss), and the whole two-stage model
-(the fold's localiser and crop model in one file) scored end to end, with and without
-post-processing (``per_case.csv``, means in ``summary.json``). With ``--uncertainty``, the
-uncertainty map of each held-out case (post-processing on, as shipped) against its errors:
-``uncertainty_per_case.csv`` and Spearman correlations under ``uncertainty`` in the summary
-(the same measures as ``cv_planes_uncertainty.py``). ``--only FOLD`` scores the folds trained so far. With ``--final RUN``, the two-stage model
-that ``lasc train`` joined in ``RUN/model.safetensors`` (trained on every case) is written to
-``OUT/model.safetensors`` in fp16 with the inference variant chosen here (best mean Dice, then
-HD95) and its cross-validated accuracy in the metadata: the file to bundle.
+Both cross-validations use the same patient-level folds (seed 0). For each fold, on its held-out
+patients: the localiser's box against the true one (``boxes.csv``: does it hold the atrium, how
+many atrium voxels the stage-2 crop would miss), and the whole two-stage model (the fold's
+localiser and crop model in one file) scored end to end, with and without post-processing
+(``per_case.csv``, means in ``summary.json``). With ``--uncertainty``, the uncertainty map of
+each held-out case (post-processing on, as shipped) against its errors:
+``uncertainty_per_case.csv`` and Spearman correlations under ``uncertainty`` in the summary (the
+same measures as ``cv_planes_uncertainty.py``). ``--only FOLD`` scores the folds trained so far.
+With ``--final RUN``, the two-stage model that ``lasc train`` joined in
+``RUN/model.safetensors`` (trained on every case) is written to ``OUT/model.safetensors`` in
+fp16 with the inference variant chosen here (best mean Dice, then HD95) and its cross-validated
+accuracy in the metadata: the file to bundle.
 """
 
 from __future__ import annotations

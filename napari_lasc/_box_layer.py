@@ -19,6 +19,9 @@ from src_monai.inference.steps import Prediction
 
 from ._layers import from_layer_axes, layer_axis
 
+# In the box layer's metadata: the box the model last put there.
+FOUND_BOX_KEY = "lasc_found_box"
+
 
 def box_layer_name(image: Any) -> str:
     """The name that ties a box layer to its scan: found by it, made with it."""
@@ -96,19 +99,18 @@ def box_to_segment(
     image: Any,
     slices: tuple[int, int],
     slice_axis_of: Callable[[Any, tuple[int, ...]], int],
-    found: AtriumBox | None,
 ) -> AtriumBox | None:
     """The user's box for the next run: the box ``layer``'s last rectangle (in-plane) and
     ``slices`` make on ``image`` (``slice_axis_of(image, shape)``: the file axis the model
     slices across). ``None`` (the localiser finds the box) when there is no layer, it holds
-    no shape, or it still holds ``found``, the model's own box: untouched, it is not the
-    user's, so it is not called "yours" and the model may grow its region as before."""
+    no shape, or it still holds the box the model put there (:func:`show_box`): untouched,
+    it is not the user's, so it is not called "yours" and the model may grow its region."""
     if layer is None or not len(layer.data):
         return None
     shape = from_layer_axes(np.asarray(image.data)).shape
     slice_axis = slice_axis_of(image, shape)
     box = box_from_rectangle(layer.data[-1], shape, slice_axis, slices, layer.name)
-    return None if box == found else box
+    return None if box == layer.metadata.get(FOUND_BOX_KEY) else box
 
 
 def show_box(
@@ -135,8 +137,9 @@ def show_box(
     if not user_box:
         rectangle = box_rectangle(box, slice_axis)
         if layer is None:
-            add_box_layer(viewer, image, [rectangle])
+            layer = add_box_layer(viewer, image, [rectangle])
         else:
             layer.data = [rectangle]
+        layer.metadata[FOUND_BOX_KEY] = box  # what an untouched layer still holds
     owner = "yours" if user_box else "found by the model"
     return f"\nbox: {owner}, slices {box.z0}-{box.z1 - 1}", (box.z0, box.z1 - 1)

@@ -78,7 +78,6 @@ class SegmentWidget(Container):
 
         self._viewer = napari_viewer
         self._controller = SegmentController()
-        self._found_boxes: dict[str, AtriumBox] = {}  # per scan layer: the model's last box
         super().__init__(widgets=self._make_controls())
         self.area_curve = AreaCurve(self.go_to_slice)
         self.native.layout().addWidget(self.area_curve.canvas)
@@ -244,8 +243,6 @@ class SegmentWidget(Container):
             )
             if slices is not None:
                 self._box_first.value, self._box_last.value = slices
-            if not user_box and result.prediction.box is not None:
-                self._found_boxes[image.name] = result.prediction.box
             text += box_text
         else:
             layer = paint_slice(self._viewer, image, result, slice_axis, spec)
@@ -350,11 +347,10 @@ class SegmentWidget(Container):
 
     def user_box(self, image: Any) -> AtriumBox | None:
         """The box the next run segments around (:func:`box_to_segment`): the image's box
-        layer, the two slice spin boxes, and the box the model found last."""
+        layer and the two slice spin boxes."""
         slices = (int(self._box_first.value), int(self._box_last.value))
         layer = find_box_layer(self._viewer, image)
-        found = self._found_boxes.get(image.name)
-        return box_to_segment(layer, image, slices, self._scan_slice_axis, found)
+        return box_to_segment(layer, image, slices, self._scan_slice_axis)
 
     def _scan_slice_axis(self, image: Any, shape: tuple[int, ...]) -> int:
         """The scan's file axis the model slices across, from the model file's header and

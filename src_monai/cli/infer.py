@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_prediction_arguments(args)  # checked before any work
     rgb_map = parse_rgb_map(args.rgb_map) if args.rgb_map else None
-    find_inputs(args.inputs)  # a missing input refused before the pipeline is imported
+    found = find_inputs(args.inputs)  # a missing input refused before the pipeline loads
     creatable_folder(args.out)
     from src_monai.inference.files import plan_files, predict_files
     from src_monai.inference.predictor import Predictor
@@ -205,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         skip_existing=args.skip_existing,
         series=args.series,
+        found=found,
     )
     predictor = Predictor.from_checkpoint(
         args.model, args.device, tri_planar=args.tri_planar, precision=args.precision

@@ -83,11 +83,13 @@ def plan_files(
     overwrite: bool = False,
     skip_existing: bool = False,
     series: str | None = None,
+    found: tuple[list[Path], list[Path]] | None = None,
 ) -> list[CaseOutputs]:
     """Every input's output files, checked so that no data can be lost
     (:func:`~src_monai.io.outputs.check_planned_outputs`), and every scan's header checked;
-    creates nothing."""
-    scans, pngs = find_inputs(inputs)
+    creates nothing. ``found``: what :func:`~src_monai.io.inputs.find_inputs` returned for
+    ``inputs``, when the caller has it (a DICOM folder is not scanned twice)."""
+    scans, pngs = found if found is not None else find_inputs(inputs)
     for scan in scans:
         read_geometry(scan, series)  # every header field checked before any work
     out = Path(out)

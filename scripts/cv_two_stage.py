@@ -11,8 +11,9 @@ Both cross-validations use the same patient-level folds (seed 0). For each fold,
 patients: the localiser's box against the true one (``boxes.csv``: does it hold the atrium, how
 many atrium voxels the stage-2 crop would miss), and the whole two-stage model (the fold's
 localiser and crop model in one file) scored end to end, with and without post-processing
-(``per_case.csv``, means in ``summary.json``). With ``--uncertainty``, the uncertainty map of
-each held-out case (post-processing on, as shipped) against its errors:
+(``per_case.csv``, means in ``summary.json``); a 3D stage 2 also with one pass over its whole
+region instead of sliding windows (the ``-whole`` variants). With ``--uncertainty``, the
+uncertainty map of each held-out case (post-processing on, as shipped) against its errors:
 ``uncertainty_per_case.csv`` and Spearman correlations under ``uncertainty`` in the summary (the
 same measures as ``cv_planes_uncertainty.py``). ``--only FOLD`` scores the folds trained so far.
 With ``--final RUN``, the two-stage model that ``lasc train`` joined in
@@ -46,7 +47,25 @@ from src_monai.progress import run_to_end
 
 logger = logging.getLogger("cv_two_stage")
 
-VARIANTS = {"plain": False, "post": True}  # name: post-processing
+# name: (post-processing, one pass over a 3D segmenter's whole region)
+VARIANTS = {
+    "plain": (False, False),
+    "post": (True, False),
+    "plain-whole": (False, True),
+    "post-whole": (True, True),
+}
+
+
+def variants_of(spec) -> dict[str, tuple[bool, bool]]:
+    """The variants that differ for this model: the whole-region pass only for a 3D one."""
+    three_d = spec.stage.spatial_dims == 3
+    return {name: v for name, v in VARIANTS.items() if three_d or not v[1]}
+
+
+def scored_variants(rows: list[dict]) -> list[str]:
+    """The variants in ``rows``, in :data:`VARIANTS` order."""
+    present = {r["variant"] for r in rows}
+    return [name for name in VARIANTS if name in present]
 
 
 def fold_models(folder: Path, fold: int) -> Path:
@@ -79,7 +98,7 @@ def case_uncertainty(predictor: Predictor, pair: EvalPair):
 def write_final_model(run: Path, out: Path, rows: list[dict], folds: int) -> str:
     """The final two-stage model with the chosen inference variant and its CV accuracy."""
     stats = {}
-    for variant in VARIANTS:
+    for variant in scored_variants(rows):
         picked = [r for r in rows if r["variant"] == variant]
         hd95 = np.array([r["hd95_mm"] for r in picked], dtype=float)
         stats[variant] = {
@@ -92,8 +111,9 @@ def write_final_model(run: Path, out: Path, rows: list[dict], folds: int) -> str
         }
     chosen = max(stats, key=lambda v: (round(stats[v]["dice_mean"], 3), -stats[v]["hd95_mean"]))
     network, spec = load_model(run / "model.safetensors")
+    post, whole = VARIANTS[chosen]
     spec = spec.with_inference(
-        InferenceDefaults(tta=False, postprocess=VARIANTS[chosen]),
+        InferenceDefaults(tta=False, postprocess=post, whole_region=whole),
         CrossValidation(folds=folds, chosen=chosen, **stats[chosen]),
     )
     save_model(out / "model.safetensors", network, spec, half=True)
@@ -114,7 +134,7 @@ def score_summary(boxes: list[dict], rows: list[dict]) -> dict:
                 "dice": mean_sd([r["dice"] for r in rows if r["variant"] == variant]),
                 "hd95_mm": mean_sd([r["hd95_mm"] for r in rows if r["variant"] == variant]),
             }
-            for variant in VARIANTS
+            for variant in scored_variants(rows)
         }
     return summary
 
@@ -186,14 +206,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         boxes += [{"fold": k, "dataset": dataset_of[r["case"]], **r} for r in found]
-        for variant, post in VARIANTS.items():
+        for variant, (post, whole) in variants_of(spec).items():
             started = time.perf_counter()
             scored = run_to_end(
                 evaluate_pairs(
                     pairs,
                     dataset.num_classes,
                     predictor=predictor,
-                    options=predictor.options(postprocess=post),
+                    options=predictor.options(postprocess=post, whole_region=whole),
                 )
             )
             seconds = (time.perf_counter() - started) / len(pairs)

@@ -219,3 +219,73 @@ def test_a_localisers_box_grows_where_the_atrium_reaches_its_faces_a_users_never
     last_grown = np.flatnonzero(np.moveaxis(grown, 2, 0).any(axis=(1, 2)))[-1]
     assert last_fixed < short.z1 + predictor.spec.crop_slice_margin
     assert last_grown > last_fixed
+
+
+def test_a_whole_region_pass_equals_one_window_and_crops_its_padding(trained_3d):
+    """One pass over a region pads each axis, centred, to the network's total stride and cuts
+    the padding off: on a region smaller than the window it equals MONAI's one padded
+    window; a region larger than the limit (or a limit of 0) is tiled in windows."""
+    from src_monai.inference.stage import StageNetwork
+    from src_monai.model.bundle_pipeline import fits_whole, whole_region_logits
+
+    _, result = trained_3d
+    network, spec = load_model(result.best_model)
+    stage = StageNetwork(network, spec, torch.device("cpu"), precision="float32")
+    assert spec.input.window == (4, 16, 16) and stage.total_stride == 2 ** (spec.network.levels - 1)
+    region = torch.randn(1, 1, 3, 13, 15, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        windows = stage.scores(region, tta=False, overlap=0.5, softmax=False)
+        whole = stage.scores(
+            region, tta=False, overlap=0.5, softmax=False, whole_region_voxels=10_000
+        )
+        direct = whole_region_logits(network, region, stage.total_stride)
+    assert whole.shape == windows.shape == (1, 2, 3, 13, 15)
+    torch.testing.assert_close(whole, direct.float())
+    if stage.total_stride == 4:  # the window (4, 16, 16) is the stride's multiple above
+        torch.testing.assert_close(whole, windows, atol=1e-4, rtol=1e-4)
+    large = torch.randn(1, 1, 9, 40, 40, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        tiled = stage.scores(large, tta=False, overlap=0.5, softmax=False)
+        over_limit = stage.scores(
+            large, tta=False, overlap=0.5, softmax=False, whole_region_voxels=9 * 40 * 40 - 1
+        )
+        passed = stage.scores(
+            large, tta=False, overlap=0.5, softmax=False, whole_region_voxels=9 * 40 * 40
+        )
+    torch.testing.assert_close(over_limit, tiled)
+    assert not torch.allclose(passed, tiled, atol=1e-3)  # the option did change the pass
+    assert fits_whole((9, 40, 40), 14_400) and not fits_whole((9, 40, 40), 0)
+
+
+def test_the_whole_region_choice_is_recorded_in_the_model_and_can_be_overridden(
+    trained_3d, tmp_path
+):
+    """What cross-validation chose travels in the file (an older file's table without the key
+    means windows), the prediction follows it, and the caller can still say otherwise."""
+    from src_monai.model.files import save_model
+    from src_monai.model.spec import InferenceDefaults, ModelSpec
+
+    dataset, result = trained_3d
+    network, spec = load_model(result.best_model)
+    chosen = save_model(
+        tmp_path / "whole.safetensors",
+        network,
+        spec.with_inference(InferenceDefaults(postprocess=False, whole_region=True)),
+    )
+    older = ModelSpec.from_metadata({**spec.to_metadata(), "inference": {"tta": False}})
+    assert not older.defaults.whole_region
+    predictor = Predictor.from_checkpoint(chosen, "cpu")
+    assert (
+        predictor.options().whole_region and not predictor.options(whole_region=False).whole_region
+    )
+    scan = read_scan(dataset / "imagesTr" / "case_002.nii.gz")
+    box = AtriumBox(1, 6, 4, 14, 3, 13)  # region with the margins: larger than one window
+    whole, windows = (
+        run_to_end(predictor.predict_volume(scan.array, predictor.options(**o), box=box))
+        for o in ({}, {"whole_region": False})
+    )
+    plain = Predictor.from_checkpoint(result.best_model, "cpu")
+    as_before = run_to_end(plain.predict_volume(scan.array, plain.options(), box=box))
+    assert np.array_equal(windows.labels, as_before.labels)
+    assert whole.labels.shape == scan.array.shape
+    assert whole.labels.any() and not np.array_equal(whole.labels, windows.labels)

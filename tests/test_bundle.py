@@ -134,12 +134,13 @@ def _other_grids(source: Path, folder: Path) -> list[Path]:
 
 
 def test_a_two_stage_model_exports_with_its_steps_and_equals_lasc_infer(tmp_path):
-    """Both stages in the bundle (a 2.5D and a 3D stage 2), the steps between them in
-    scripts/: the labels of lasc infer on a scan, on the same scan stored in another axis
-    order, and at half the voxel size."""
+    """Both stages in the bundle (a 2.5D and a 3D stage 2, the latter also with the
+    whole-region pass chosen), the steps between them in scripts/: the labels of lasc infer
+    on a scan, on the same scan stored in another axis order, and at half the voxel size."""
     from conftest import make_msd_dataset, tiny_config, train_tiny_localiser
 
-    from src_monai.model.files import combine_stages
+    from src_monai.model.files import combine_stages, load_model, save_model
+    from src_monai.model.spec import InferenceDefaults
     from src_monai.progress import run_to_end
     from src_monai.training.trainer import run_training
 
@@ -148,11 +149,16 @@ def test_a_two_stage_model_exports_with_its_steps_and_equals_lasc_infer(tmp_path
     scans = _other_grids(dataset / "imagesTr" / "case_001.nii.gz", tmp_path / "scans")
     windows = {"crop_size": 16, "crop_jitter": 2, "crop_slice_margin": 1}
     three_d = {**windows, "crop_depth": 4, "context_slices": 1}
-    for name, data in (("crop", windows), ("3d", three_d)):
+    for name, data in (("crop", windows), ("3d", three_d), ("3d-whole", three_d)):
         training = {"epochs": 8, "steps_per_epoch": 10, "batch_size": 2, "learning_rate": 0.01}
-        config = tiny_config(dataset, tmp_path / "runs", data=data, train=training)
-        segmenter = run_to_end(run_training(config)).best_model
+        if name != "3d-whole":
+            config = tiny_config(dataset, tmp_path / "runs", data=data, train=training)
+            segmenter = run_to_end(run_training(config)).best_model
         model = combine_stages(localiser, segmenter, tmp_path / f"{name}.safetensors")
+        if name == "3d-whole":
+            network, spec = load_model(model)
+            chosen = InferenceDefaults(postprocess=spec.defaults.postprocess, whole_region=True)
+            save_model(model, network, spec.with_inference(chosen))
         bundle = tmp_path / f"bundle_{name}"
         done = subprocess.run(
             [LASC, "export-bundle", str(model), str(bundle)], capture_output=True, text=True
@@ -165,6 +171,12 @@ def test_a_two_stage_model_exports_with_its_steps_and_equals_lasc_infer(tmp_path
         _assert_same_labels(
             scans, tmp_path / f"bundle_out_{name}", tmp_path / f"lasc_out_{name}", atrium=20
         )
+    # the whole-region pass is a different computation: a bundle that ignored it would differ
+    first = scans[0].name
+    whole, windows = (
+        np.asarray(nib.load(tmp_path / f"lasc_out_{n}" / first).dataobj) for n in ("3d-whole", "3d")
+    )
+    assert not np.array_equal(whole, windows)
 
 
 @pytest.mark.slow

@@ -69,6 +69,13 @@ def add_prediction_arguments(parser: argparse.ArgumentParser) -> None:
         help="predict along all three axes and average (default: when the model was trained "
         "for it)",
     )
+    parser.add_argument(
+        "--whole-region",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a 3D segmenter: one pass over the atrium's region where it fits, not sliding "
+        "windows (default: what the model recommends)",
+    )
 
 
 def check_prediction_arguments(args: argparse.Namespace) -> None:
@@ -84,6 +91,7 @@ def prediction_options(args: argparse.Namespace, predictor: Predictor) -> Predic
         tta=args.tta,
         postprocess=args.postprocess,
         tri_planar=args.tri_planar,
+        whole_region=args.whole_region,
     )
 
 

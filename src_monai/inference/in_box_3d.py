@@ -11,6 +11,10 @@ a few cross-validation cases of both datasets). So where the labels reach a face
 region that is not the scan's edge, the region grows past that face by :data:`GROWTH` and is
 segmented again, up to :data:`GROWTH_ROUNDS` times: the 3D network, which sees the atrium's
 wall, decides where it ends. A box the user gives is the region asked for: it never grows.
+
+With ``options.whole_region`` (what cross-validation chose for the model), a region of at most
+:data:`WHOLE_REGION_VOXELS` goes through the network in one pass instead of windows: the network
+sees the whole atrium and its surroundings at once, and no window's edge cuts through it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ IN_PLANE_MARGIN = 16  # voxels added around the box in-plane before the windows 
 WINDOW_OVERLAP = 0.5  # nnU-Net's for 3D windows (the options' overlap is for 2D slices)
 GROWTH = (8, 16, 16)  # slices, rows, columns past a face the labels reach
 GROWTH_ROUNDS = 2
+# The largest region passed whole (e.g. 100 x 200 x 200): its float32 activations stay within
+# a few GB on a CPU; larger regions (a user's box, a huge scan) are tiled in windows.
+WHOLE_REGION_VOXELS = 4_000_000
 
 
 def region_around(
@@ -80,6 +87,7 @@ def segment_in_box_3d(
     margin = spec.crop_slice_margin if slice_margin is None else slice_margin
     region = region_around(box, margin, slices.shape)
     steps = 2 if options.uncertainty else 1
+    whole = WHOLE_REGION_VOXELS if options.whole_region else 0
     yield Progress("3D segmenter inside the box", 0, steps)
     for round_ in range(GROWTH_ROUNDS + 1):
         part = (
@@ -90,7 +98,11 @@ def segment_in_box_3d(
         volume = torch.from_numpy(np.ascontiguousarray(slices[part]))[None, None]
         with torch.inference_mode():
             probabilities = segmenter.scores(
-                volume, tta=options.tta, overlap=WINDOW_OVERLAP, softmax=True
+                volume,
+                tta=options.tta,
+                overlap=WINDOW_OVERLAP,
+                softmax=True,
+                whole_region_voxels=whole,
             )[0].float()
         if not grow or round_ == GROWTH_ROUNDS:
             break
@@ -102,7 +114,7 @@ def segment_in_box_3d(
     uncertainty = None
     if options.uncertainty:
         with torch.inference_mode():
-            views = segmenter.view_scores(volume, WINDOW_OVERLAP)[0].cpu()
+            views = segmenter.view_scores(volume, WINDOW_OVERLAP, whole)[0].cpu()
         mean = (probabilities.cpu() + views) / (1 + len(UNCERTAINTY_VIEWS))
         uncertainty = np.zeros(slices.shape, np.float32)  # certain outside the region
         uncertainty[part] = normalised_entropy(mean).numpy()

@@ -41,6 +41,9 @@ class PredictOptions:
         Return the entropy map over the augmented views (the labels stay the plain ones).
     overlap
         Sliding-window overlap where a slice is larger than the network's window.
+    whole_region
+        A 3D segmenter passes its region through the network at once where it is small
+        enough, instead of sliding windows (ignored by 2.5D models).
     """
 
     batch_size: int = 16
@@ -50,6 +53,7 @@ class PredictOptions:
     probabilities: bool = False
     uncertainty: bool = False
     overlap: float = 0.25
+    whole_region: bool = False
 
     @classmethod
     def for_model(
@@ -63,6 +67,7 @@ class PredictOptions:
         probabilities: bool = False,
         uncertainty: bool = False,
         overlap: float = 0.25,
+        whole_region: bool | None = None,
     ) -> PredictOptions:
         """The options for ``spec``'s model: ``None`` takes what its file recommends.
 
@@ -89,6 +94,7 @@ class PredictOptions:
             probabilities=probabilities,
             uncertainty=uncertainty,
             overlap=overlap,
+            whole_region=defaults.whole_region if whole_region is None else whole_region,
         )
 
     def for_one_slice(self) -> PredictOptions:

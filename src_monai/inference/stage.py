@@ -18,7 +18,7 @@ import torch
 
 from src_monai.data.transforms import context_stack
 from src_monai.inference.options import PredictOptions
-from src_monai.model.bundle_pipeline import network_autocast
+from src_monai.model.bundle_pipeline import fits_whole, network_autocast, whole_region_logits
 from src_monai.model.spec import ModelSpec, Stage
 from src_monai.progress import Job, Progress
 
@@ -78,24 +78,38 @@ class StageNetwork:
         """Flips for test-time augmentation: only those the model was trained with."""
         return [(-1,)] if self.spec.trained_with_flips else []  # the last axis: left-right
 
-    def scores(self, batch: torch.Tensor, *, tta: bool, overlap: float, softmax: bool):
+    def scores(
+        self,
+        batch: torch.Tensor,
+        *,
+        tta: bool,
+        overlap: float,
+        softmax: bool,
+        whole_region_voxels: int = 0,
+    ):
         """Logits (or class probabilities) of a batch, halving the batch when the GPU runs
-        out of memory and moving to the CPU (with a warning) when even one slice does not."""
+        out of memory and moving to the CPU (with a warning) when even one slice does not.
+        A batch of 3D regions of at most ``whole_region_voxels`` voxels goes through the
+        network in one pass, not in windows (:func:`~src_monai.model.bundle_pipeline.
+        whole_region_logits`)."""
+        options = {
+            "tta": tta,
+            "overlap": overlap,
+            "softmax": softmax,
+            "whole_region_voxels": whole_region_voxels,
+        }
         limit = self._batch_limit
         if limit and batch.shape[0] > limit:  # a size that ran out of memory before
-            parts = batch.split(limit)
-            return torch.cat(
-                [self.scores(p, tta=tta, overlap=overlap, softmax=softmax) for p in parts]
-            )
+            return torch.cat([self.scores(p, **options) for p in batch.split(limit)])
         batch = batch.to(self.device)
         try:
-            return self._scores(batch, tta=tta, overlap=overlap, softmax=softmax)
+            return self._scores(batch, **options)
         except torch.OutOfMemoryError:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             if batch.shape[0] == 1 and self.device.type == "cpu":
                 raise
-        return self._after_out_of_memory(batch, tta=tta, overlap=overlap, softmax=softmax)
+        return self._after_out_of_memory(batch, **options)
 
     def _after_out_of_memory(self, batch: torch.Tensor, **options: Any) -> torch.Tensor:
         if batch.shape[0] > 1:
@@ -116,14 +130,22 @@ class StageNetwork:
         self.device = torch.device("cpu")
         return self._scores(batch.to("cpu"), **options)
 
-    def _scores(self, batch: torch.Tensor, *, tta: bool, overlap: float, softmax: bool):
+    def _scores(
+        self,
+        batch: torch.Tensor,
+        *,
+        tta: bool,
+        overlap: float,
+        softmax: bool,
+        whole_region_voxels: int,
+    ):
         flips = self.flip_dims if tta else []
-        logits = self._logits(batch, overlap)
+        logits = self._logits(batch, overlap, whole_region_voxels)
         if not flips:
             return torch.softmax(logits.float(), dim=1) if softmax else logits
         total = torch.softmax(logits.float(), dim=1)
         for dims in flips:
-            flipped = self._logits(torch.flip(batch, dims), overlap)
+            flipped = self._logits(torch.flip(batch, dims), overlap, whole_region_voxels)
             total += torch.flip(torch.softmax(flipped.float(), dim=1), dims)
         return total / (1 + len(flips))
 
@@ -143,14 +165,20 @@ class StageNetwork:
             )
         return self._inferers[key]
 
-    def _logits(self, batch: torch.Tensor, overlap: float) -> torch.Tensor:
-        """Logits of a batch of 2.5D slices, as the exported bundle's ``SliceInferer`` gives.
+    def _logits(
+        self, batch: torch.Tensor, overlap: float, whole_region_voxels: int = 0
+    ) -> torch.Tensor:
+        """Logits of a batch of 2.5D slices (or 3D regions), as the exported bundle gives.
 
         A slice no larger than the patch is zero-padded to it, centred, as training did
         (MONAI's ``SpatialPadd``), so instance normalisation sees the same context (a
         tri-planar model's sagittal and coronal slices are such slices); its one window is
-        taken as is. Larger slices are tiled with Gaussian-blended windows.
+        taken as is. Larger slices are tiled with Gaussian-blended windows. A 3D region of
+        at most ``whole_region_voxels`` voxels is passed whole.
         """
+        if batch.ndim == 5 and fits_whole(batch.shape[2:], whole_region_voxels):
+            with network_autocast(self.device, self.precision):
+                return whole_region_logits(self.network, batch, self.total_stride).float()
         window = self.spec.input.window
         sizes = zip(batch.shape[-len(window) :], window, strict=True)
         larger = any(size > patch for size, patch in sizes)
@@ -158,7 +186,15 @@ class StageNetwork:
         with network_autocast(self.device, self.precision):
             return _plain(inferer(batch, self.network))
 
-    def view_scores(self, batch: torch.Tensor, overlap: float) -> torch.Tensor:
+    @property
+    def total_stride(self) -> int:
+        """The factor every level's stride-2 convolution shrinks the input by: a whole
+        region is padded to a multiple of it."""
+        return 2 ** (self.spec.network.levels - 1)
+
+    def view_scores(
+        self, batch: torch.Tensor, overlap: float, whole_region_voxels: int = 0
+    ) -> torch.Tensor:
         """Summed class probabilities of :data:`UNCERTAINTY_VIEWS` of a batch (of 2.5D stacks
         or, a 3D model, of volumes: rotated slice by slice), each mapped back onto the
         original grid."""
@@ -175,7 +211,13 @@ class StageNetwork:
             else:
                 view = AdjustContrast(amount)
             views = torch.stack([_in_plane(view, x) for x in batch])
-            scores = self.scores(views, tta=False, overlap=overlap, softmax=True).float()
+            scores = self.scores(
+                views,
+                tta=False,
+                overlap=overlap,
+                softmax=True,
+                whole_region_voxels=whole_region_voxels,
+            ).float()
             if back is not None:
                 scores = torch.stack([_in_plane(back, x) for x in scores])
             total = scores if total is None else total + scores

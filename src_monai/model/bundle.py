@@ -277,6 +277,7 @@ def pipeline_parameters(spec: ModelSpec) -> dict[str, Any]:
         GROWTH,
         GROWTH_ROUNDS,
         IN_PLANE_MARGIN,
+        WHOLE_REGION_VOXELS,
         WINDOW_OVERLAP,
     )
     from src_monai.inference.options import PredictOptions
@@ -311,6 +312,9 @@ def pipeline_parameters(spec: ModelSpec) -> dict[str, Any]:
             "kind": "3d" if three_d else "2.5d",
             "window": list(spec.input.window),
             "overlap": WINDOW_OVERLAP if three_d else options.overlap,
+            # a 3D region this small goes through the network at once (0: always windows)
+            "whole_region_voxels": WHOLE_REGION_VOXELS if three_d and options.whole_region else 0,
+            "divisor": 2 ** (spec.network.levels - 1),
             "crop_size": spec.crop_size,
             "slice_margin": spec.crop_slice_margin,
             "in_plane_margin": IN_PLANE_MARGIN,

@@ -213,12 +213,36 @@ def network_autocast(device: torch.device, precision: str = "auto") -> torch.aut
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bfloat16)
 
 
+def fits_whole(shape: tuple[int, ...], limit: int) -> bool:
+    """Whether a 3D region of ``shape`` (slices, rows, columns) is passed through the network
+    at once: at most ``limit`` voxels (0: never; sliding windows then)."""
+    return 0 < int(np.prod(shape)) <= limit
+
+
+def whole_region_logits(network, batch: torch.Tensor, divisor: int) -> torch.Tensor:
+    """Logits of a batch of 3D regions ``(B, C, D, H, W)`` in one pass of the network: each
+    axis zero-padded, centred, to a multiple of ``divisor`` (the network's total stride) and
+    the padding cut off again. Zero is the z-scored scan's mean, as MONAI's windows pad."""
+    shape = batch.shape[2:]
+    pads: list[int] = []
+    for size in reversed(shape):  # torch.nn.functional.pad's order: the last axis first
+        extra = -size % divisor
+        pads += [extra // 2, extra - extra // 2]
+    out = network(torch.nn.functional.pad(batch, pads))
+    out = out.as_tensor() if hasattr(out, "as_tensor") else out
+    starts = [pads[2 * (len(shape) - 1 - axis)] for axis in range(len(shape))]
+    inside = tuple(slice(lo, lo + n) for lo, n in zip(starts, shape, strict=True))
+    return out[(slice(None), slice(None), *inside)]
+
+
 def _scores(network, batch, stage: dict[str, Any], device, *, softmax: bool) -> torch.Tensor:
-    """Logits (or probabilities) of a batch through MONAI's sliding window, with the
-    stage's test-time flips averaged in (probabilities then)."""
+    """Logits (or probabilities) of a batch through MONAI's sliding window (or, a 3D region
+    that fits ``stage["whole_region_voxels"]``, one pass), with the stage's test-time flips
+    averaged in (probabilities then)."""
     from monai.inferers import SlidingWindowInferer
 
     window = stage["window"]
+    whole = batch.ndim == 5 and fits_whole(batch.shape[2:], stage.get("whole_region_voxels", 0))
     larger = any(
         size > patch for size, patch in zip(batch.shape[-len(window) :], window, strict=True)
     )
@@ -233,6 +257,8 @@ def _scores(network, batch, stage: dict[str, Any], device, *, softmax: bool) -> 
 
     def logits(x: torch.Tensor) -> torch.Tensor:
         with network_autocast(device, stage.get("precision", "auto")):
+            if whole:
+                return whole_region_logits(network, x, stage["divisor"])
             out = inferer(x, network)
         return out.as_tensor() if hasattr(out, "as_tensor") else out
 

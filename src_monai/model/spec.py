@@ -27,6 +27,8 @@ class InferenceDefaults:
 
     tta: bool = False
     postprocess: bool = False
+    whole_region: bool = False
+    """A 3D segmenter: one pass over its region (where it fits), not sliding windows."""
 
 
 @dataclass(frozen=True)
@@ -549,9 +551,10 @@ def _digests(values: Any) -> tuple[str, ...]:
 
 
 def _inference(values: dict[str, Any]) -> InferenceDefaults:
-    unknown = set(values) - {"tta", "postprocess"}
-    if unknown or not all(isinstance(values.get(k, False), bool) for k in ("tta", "postprocess")):
-        raise ValueError(f"inference = {values!r} must hold tta and postprocess, true or false")
+    names = [f.name for f in fields(InferenceDefaults)]
+    unknown = set(values) - set(names)
+    if unknown or not all(isinstance(values.get(k, False), bool) for k in names):
+        raise ValueError(f"inference = {values!r} must hold {', '.join(names)}, true or false")
     return InferenceDefaults(**values)
 
 

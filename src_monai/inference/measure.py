@@ -200,7 +200,10 @@ def quality_flags(
     if not mask.any():
         return [*flags, "empty prediction"]
     full = ndimage.generate_binary_structure(3, 3)
-    components = ndimage.label(mask, structure=full)[1]
+    # Components lie inside the mask's bounding box: labelling that box alone gives the same
+    # count, several times faster than the whole scan (the atrium fills ~1 % of it).
+    (around,) = ndimage.find_objects(mask.view(np.uint8))
+    components = ndimage.label(mask[around], structure=full)[1]
     if components > 1:
         flags.append(f"{components} separate 3D components")
     if volume_ml is None:

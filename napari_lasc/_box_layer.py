@@ -2,8 +2,11 @@
 (file axes of the scan) and the rectangle the user sees, moves and redraws.
 
 A two-stage model's stage 2 segments inside the box. After a run the box is shown as
-``<scan> atrium box``; its last rectangle (in-plane) and the widget's two slice spin boxes
-(across) are used on the next run instead of the localiser's box.
+``<scan> atrium box``: the same rectangle on every slice of the box's range, so it is seen
+(and can be moved, resized or redrawn) on whichever slice the viewer shows. :class:`BoxControls`
+keeps the rectangles alike: one edited or drawn rectangle is copied to every slice of the
+range, and the widget's two slice spin boxes set that range. The rectangle (in-plane) and the
+spin boxes (across) are used on the next run instead of the localiser's box.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ from ._layers import from_layer_axes, layer_axis
 
 # In the box layer's metadata: the box the model last put there.
 FOUND_BOX_KEY = "lasc_found_box"
+# In the box layer's metadata: the slice axis (napari's) its rectangles are kept alike along.
+FOLLOWED_KEY = "lasc_box_slice_axis"
+# How slice numbers are given everywhere in the widget (the box's and the LA's).
+SLICE_NUMBERS = "napari's slider indices, first to last inclusive"
 
 
 def box_layer_name(image: Any) -> str:
@@ -50,18 +57,30 @@ def add_box_layer(viewer: Any, image: Any, rectangles: list[np.ndarray]):
     )
 
 
-def box_rectangle(box: AtriumBox, slice_axis: int) -> np.ndarray:
-    """The box's in-plane rectangle on its middle slice, in the image's napari data axes
+def box_rectangles(box: AtriumBox, slice_axis: int) -> list[np.ndarray]:
+    """The box's in-plane rectangle on each of its slices, in the image's napari data axes
     (``slice_axis``: the file axis the model slices across)."""
     (y_axis, x_axis) = [a for a in range(3) if a != slice_axis]
     corners = []
     top, bottom, left, right = box.y0, box.y1 - 1, box.x0, box.x1 - 1
     for y, x in ((top, left), (top, right), (bottom, right), (bottom, left)):
         point = [0.0, 0.0, 0.0]
-        point[layer_axis(slice_axis)] = (box.z0 + box.z1 - 1) / 2.0
         point[layer_axis(y_axis)], point[layer_axis(x_axis)] = y, x
         corners.append(point)
-    return np.array(corners)
+    return rectangles_on_slices(np.array(corners), layer_axis(slice_axis), box.z0, box.z1 - 1)
+
+
+def rectangles_on_slices(
+    rectangle: np.ndarray, slice_layer_axis: int, first: int, last: int
+) -> list[np.ndarray]:
+    """Copies of one rectangle (napari data axes) on the slices ``first``-``last``
+    (inclusive) along the layer axis ``slice_layer_axis``."""
+    copies = []
+    for index in range(first, last + 1):
+        copy = np.array(rectangle, dtype=float)
+        copy[:, slice_layer_axis] = index
+        copies.append(copy)
+    return copies
 
 
 def box_from_rectangle(
@@ -135,11 +154,89 @@ def show_box(
     if box is None:
         return "", None
     if not user_box:
-        rectangle = box_rectangle(box, slice_axis)
+        rectangles = box_rectangles(box, slice_axis)
         if layer is None:
-            layer = add_box_layer(viewer, image, [rectangle])
+            layer = add_box_layer(viewer, image, rectangles)
         else:
-            layer.data = [rectangle]
+            layer.data = rectangles
         layer.metadata[FOUND_BOX_KEY] = box  # what an untouched layer still holds
     owner = "yours" if user_box else "found by the model"
     return f"\nbox: {owner}, slices {box.z0}-{box.z1 - 1}", (box.z0, box.z1 - 1)
+
+
+class BoxControls:
+    """The box's slice range (two spin boxes in napari's slider indices, first to last
+    inclusive) and the box layers it keeps in step: after the user moves, resizes or draws a
+    rectangle on one slice, and when the range changes, every slice of the range shows that
+    rectangle (``0``-``0``: every slice of the scan, the range of a box drawn before a run).
+
+    ``image_of()`` is the scan the widget segments; ``later(fn)`` runs ``fn`` once napari has
+    finished the edit that emitted the event (the rectangles are replaced then, not inside
+    napari's own mouse handling)."""
+
+    def __init__(
+        self,
+        viewer: Any,
+        image_of: Callable[[], Any],
+        later: Callable[[Callable[[], None]], None],
+    ) -> None:
+        from magicgui.widgets import SpinBox
+
+        self.first = SpinBox(label="box slices from", min=0, max=100_000, value=0)
+        self.last = SpinBox(label="box slices to", min=0, max=100_000, value=0)
+        self.first.tooltip = self.last.tooltip = SLICE_NUMBERS
+        self._viewer, self._image_of, self._later = viewer, image_of, later
+        self._replacing = False
+        self.first.changed.connect(self._range_changed)
+        self.last.changed.connect(self._range_changed)
+
+    @property
+    def slices(self) -> tuple[int, int]:
+        return int(self.first.value), int(self.last.value)
+
+    def follow(self, layer: Any, slice_layer_axis: int) -> None:
+        """Keep ``layer``'s rectangles alike over the range (connected once per layer: the
+        layer's metadata says so, as napari hands widgets a new proxy of it each time)."""
+        if FOLLOWED_KEY not in layer.metadata:
+            layer.events.data.connect(lambda event: self._edited(layer, event))
+        layer.metadata[FOLLOWED_KEY] = slice_layer_axis
+
+    def _edited(self, layer: Any, event: Any) -> None:
+        from napari.layers.base import ActionType  # a napari widget: napari is there
+
+        if self._replacing or event.action not in (ActionType.ADDED, ActionType.CHANGED):
+            return
+        index = event.data_indices[-1] if event.data_indices else -1
+        rectangle = np.array(layer.data[index])
+        self._later(lambda: self.spread(layer, rectangle))
+
+    def _range_changed(self, _value: int) -> None:
+        image = self._image_of()
+        layer = None if image is None else find_box_layer(self._viewer, image)
+        if layer is not None and len(layer.data):
+            self.spread(layer, np.array(layer.data[-1]))
+
+    def spread(self, layer: Any, rectangle: np.ndarray) -> None:
+        """``rectangle`` on every slice of the range, in place of ``layer``'s shapes."""
+        axis = layer.metadata.get(FOLLOWED_KEY)
+        image = self._image_of()
+        if axis is None or image is None or layer not in self._viewer.layers:
+            return
+        first, last = self.slices
+        count = np.asarray(image.data).shape[axis]
+
+        if first == last == 0:  # never set: every slice
+            last = count - 1
+        if not 0 <= first <= last < count:
+            return  # refused in one line at the next run (box_from_rectangle)
+        wanted = rectangles_on_slices(rectangle, axis, first, last)
+        if len(wanted) == len(layer.data) and all(
+            np.allclose(a, b) for a, b in zip(wanted, layer.data, strict=True)
+        ):
+            return  # already so: nothing to replace (and no event)
+        self._replacing = True
+        try:
+            layer.selected_data = set()
+            layer.data = wanted
+        finally:
+            self._replacing = False

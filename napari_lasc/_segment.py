@@ -37,7 +37,7 @@ from src_monai.model.files import load_spec
 from src_monai.progress import Progress
 
 from ._area_plot import AreaCurve
-from ._box_layer import box_to_segment, find_box_layer, show_box
+from ._box_layer import BoxControls, box_to_segment, find_box_layer, show_box
 from ._controller import SegmentController
 from ._controls import button_row
 from ._correction import open_fine_tune, training_case_job
@@ -61,9 +61,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_TRAINING_SET = Path.home() / "napari-lasc-training-set"
 
 __all__ = ["SegmentWidget", "SegmentationSummary", "SliceResult", "summarise"]
-
-
-SLICE_NUMBERS = "napari's slider indices, first to last inclusive"
 
 
 class SegmentWidget(Container):
@@ -108,9 +105,8 @@ class SegmentWidget(Container):
         self._current_slice = CheckBox(text="current slice only (interactive)")
         self._uncertainty = CheckBox(text="uncertainty map (5 views: about 7x the time)")
         # The atrium box's slices (its rectangle is the box layer's): see _box_layer.
-        self._box_first = SpinBox(label="box slices from", min=0, max=100_000, value=0)
-        self._box_last = SpinBox(label="box slices to", min=0, max=100_000, value=0)
-        self._box_first.tooltip = self._box_last.tooltip = SLICE_NUMBERS
+        self._box = BoxControls(self._viewer, lambda: self._image.value, _after_this_event)
+        self._box_first, self._box_last = self._box.first, self._box.last
         self._run = PushButton(text="Segment")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._bar = ProgressBar(label="progress", value=0, max=1, visible=False)
@@ -243,6 +239,8 @@ class SegmentWidget(Container):
             )
             if slices is not None:
                 self._box_first.value, self._box_last.value = slices
+            if (boxes := find_box_layer(self._viewer, image)) is not None:
+                self._box.follow(boxes, layer_axis(slice_axis))
             text += box_text
         else:
             layer = paint_slice(self._viewer, image, result, slice_axis, spec)
@@ -348,9 +346,8 @@ class SegmentWidget(Container):
     def user_box(self, image: Any) -> AtriumBox | None:
         """The box the next run segments around (:func:`box_to_segment`): the image's box
         layer and the two slice spin boxes."""
-        slices = (int(self._box_first.value), int(self._box_last.value))
         layer = find_box_layer(self._viewer, image)
-        return box_to_segment(layer, image, slices, self._scan_slice_axis)
+        return box_to_segment(layer, image, self._box.slices, self._scan_slice_axis)
 
     def _scan_slice_axis(self, image: Any, shape: tuple[int, ...]) -> int:
         """The scan's file axis the model slices across, from the model file's header and
@@ -358,3 +355,10 @@ class SegmentWidget(Container):
         affine, _ = stated_orientation(image)
         spec = load_spec(self._model_path())
         return model_grid(spec, shape, affine=affine).scan_slice_axis
+
+
+def _after_this_event(function) -> None:
+    """Run ``function`` from Qt's event loop once the current event is handled."""
+    from qtpy.QtCore import QTimer
+
+    QTimer.singleShot(0, function)

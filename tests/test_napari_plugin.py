@@ -632,8 +632,9 @@ def test_the_atrium_box_is_shown_and_a_moved_box_steers_stage_2(make_napari_view
     image, _truth = open_sample(viewer)
     widget = segment(viewer, qtbot, image)
     boxes = viewer.layers["la_016 atrium box"]
-    assert len(boxes.data) == 1 and "box: found by the model" in widget._result.value
+    assert "box: found by the model" in widget._result.value
     first, last = widget._box_first.value, widget._box_last.value
+    assert len(boxes.data) == last - first + 1  # one rectangle on each of its slices
     # One convention for slice numbers (napari's indices, first-last inclusive), said in the
     # spin boxes' tooltip, for the LA's slices and the box's alike.
     labels = np.asarray(viewer.layers["la_016 left atrium"].data)
@@ -652,6 +653,7 @@ def test_the_atrium_box_is_shown_and_a_moved_box_steers_stage_2(make_napari_view
     # Move the rectangle 40 voxels along napari's last axis with napari's own Shapes API.
     moved = np.asarray(boxes.data[0]) + np.array([0.0, 0.0, 40.0])
     boxes.data = [moved]
+    qtbot.waitUntil(lambda: len(boxes.data) == last - first + 1)  # again on every slice
     widget.run()
     wait_for(qtbot, widget)
     assert errors() == [] and "box: yours" in widget._result.value
@@ -662,6 +664,50 @@ def test_the_atrium_box_is_shown_and_a_moved_box_steers_stage_2(make_napari_view
     assert occupied[2].min() >= centre - half - 1 and occupied[2].max() <= centre + half + 1
     margin = 5
     assert occupied[0].min() >= first - margin and occupied[0].max() <= last + margin
+
+
+def test_the_box_is_seen_on_every_slice_of_its_range_and_an_edit_moves_it_there(
+    make_napari_viewer, qtbot, errors
+):
+    """The viewer opens on the middle slice, not necessarily the box's: the box is drawn on
+    each slice of its range and on none outside it; a rectangle moved on one slice (as
+    napari's select tool reports it), or a changed range, moves the box on every slice."""
+    from napari.layers.base import ActionType
+
+    viewer = make_napari_viewer(show=True)
+    image, truth = open_sample(viewer)
+    truth.visible = False
+    widget = segment(viewer, qtbot, image)
+    viewer.layers[f"{image.name} left atrium"].visible = False
+    boxes = viewer.layers["la_016 atrium box"]
+    first, last = widget._box_first.value, widget._box_last.value
+    assert sorted({int(r[0, 0]) for r in boxes.data}) == list(range(first, last + 1))
+    yellow = np.array([255, 255, 0])
+
+    def box_pixels(step: int) -> int:
+        viewer.dims.set_current_step(0, step)
+        shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+        return int((np.abs(shot - yellow).max(axis=-1) < 60).sum())
+
+    assert box_pixels(first) > 50 and box_pixels(last) > 50 and box_pixels((first + last) // 2) > 50
+    outside = [s for s in (first - 3, last + 3) if 0 <= s < image.data.shape[0]]
+    assert outside and all(box_pixels(s) == 0 for s in outside)
+    # Drag one rectangle 30 voxels along napari's last axis, on the box's first slice.
+    index = next(i for i, r in enumerate(boxes.data) if int(r[0, 0]) == first)
+    edited = [np.asarray(r).copy() for r in boxes.data]
+    edited[index][:, 2] += 30.0
+    with boxes.events.data.blocker():  # napari's mouse code edits quietly, then reports once
+        boxes.data = edited
+    boxes.events.data(
+        value=boxes.data, action=ActionType.CHANGED, data_indices=(index,), vertex_indices=((),)
+    )
+    expected = edited[index][:, 2]
+    qtbot.waitUntil(lambda: all(np.allclose(r[:, 2], expected) for r in boxes.data))
+    assert len(boxes.data) == last - first + 1
+    widget._box_last.value = last - 5  # a shorter range: the box leaves those slices
+    assert sorted({int(r[0, 0]) for r in boxes.data}) == list(range(first, last - 4))
+    assert all(np.allclose(r[:, 2], expected) for r in boxes.data)
+    assert errors() == []
 
 
 def test_a_box_that_misses_the_atrium_gives_a_flag_not_a_crash(make_napari_viewer, qtbot, errors):

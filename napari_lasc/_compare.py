@@ -11,12 +11,13 @@ import textwrap
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import Container, Label, PushButton, create_widget
+from magicgui.widgets import Container, PushButton, create_widget
 
 from src_monai.errors import LascError
 from src_monai.evaluation.metrics import case_metrics
 from src_monai.progress import Progress
 
+from ._controls import result_label, scrolling_body
 from ._layers import (
     ERROR_CLASS_NAMES,
     ERROR_COLOURS,
@@ -94,10 +95,11 @@ class CompareWidget(Container):
         self._prediction = create_widget(annotation=napari.layers.Labels, label="prediction")
         self._truth = create_widget(annotation=napari.layers.Labels, label="ground truth")
         self._compare = PushButton(text="Compare")
-        self._result = Label(label="result", value="")
-        self._volumes = Label(label="volume", value="")
-        super().__init__(
-            widgets=[self._prediction, self._truth, self._compare, self._result, self._volumes]
+        self._result = result_label("result")
+        self._volumes = result_label("volume")
+        super().__init__(widgets=[])
+        scrolling_body(
+            self, [self._prediction, self._truth, self._compare, self._result, self._volumes]
         )
         self._compare.changed.connect(self.compare)
         self.worker: Any = None

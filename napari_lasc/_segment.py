@@ -20,7 +20,6 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
-    Label,
     ProgressBar,
     PushButton,
     SpinBox,
@@ -39,7 +38,7 @@ from src_monai.progress import Progress
 from ._area_plot import AreaCurve
 from ._box_layer import BoxControls, box_to_segment, find_box_layer, show_box
 from ._controller import SegmentController
-from ._controls import button_row
+from ._controls import button_row, result_label, scrolling_body
 from ._correction import open_fine_tune, training_case_job
 from ._layers import check_scan_layer, layer_axis, stated_orientation
 from ._models import FROM_FILE, MODELS, follow_models
@@ -75,9 +74,10 @@ class SegmentWidget(Container):
 
         self._viewer = napari_viewer
         self._controller = SegmentController()
-        super().__init__(widgets=self._make_controls())
+        super().__init__(widgets=[])
+        self._body = scrolling_body(self, self._make_controls())
         self.area_curve = AreaCurve(self.go_to_slice)
-        self.native.layout().addWidget(self.area_curve.canvas)
+        self._body.native.layout().addWidget(self.area_curve.canvas)
         self._connect()
         self.summary: SegmentationSummary | None = None
         self.measurements: AtriumMeasurements | None = None
@@ -110,7 +110,7 @@ class SegmentWidget(Container):
         self._run = PushButton(text="Segment")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._bar = ProgressBar(label="progress", value=0, max=1, visible=False)
-        self._result = Label(label="result", value="")
+        self._result = result_label("result")
         self._go_uncertain = PushButton(text="Go to most uncertain slice", enabled=False)
         # Correction loop: fix the prediction with napari's brush, keep it, fine-tune on it.
         self._training_set = FileEdit(label="training set", mode="d", value=DEFAULT_TRAINING_SET)

@@ -38,7 +38,7 @@ from src_monai.training.run_folder import new_run_dir
 from src_monai.training.trainer import TrainResult
 from src_monai.training.two_stage import TwoStageResult
 
-from ._controls import button_row
+from ._controls import button_row, result_label, scrolling_body
 from ._layers import check_scan_layer, from_layer_axes, layer_geometry
 from ._models import MODELS, follow_models
 from ._worker import start_job
@@ -75,7 +75,8 @@ class TrainWidget(Container):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self._viewer = napari_viewer
-        super().__init__(widgets=self._make_controls())
+        super().__init__(widgets=[])
+        scrolling_body(self, self._make_controls())
         self._pairs: list[tuple[Any, Any]] = []
         self._stop_requested = threading.Event()
         self._source.changed.connect(self._source_changed)
@@ -114,7 +115,7 @@ class TrainWidget(Container):
         self._start = PushButton(text="Train")
         self._stop = PushButton(text="Stop and save", enabled=False)
         self._bar = ProgressBar(label="progress", value=0, max=1, visible=False)
-        self._status = Label(label="status", value="")
+        self._status = result_label("status")
         return [
             self._source,
             self._image,

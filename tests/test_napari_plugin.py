@@ -824,3 +824,34 @@ def test_compare_starts_on_prediction_and_truth_in_two_colours_and_clears_on_err
     compare._truth.value = prediction
     compare.compare()
     assert compare._result.value == "" and compare._volumes.value == ""
+
+
+# --------------------------------------------------------------------------- look and feel
+
+
+def test_the_three_docks_fit_a_1280x800_screen_and_scroll(make_napari_viewer, qtbot):
+    """All three widgets docked, as napari's plugin menu docks them (stacked on the right):
+    the window still fits a 1280x800 screen, every control stays reachable (each dock's body
+    scrolls when it is shorter than its controls), and the result text is never clipped."""
+    from qtpy.QtWidgets import QScrollArea
+
+    viewer = make_napari_viewer(show=True)
+    names = ("Segment left atrium", "Compare with ground truth", "Train model")
+    widgets = [dock(viewer, name) for name in names]
+    window = viewer.window._qt_window
+    window.resize(1280, 800)
+    qtbot.wait(50)
+    assert window.minimumSizeHint().height() <= 800 and window.minimumSize().height() <= 800
+    assert window.height() <= 800, window.height()
+    last_controls = (widgets[0]._fine_tune, widgets[1]._volumes, widgets[2]._status)
+    for name, widget, last in zip(names, widgets, last_controls, strict=True):
+        scroll = widget.native.findChild(QScrollArea)
+        assert scroll is not None, f"{name}: no scroll area"
+        scroll.ensureWidgetVisible(last.native)  # scrolled to its last control ...
+        qtbot.wait(20)
+        assert not last.native.visibleRegion().isEmpty(), f"{name}: {last.label} unreachable"
+    segment_widget = widgets[0]
+    long_text = "a result line far wider than the dock " * 6
+    segment_widget._show(long_text)  # ... and a long result wraps, not cut at the edge
+    label = segment_widget._result.native
+    assert label.wordWrap() and label.heightForWidth(label.width()) > label.fontMetrics().height()

@@ -11,13 +11,13 @@ import textwrap
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import Container, PushButton, create_widget
+from magicgui.widgets import PushButton, create_widget
 
 from src_monai.errors import LascError
 from src_monai.evaluation.metrics import case_metrics
 from src_monai.progress import Progress
 
-from ._controls import result_label, scrolling_body
+from ._controls import ScrollingContainer, result_label
 from ._layers import (
     ERROR_CLASS_NAMES,
     ERROR_COLOURS,
@@ -85,7 +85,7 @@ def format_metrics(metrics: dict[str, float]) -> tuple[str, str]:
     )
 
 
-class CompareWidget(Container):
+class CompareWidget(ScrollingContainer):
     """Score a predicted Labels layer against a ground-truth Labels layer."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
@@ -97,9 +97,8 @@ class CompareWidget(Container):
         self._compare = PushButton(text="Compare")
         self._result = result_label("result")
         self._volumes = result_label("volume")
-        super().__init__(widgets=[])
-        scrolling_body(
-            self, [self._prediction, self._truth, self._compare, self._result, self._volumes]
+        super().__init__(
+            [self._prediction, self._truth, self._compare, self._result, self._volumes]
         )
         self._compare.changed.connect(self.compare)
         self.worker: Any = None

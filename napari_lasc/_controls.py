@@ -20,15 +20,22 @@ def result_label(label: str) -> Label:
     return text
 
 
-def scrolling_body(outer: Container, widgets: list[Any]) -> Container:
-    """``widgets`` in a scrollable container, the only child of ``outer``'s layout.
+class ScrollingContainer(Container):
+    """A widget whose controls sit in a scrollable container (``body``) inside it.
 
     napari docks a magicgui widget's ``native`` (the widget holding its layout, not the
     scroll area magicgui's ``scrollable`` puts around it), so the scroll area goes inside:
     a dock shorter than its controls scrolls, and three docks stacked on napari's right
-    still fit a 1280x800 screen."""
-    body = Container(widgets=widgets, scrollable=True)
-    layout = outer.native.layout()
-    layout.setContentsMargins(0, 0, 0, 0)
-    layout.addWidget(body.root_native_widget)
-    return body
+    still fit a 1280x800 screen. The body is a Qt child only, so the layer pickers' choices
+    (which napari refreshes through the docked widget) are passed on to it."""
+
+    def __init__(self, widgets: list[Any]) -> None:
+        super().__init__(widgets=[])
+        self.body = Container(widgets=widgets, scrollable=True)
+        layout = self.native.layout()
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.body.root_native_widget)
+
+    def reset_choices(self, *args: Any) -> None:
+        super().reset_choices(*args)
+        self.body.reset_choices(*args)

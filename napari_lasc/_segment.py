@@ -18,7 +18,6 @@ import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FileEdit,
     ProgressBar,
     PushButton,
@@ -38,7 +37,7 @@ from src_monai.progress import Progress
 from ._area_plot import AreaCurve
 from ._box_layer import BoxControls, box_to_segment, find_box_layer, show_box
 from ._controller import SegmentController
-from ._controls import button_row, result_label, scrolling_body
+from ._controls import ScrollingContainer, button_row, result_label
 from ._correction import open_fine_tune, training_case_job
 from ._layers import check_scan_layer, layer_axis, stated_orientation
 from ._models import FROM_FILE, MODELS, follow_models
@@ -62,7 +61,7 @@ DEFAULT_TRAINING_SET = Path.home() / "napari-lasc-training-set"
 __all__ = ["SegmentWidget", "SegmentationSummary", "SliceResult", "summarise"]
 
 
-class SegmentWidget(Container):
+class SegmentWidget(ScrollingContainer):
     """Segment the left atrium in a 3D scan layer, in a background worker."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
@@ -74,10 +73,9 @@ class SegmentWidget(Container):
 
         self._viewer = napari_viewer
         self._controller = SegmentController()
-        super().__init__(widgets=[])
-        self._body = scrolling_body(self, self._make_controls())
+        super().__init__(self._make_controls())
         self.area_curve = AreaCurve(self.go_to_slice)
-        self._body.native.layout().addWidget(self.area_curve.canvas)
+        self.body.native.layout().addWidget(self.area_curve.canvas)
         self._connect()
         self.summary: SegmentationSummary | None = None
         self.measurements: AtriumMeasurements | None = None

@@ -19,7 +19,6 @@ import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FileEdit,
     Label,
     ProgressBar,
@@ -38,7 +37,7 @@ from src_monai.training.run_folder import new_run_dir
 from src_monai.training.trainer import TrainResult
 from src_monai.training.two_stage import TwoStageResult
 
-from ._controls import button_row, result_label, scrolling_body
+from ._controls import ScrollingContainer, button_row, result_label
 from ._layers import check_scan_layer, from_layer_axes, layer_geometry
 from ._models import MODELS, follow_models
 from ._worker import start_job
@@ -70,13 +69,12 @@ def export_pairs(pairs: list[TrainingPair], folder: Path, class_names: list[str]
     return folder
 
 
-class TrainWidget(Container):
+class TrainWidget(ScrollingContainer):
     """Train a model from napari layers or a dataset folder, live loss and validation Dice."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self._viewer = napari_viewer
-        super().__init__(widgets=[])
-        scrolling_body(self, self._make_controls())
+        super().__init__(self._make_controls())
         self._pairs: list[tuple[Any, Any]] = []
         self._stop_requested = threading.Event()
         self._source.changed.connect(self._source_changed)

@@ -279,17 +279,26 @@ def test_segment_errors_are_notifications_and_the_widget_stays_usable(
     widget._image.value = viewer.layers["empty"]
     widget.run()
     image, _ = open_sample(viewer)
+    # One NaN voxel (a layer edited in napari's console): refused as lasc infer refuses such
+    # a file, not segmented into an empty prediction.
+    holed = np.asarray(image.data, dtype=np.float32).copy()
+    holed[40, 100, 100] = np.nan
+    viewer.add_image(holed, name="holed", scale=image.scale)
+    widget._image.value = viewer.layers["holed"]
+    widget.run()
     widget._image.value = image
     widget._model.value = FROM_FILE
     widget._model_file.value = tmp_path / "missing.safetensors"
     widget.run()
     messages = errors()
-    assert len(messages) == 5, messages
+    assert len(messages) == 6, messages
     assert "no image layer" in messages[0]
     assert "flat" in messages[1] and "2D" in messages[1]
     assert "colour" in messages[2] and "RGB" in messages[2]
     assert "empty" in messages[3] and "blank" in messages[3]
-    assert "missing.safetensors" in messages[4] and "not found" in messages[4]
+    assert messages[4].startswith("holed: 1 voxels are NaN or infinite"), messages[4]
+    assert "holed left atrium" not in viewer.layers
+    assert "missing.safetensors" in messages[5] and "not found" in messages[5]
     if not torch.cuda.is_available():
         widget._model.value = widget._model.choices[0]
         widget._device.value = "cuda"

@@ -32,6 +32,7 @@ from src_monai.inference.options import PredictOptions
 from src_monai.inference.postprocess import postprocess_labels
 from src_monai.inference.resample import resample_volume
 from src_monai.inference.stage import StageNetwork, infer_slices
+from src_monai.io.scans import non_finite_voxels
 from src_monai.model.spec import ModelSpec
 from src_monai.progress import Job
 
@@ -42,6 +43,9 @@ def check_volume(volume: np.ndarray) -> None:
         raise LascError(None, f"expected a 3D volume, got shape {volume.shape}")
     if volume.size == 0:
         raise LascError(None, f"the volume is empty (shape {volume.shape})")
+    bad = non_finite_voxels(volume)
+    if bad:  # a NaN would spread through the normalisation and blank the whole prediction
+        raise LascError(None, f"{bad} voxels are NaN or infinite: a scan needs finite values")
     low, high = volume.min(), volume.max()
     if low == high:
         raise LascError(None, f"the scan is blank (every voxel is {low}): nothing to segment")

@@ -92,10 +92,17 @@ def read_scan(path: str | Path, series: str | None = None) -> Scan:
     """
     path = Path(path)
     array, geometry = format_for_reading(path).read(path, series)
-    if array.dtype.kind in "f" and not np.isfinite(array).all():
-        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    bad = non_finite_voxels(array)
+    if bad:
         raise NonFiniteVoxelsError(path, f"{bad} voxels are NaN or infinite")
     return Scan(array=array, geometry=geometry, path=path)
+
+
+def non_finite_voxels(array: np.ndarray) -> int:
+    """How many voxels are NaN or infinite (none in an integer array)."""
+    if np.asarray(array).dtype.kind not in "fc":
+        return 0
+    return int(array.size - np.count_nonzero(np.isfinite(array)))
 
 
 def read_labels(path: str | Path, num_classes: int = 2) -> Scan:

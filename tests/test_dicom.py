@@ -18,21 +18,27 @@ from src_monai.model.files import SAMPLE_SCAN
 
 
 def write_dicom_series(
-    source: Path, folder: Path, uid: str, description: str, tilted: int | None = None
+    source: Path,
+    folder: Path,
+    uid: str,
+    description: str,
+    tilted: int | None = None,
+    edit=None,
 ) -> Path:
     """A real scan as a DICOM series, one file per slice (SimpleITK's own recipe: the
     position and orientation of each slice are set explicitly); slice ``tilted`` gets
-    another orientation."""
+    another orientation; ``edit(index, plane)``, when given, changes a slice before it is
+    written (its spacing, origin or tags)."""
     # GDCM's writer sets the process locale to "C" (ASCII): every later text decoding in this
     # process would fail on "±" or "mm²". Restore it when done (lasc never writes DICOM).
     saved = locale.setlocale(locale.LC_ALL, None)
     try:
-        return _write_series(source, folder, uid, description, tilted)
+        return _write_series(source, folder, uid, description, tilted, edit)
     finally:
         locale.setlocale(locale.LC_ALL, saved)
 
 
-def _write_series(source: Path, folder: Path, uid: str, description: str, tilted) -> Path:
+def _write_series(source: Path, folder: Path, uid: str, description: str, tilted, edit) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     image = sitk.Cast(sitk.ReadImage(str(source)), sitk.sitkInt16)
     direction = image.GetDirection()
@@ -62,6 +68,8 @@ def _write_series(source: Path, folder: Path, uid: str, description: str, tilted
             ("0008|0018", f"{uid}.{index + 1}"),
         ):
             plane.SetMetaData(tag, value)
+        if edit is not None:
+            edit(index, plane)
         writer.SetFileName(str(folder / f"{uid.rsplit('.', 1)[-1]}_{index:03d}.dcm"))
         writer.Execute(plane)
     return folder
@@ -132,10 +140,10 @@ def test_slices_of_mixed_orientations_are_refused(tmp_path, capsys):
     folder = write_dicom_series(
         SAMPLE_SCAN, tmp_path / "mixed", "1.2.826.0.1.3680043.2.1125.9", "LA MRI", tilted=10
     )
-    with pytest.raises(ScanShapeError, match="different orientations"):
+    with pytest.raises(ScanShapeError, match="orientation .* where the series' other 89 slices"):
         read_scan(folder)
     assert lasc(["infer", str(folder), "--out", str(tmp_path / "out")]) == 2
-    assert "different orientations" in capsys.readouterr().err
+    assert "9_010.dcm: orientation 1\\0\\0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
@@ -182,3 +190,81 @@ def test_a_colour_screenshot_series_is_refused(tmp_path, capsys):
     assert lasc(["infer", str(folder), "--out", str(tmp_path / "out")]) == 2
     assert "a scalar (greyscale) volume is needed" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- slice by slice
+
+UID = "1.2.826.0.1.3680043.2.1125.9"
+
+
+def _refusal(folder: Path, capsys) -> str:
+    """lasc infer's exit status and its one-line message on ``folder``."""
+    out = folder.parent / f"{folder.name}_out"
+    code = lasc(["infer", str(folder), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+    return err
+
+
+def test_a_sheared_series_is_refused_not_read_as_a_taller_volume(tmp_path, capsys):
+    """Positions shifted in-plane as well as along the normal (a tilted gantry): the even
+    spacing along the normal alone would claim no shear and a wrong slice thickness."""
+
+    def shear(index, plane):
+        x, y, z = (float(v) for v in plane.GetMetaData("0020|0032").split("\\"))
+        shifted = (x, y + 0.9 * index, z)  # 0.9 mm per slice along the columns' direction
+        plane.SetMetaData("0020|0032", "\\".join(map(str, shifted)))
+
+    folder = write_dicom_series(SAMPLE_SCAN, tmp_path / "sheared", UID, "tilt", edit=shear)
+    err = _refusal(folder, capsys)
+    assert err.startswith(f"error: {folder}: the DICOM slices are sheared"), err
+    assert "mm in-plane" in err
+
+
+@pytest.mark.parametrize("which", [0, 45])
+def test_a_slice_with_other_pixel_spacing_is_named(tmp_path, capsys, which):
+    """The first slice's spacing was taken for the whole volume, a middle one ignored."""
+
+    def other_spacing(index, plane):
+        if index == which:
+            plane.SetSpacing((1.0, 1.0))
+
+    folder = write_dicom_series(SAMPLE_SCAN, tmp_path / "spacing", UID, "s", edit=other_spacing)
+    odd = sorted(folder.iterdir())[which]
+    err = _refusal(folder, capsys)
+    assert odd.name in err and "pixel spacing 1x1 mm" in err and "1.25x1.25" in err, err
+
+
+def test_a_slice_of_another_size_is_named(tmp_path, capsys):
+    folder = write_dicom_series(SAMPLE_SCAN, tmp_path / "sizes", UID, "s")
+    odd = sorted(folder.iterdir())[30]
+    plane = sitk.ReadImage(str(odd))
+    small = plane[:128, :128]  # a 128x128 slice with the series' tags
+    for key in plane.GetMetaDataKeys():
+        if key not in ("0028|0010", "0028|0011"):
+            small.SetMetaData(key, plane.GetMetaData(key))
+    saved = locale.setlocale(locale.LC_ALL, None)
+    try:
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(odd))
+        writer.Execute(small)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+    err = _refusal(folder, capsys)
+    assert odd.name in err and "128x128" in err and "256x256" in err, err
+
+
+@pytest.mark.parametrize("which", [-1, 40])
+def test_a_truncated_slice_is_named_never_dropped(series, tmp_path, capsys, which):
+    """GDCM leaves a truncated file out of the series: the last one would vanish (one slice
+    fewer, exit 0), a middle one looked like a missing slice. Both are named."""
+    folder = tmp_path / "truncated"
+    shutil.copytree(series, folder)
+    broken = sorted(folder.iterdir())[which]
+    data = broken.read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    err = _refusal(folder, capsys)
+    assert err.startswith(f"error: {broken}: "), err
+    assert "cannot be read" in err and "truncated" in err

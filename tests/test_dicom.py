@@ -268,3 +268,18 @@ def test_a_truncated_slice_is_named_never_dropped(series, tmp_path, capsys, whic
     err = _refusal(folder, capsys)
     assert err.startswith(f"error: {broken}: "), err
     assert "cannot be read" in err and "truncated" in err
+
+
+def test_lasc_infer_dot_inside_a_dicom_folder_names_the_output_after_the_folder(
+    series, tmp_path, monkeypatch
+):
+    """``lasc infer .`` (or ``..``) named the outputs after ``Path('.').name``: hidden
+    ``OUT/.nii.gz`` and ``OUT/_area_curve.csv``."""
+    out = tmp_path / "out"
+    monkeypatch.chdir(series)
+    assert lasc(["infer", ".", "--out", str(out), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"{series.name}.nii.gz",
+        f"{series.name}_area_curve.csv",
+        "summary.csv",
+    ]

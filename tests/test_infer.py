@@ -19,6 +19,7 @@ from src_monai.errors import LascError
 from src_monai.inference.files import predict_files
 from src_monai.inference.predictor import Predictor
 from src_monai.io.scans import read_scan
+from src_monai.io.tables import read_csv
 from src_monai.progress import run_to_end
 
 
@@ -124,26 +125,35 @@ def test_files_are_written_with_the_scans_geometry(predictor, tiny_run, tmp_path
 
 
 def test_existing_outputs_are_kept_unless_asked(predictor, tiny_run, tmp_path):
-    """A complete earlier result (labels and area curve) is kept by --skip-existing; one with
-    its area curve missing is segmented again, as a whole."""
+    """A complete earlier result (labels and area curve) is kept by --skip-existing, and
+    gets its summary row even when summary.csv lost it (an interruption between the labels
+    and the row, or a deleted table); one with its area curve missing is segmented again."""
     dataset, _ = tiny_run
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "case_000.nii.gz").write_bytes(b"earlier result")
-    (out / "case_000_area_curve.csv").write_text("earlier curve")
+    scans = sorted((dataset / "imagesTr").glob("*.nii.gz"))
+    (first,) = run_to_end(predict_files(predictor, [scans[0]], out))
+    kept = (out / "case_000.nii.gz").read_bytes()
+    (out / "summary.csv").unlink()
     (out / "case_001.nii.gz").write_bytes(b"incomplete result")
     with pytest.raises(LascError, match="already exists"):
         run_to_end(predict_files(predictor, [dataset / "imagesTr"], out))
-    assert (out / "case_000.nii.gz").read_bytes() == b"earlier result"
     rows = run_to_end(predict_files(predictor, [dataset / "imagesTr"], out, skip_existing=True))
     assert [Path(row["input"]).name for row in rows] == [
         "case_001.nii.gz",
         "case_002.nii.gz",
         "case_003.nii.gz",
     ]
-    assert (out / "case_000.nii.gz").read_bytes() == b"earlier result"
-    assert (out / "case_000_area_curve.csv").read_text() == "earlier curve"
+    assert (out / "case_000.nii.gz").read_bytes() == kept  # kept, not segmented again
     assert nib.load(out / "case_001.nii.gz").shape and (out / "case_001_area_curve.csv").is_file()
+    summary = {Path(r["input"]).name: r for r in read_csv(out / "summary.csv")}
+    assert sorted(summary) == [p.name for p in scans]
+    volume = "left atrium volume (mL)"
+    assert float(summary["case_000.nii.gz"][volume]) == pytest.approx(float(first[volume]))
+    assert summary["case_000.nii.gz"]["QC flags"] == first["QC flags"]
+    (out / "case_000.nii.gz").write_bytes(b"not a NIfTI any more")
+    (out / "summary.csv").unlink()
+    with pytest.raises(LascError, match="an earlier result kept by --skip-existing"):
+        run_to_end(predict_files(predictor, [dataset / "imagesTr"], out, skip_existing=True))
 
 
 def test_png_input_gives_coloured_masks_of_the_input_size(predictor, tmp_path):

@@ -206,3 +206,32 @@ def test_evaluate_of_infer_outputs_marks_the_cases_the_model_learnt_from(tmp_pat
     assert "la_016 is a training case of this model" in capsys.readouterr().err
     with open(report / "per_case.csv", encoding="utf-8") as handle:
         assert next(csv.DictReader(handle))["seen_by_model"] == "training"
+
+
+def test_a_second_run_of_the_same_scan_into_the_same_folder_is_refused(tmp_path, capsys):
+    """Two runs at once, one scan, one --out: both passed the output check (nothing was there
+    yet) and the second replaced the first. Now the case is claimed while it is segmented,
+    and the second run is refused in one line, leaving the first's result."""
+    import subprocess
+    import sys
+    import time
+
+    from src_monai.model.files import SAMPLE_SCAN
+
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "src_monai.cli", "infer", str(SAMPLE_SCAN), "--out", str(out)]
+    # --uncertainty: five passes, so the first run is still segmenting when the second starts
+    slow = [*command, "--device", "cpu", "--uncertainty"]
+    first = subprocess.Popen(slow, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".partial-*-claim-*")) and time.monotonic() < deadline:
+        assert first.poll() is None, first.stderr.read()
+        time.sleep(0.05)
+    assert main(["infer", str(SAMPLE_SCAN), "--out", str(out), "--device", "cpu"]) == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith(f"error: {out / SAMPLE_SCAN.name}: another lasc infer run"), message
+    assert len(message.splitlines()) == 1
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert read_labels(out / SAMPLE_SCAN.name).array.any()
+    assert not list(out.glob(".partial-*"))  # the claim is gone with its run
+    assert [Path(r["input"]).name for r in _summary(out)] == [SAMPLE_SCAN.name]

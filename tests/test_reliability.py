@@ -40,6 +40,7 @@ from test_scan_io import BAD_SCANS
 from src_monai.cli import main as lasc
 from src_monai.config import ModelConfig
 from src_monai.io.scans import case_id_from_path
+from src_monai.io.tables import read_csv
 from src_monai.model.files import save_model
 from src_monai.model.networks import build_network
 
@@ -485,6 +486,8 @@ def test_inference_killed_half_way_leaves_complete_outputs_and_skip_existing_fin
     assert rerun.returncode == 0, rerun.stderr
     assert len(list(out.glob("case_*.nii.gz"))) == 8
     assert {p.name: p.stat().st_mtime_ns for p in finished} == stamps  # kept, not redone
+    rows = read_csv(out / "summary.csv")  # and every case has its row, kept ones included
+    assert sorted(Path(r["input"]).name for r in rows) == [f"case_{i}.nii.gz" for i in range(8)]
     assert not list(out.glob(".partial-*"))  # the killed run's temporary file is cleaned
 
 

@@ -29,18 +29,26 @@ from src_monai.inference.report import CaseReport, report_case
 from src_monai.inference.steps import Prediction
 from src_monai.io.files import creatable_folder, remove_stale_partials, writable_folder
 from src_monai.io.inputs import find_inputs
-from src_monai.io.outputs import CaseOutputs, check_planned_outputs, merge_rows, write_unit
+from src_monai.io.outputs import (
+    CaseOutputs,
+    check_planned_outputs,
+    claimed,
+    merge_rows,
+    write_unit,
+)
 from src_monai.io.scans import (
     ScanGeometry,
     case_id_from_path,
     image_digest,
     read_geometry,
+    read_labels,
     read_scan,
     scan_suffix,
     write_labels,
     write_volume,
 )
-from src_monai.io.tables import csv_text
+from src_monai.io.tables import csv_text, read_csv
+from src_monai.model.spec import ModelSpec
 from src_monai.progress import Job, Progress, run_to_end
 
 logger = logging.getLogger(__name__)
@@ -145,14 +153,22 @@ def predict_files(
     request = CaseRequest(save_probabilities, save_uncertainty, box, series, rgb_map, sequence)
     out = _output_folder(out)
     rows: list[dict[str, Any]] = []
+    summarised = _summarised_inputs(out / SUMMARY) if skip_existing else set()
     for done, plan in enumerate(plans, start=1):
         source = plan.source
         if skip_existing and plan.complete:
+            if _input_key(source) not in summarised:
+                # Written just before an interruption (or summary.csv deleted): the kept
+                # result still gets its row, measured from its files, not segmented again.
+                kept = _kept_case_row(predictor.spec, plan, request)
+                merge_rows(out / SUMMARY, [kept], key="input")
             yield Progress(f"{source.name} (kept)", done, len(plans))
             continue
         if skip_existing and plan.started:
             logger.info("%s: an earlier result is incomplete: segmenting it again", source.name)
-        row = yield from _predict_plan(predictor, plan, options, request, (done - 1, len(plans)))
+        with claimed(plan, replace=overwrite or skip_existing):
+            position = (done - 1, len(plans))
+            row = yield from _predict_plan(predictor, plan, options, request, position)
         merge_rows(out / SUMMARY, [row], key="input")
         rows.append(row)
         yield Progress(source.name, done, len(plans))
@@ -238,7 +254,50 @@ def _predict_scan(
     write_case_outputs(plan, prediction, report, scan.geometry)
     for flag in report.quality_flags:
         logger.warning("%s: check by eye: %s", plan.source.name, flag)
-    seen = predictor.spec.training_role(case_id_from_path(plan.source), image_digest(scan.array))
+    return _case_row(predictor.spec, plan, report, scan)
+
+
+def _summarised_inputs(summary: Path) -> set[str]:
+    """The inputs ``summary.csv`` has a row for (none when there is no such file)."""
+    try:
+        return {row.get("input", "") for row in read_csv(summary)}
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise LascError(summary, f"cannot be read ({exc}); move it away") from exc
+
+
+def _kept_case_row(spec: ModelSpec, plan: CaseOutputs, request: CaseRequest) -> dict[str, Any]:
+    """The summary row of a result ``--skip-existing`` keeps, from its own files: the labels
+    (and uncertainty map) measured as a fresh result's are; the box it was segmented in
+    is not stored with it."""
+    source = plan.source
+    if source.suffix.lower() == ".png":
+        return {"input": _input_key(source), "output": str(plan.main)}
+    scan = read_scan(source, request.series)
+    try:
+        labels = read_labels(plan.main).array
+        maps = [p for p in plan.derived if p.name.endswith("_uncertainty.nii.gz")]
+        uncertainty = read_scan(maps[0]).array if maps else None
+    except LascError as exc:
+        raise LascError(
+            exc.source, f"{exc.problem}: an earlier result kept by --skip-existing"
+        ) from exc
+    geometry = scan.geometry
+    report = report_case(
+        Prediction(labels=labels, uncertainty=uncertainty),
+        geometry.spacing,
+        spec,
+        axcodes=geometry.axcodes if geometry.orientation_known else None,
+        sequence=request.sequence,
+    )
+    row = _case_row(spec, plan, report, scan)
+    if spec.localiser is not None:
+        row["atrium box (slices-first voxels)"] = "not recorded (result kept from an earlier run)"
+    return row
+
+
+def _case_row(spec: ModelSpec, plan: CaseOutputs, report: CaseReport, scan) -> dict[str, Any]:
+    """A scan's row of ``summary.csv``."""
+    seen = spec.training_role(case_id_from_path(plan.source), image_digest(scan.array))
     return {
         "input": _input_key(plan.source),
         "output": str(plan.main),

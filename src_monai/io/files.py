@@ -54,14 +54,14 @@ def remove_stale_partials(folder: str | os.PathLike[str]) -> list[Path]:
         return removed
     for candidate in folder.glob(f"{PARTIAL_PREFIX}*"):
         pid_text = candidate.name[len(PARTIAL_PREFIX) :].split("-", 1)[0]
-        if not pid_text.isdigit() or _process_alive(int(pid_text)):
+        if not pid_text.isdigit() or process_alive(int(pid_text)):
             continue
         candidate.unlink(missing_ok=True)
         removed.append(candidate)
     return removed
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -24,7 +24,9 @@ def find_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
             found = [p for p in children if scan_suffix(p)]
             found_png = [p for p in children if p.suffix.lower() == ".png"]
             if not found and not found_png and is_scan_folder(item):
-                scans.append(item)  # a folder holding a DICOM series is one scan
+                # a folder holding a DICOM series is one scan, named by its resolved name
+                # (`lasc infer .` inside it would write OUT/.nii.gz)
+                scans.append(item.resolve())
             scans += found
             pngs += found_png
         elif item.is_file() and item.suffix.lower() == ".png":

@@ -161,6 +161,47 @@ def folder_lock(folder: Path) -> Iterator[None]:
         os.close(descriptor)  # closing releases the lock
 
 
+CLAIM = "claim-"  # after PARTIAL_PREFIX and the pid: a case a run is segmenting
+
+
+@contextlib.contextmanager
+def claimed(plan: CaseOutputs, *, replace: bool) -> Iterator[None]:
+    """This run segments ``plan``'s case: refused when another live run is segmenting it
+    into the same folder, or (without ``replace``) when its result appeared since the
+    outputs were checked; the claim (``.partial-<pid>-claim-<labels>``, removed like any
+    partial file of a killed run) is dropped when done."""
+    from src_monai.io.files import process_alive
+
+    folder, name = plan.main.parent, plan.main.name
+    mine = folder / f"{PARTIAL_PREFIX}{os.getpid()}-{CLAIM}{name}"
+    # The folders made here go again if the first case fails: a failed run leaves none.
+    made = [f for f in (folder, *folder.parents) if not f.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    with folder_lock(folder):
+        for other in folder.glob(f"{PARTIAL_PREFIX}*-{CLAIM}{name}"):
+            pid = other.name[len(PARTIAL_PREFIX) :].split("-", 1)[0]
+            if other != mine and pid.isdigit() and process_alive(int(pid)):
+                raise LascError(
+                    plan.main,
+                    f"another lasc infer run (process {pid}) is segmenting {plan.source.name} "
+                    "into this folder: wait for it, or choose another --out",
+                )
+        if not replace and plan.started:
+            raise OutputExistsError(
+                plan.main, "was written by another run since this one started (use --overwrite)"
+            )
+        mine.touch()
+    try:
+        yield
+    except BaseException:
+        mine.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty: another run's files are there
+            for made_folder in made:  # innermost first
+                made_folder.rmdir()
+        raise
+    mine.unlink(missing_ok=True)
+
+
 def merge_rows(path: Path, rows: Sequence[Mapping[str, Any]], key: str) -> list[dict[str, str]]:
     """Merge ``rows`` into the CSV at ``path`` by the ``key`` column: earlier rows of other
     keys kept in their order, a row of the same key replaced; written atomically under

@@ -157,11 +157,7 @@ def predict_files(
     for done, plan in enumerate(plans, start=1):
         source = plan.source
         if skip_existing and plan.complete:
-            if _input_key(source) not in summarised:
-                # Written just before an interruption (or summary.csv deleted): the kept
-                # result still gets its row, measured from its files, not segmented again.
-                kept = _kept_case_row(predictor.spec, plan, request)
-                merge_rows(out / SUMMARY, [kept], key="input")
+            _keep_case(predictor.spec, plan, request, out / SUMMARY, summarised)
             yield Progress(f"{source.name} (kept)", done, len(plans))
             continue
         if skip_existing and plan.started:
@@ -263,6 +259,16 @@ def _summarised_inputs(summary: Path) -> set[str]:
         return {row.get("input", "") for row in read_csv(summary)}
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise LascError(summary, f"cannot be read ({exc}); move it away") from exc
+
+
+def _keep_case(
+    spec: ModelSpec, plan: CaseOutputs, request: CaseRequest, summary: Path, summarised: set
+) -> None:
+    """A complete earlier result, kept. Written just before an interruption (or with
+    summary.csv deleted since), it still gets its row: measured from its files, not
+    segmented again."""
+    if _input_key(plan.source) not in summarised:
+        merge_rows(summary, [_kept_case_row(spec, plan, request)], key="input")
 
 
 def _kept_case_row(spec: ModelSpec, plan: CaseOutputs, request: CaseRequest) -> dict[str, Any]:

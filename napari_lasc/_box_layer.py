@@ -224,7 +224,6 @@ class BoxControls:
             return
         first, last = self.slices
         count = np.asarray(image.data).shape[axis]
-
         if first == last == 0:  # never set: every slice
             last = count - 1
         if not 0 <= first <= last < count:

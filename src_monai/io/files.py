@@ -53,12 +53,26 @@ def remove_stale_partials(folder: str | os.PathLike[str]) -> list[Path]:
     if not folder.is_dir():
         return removed
     for candidate in folder.glob(f"{PARTIAL_PREFIX}*"):
-        pid_text = candidate.name[len(PARTIAL_PREFIX) :].split("-", 1)[0]
-        if not pid_text.isdigit() or process_alive(int(pid_text)):
+        owner = partial_owner(candidate)
+        if owner is None or process_alive(owner):
             continue
         candidate.unlink(missing_ok=True)
         removed.append(candidate)
     return removed
+
+
+def partial_path(path: Path, tag: str = "") -> Path:
+    """This process's temporary file for ``path``, beside it: ``.partial-<pid>-<tag><name>``
+    (removed by :func:`remove_stale_partials` once the process is gone)."""
+    return path.with_name(f"{PARTIAL_PREFIX}{os.getpid()}-{tag}{path.name}")
+
+
+def partial_owner(path: Path) -> int | None:
+    """The process a :func:`partial_path` file belongs to (``None``: not such a file)."""
+    if not path.name.startswith(PARTIAL_PREFIX):
+        return None
+    pid_text = path.name[len(PARTIAL_PREFIX) :].split("-", 1)[0]
+    return int(pid_text) if pid_text.isdigit() else None
 
 
 def process_alive(pid: int) -> bool:

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from src_monai.errors import LascError, OutputExistsError
-from src_monai.io.files import PARTIAL_PREFIX, write_text
+from src_monai.io.files import (
+    PARTIAL_PREFIX,
+    partial_owner,
+    partial_path,
+    process_alive,
+    write_text,
+)
 from src_monai.io.tables import csv_text, read_csv
 
 logger = logging.getLogger(__name__)
@@ -115,9 +121,7 @@ def write_unit(writers: Mapping[Path, Callable[[Path], None]], *, overwrite: boo
         for path in writers:
             if path.exists():
                 raise OutputExistsError(path, "already exists (use --overwrite to replace it)")
-    temporaries = {
-        path: path.with_name(f"{PARTIAL_PREFIX}{os.getpid()}-{path.name}") for path in writers
-    }
+    temporaries = {path: partial_path(path) for path in writers}
     for folder in dict.fromkeys(path.parent for path in writers):
         try:
             folder.mkdir(parents=True, exist_ok=True)  # a new folder appears with its first file
@@ -170,17 +174,15 @@ def claimed(plan: CaseOutputs, *, replace: bool) -> Iterator[None]:
     into the same folder, or (without ``replace``) when its result appeared since the
     outputs were checked; the claim (``.partial-<pid>-claim-<labels>``, removed like any
     partial file of a killed run) is dropped when done."""
-    from src_monai.io.files import process_alive
-
     folder, name = plan.main.parent, plan.main.name
-    mine = folder / f"{PARTIAL_PREFIX}{os.getpid()}-{CLAIM}{name}"
+    mine = partial_path(plan.main, CLAIM)
     # The folders made here go again if the first case fails: a failed run leaves none.
     made = [f for f in (folder, *folder.parents) if not f.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     with folder_lock(folder):
         for other in folder.glob(f"{PARTIAL_PREFIX}*-{CLAIM}{name}"):
-            pid = other.name[len(PARTIAL_PREFIX) :].split("-", 1)[0]
-            if other != mine and pid.isdigit() and process_alive(int(pid)):
+            pid = partial_owner(other)
+            if other != mine and pid is not None and process_alive(pid):
                 raise LascError(
                     plan.main,
                     f"another lasc infer run (process {pid}) is segmenting {plan.source.name} "

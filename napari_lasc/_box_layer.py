@@ -36,9 +36,20 @@ def box_layer_name(image: Any) -> str:
 
 
 def find_box_layer(viewer: Any, image: Any):
-    """The Shapes layer ``<scan> atrium box`` of ``image``, if there is one."""
+    """The Shapes layer ``<scan> atrium box`` of ``image``, if there is one; a layer of that
+    name that is no 3D Shapes layer (a user can make any) is refused in one line."""
+    from napari.layers import Shapes  # a napari widget: napari is there
+
     name = box_layer_name(image)
-    return viewer.layers[name] if name in viewer.layers else None  # noqa: SIM401
+    if name not in viewer.layers:
+        return None
+    layer = viewer.layers[name]
+    if not isinstance(layer, Shapes) or layer.ndim != 3:
+        kind = f"a {layer.ndim}D {type(layer).__name__} layer"
+        raise LascError(
+            name, f"{kind} has the atrium box's name: rename or delete it (a box is 3D Shapes)"
+        )
+    return layer
 
 
 def add_box_layer(viewer: Any, image: Any, rectangles: list[np.ndarray]):
@@ -211,8 +222,14 @@ class BoxControls:
         self._later(lambda: self.spread(layer, rectangle))
 
     def _range_changed(self, _value: int) -> None:
+        from napari.utils.notifications import show_error
+
         image = self._image_of()
-        layer = None if image is None else find_box_layer(self._viewer, image)
+        try:
+            layer = None if image is None else find_box_layer(self._viewer, image)
+        except LascError as exc:
+            show_error(str(exc))
+            return
         if layer is not None and len(layer.data):
             self.spread(layer, np.array(layer.data[-1]))
 

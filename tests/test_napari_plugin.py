@@ -735,6 +735,29 @@ def test_a_box_that_misses_the_atrium_gives_a_flag_not_a_crash(make_napari_viewe
     assert "QC: ok" not in widget._result.value
 
 
+@pytest.mark.parametrize("kind", ["2D shapes", "points"])
+def test_a_layer_named_like_the_box_but_not_a_3d_shapes_layer_is_a_notification(
+    kind, make_napari_viewer, errors
+):
+    viewer = make_napari_viewer()
+    image, _truth = open_sample(viewer)
+    widget = dock(viewer, "Segment left atrium")
+    widget._image.value = image
+    name = "la_016 atrium box"
+    if kind == "points":
+        viewer.add_points([[5.0, 10.0, 10.0]], name=name)
+    else:
+        square = np.array([[0.0, 0.0], [0.0, 20.0], [20.0, 20.0], [20.0, 0.0]])
+        viewer.add_shapes([square], shape_type="rectangle", name=name)
+    widget.run()
+    widget._box_last.value = 10  # the range's spin box looks the layer up as well
+    assert not widget._controller.running  # refused before any work
+    messages = errors()
+    assert len(messages) == 2
+    assert all(name in m and "rename or delete it" in m for m in messages)
+    assert f"{image.name} left atrium" not in viewer.layers
+
+
 def test_when_the_model_finds_no_atrium_the_widget_asks_for_a_box(make_napari_viewer, qtbot):
     """A phantom (a bright bar at the edge, faint noise) where the bundled localiser finds no
     atrium: an empty box layer waits in rectangle mode and the result asks for a box; a box

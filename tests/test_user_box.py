@@ -67,15 +67,18 @@ def test_a_box_that_misses_the_atrium_gives_a_small_result_and_a_flag(tmp_path):
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("--box", "0:10,0:20", "is not z0:z1,y0:y1,x0:x1"),
-        ("--box", "0:500,0:20,0:20", "z 0:500 is not a range inside the scan's 0:90"),
+        ("--box", "0:10,0:20", "is not s0:s1,a0:a1,b0:b1"),
+        ("--box", "0:500,0:20,0:20", "S 0:500 is not a range inside the scan's 0:90"),
         ("--box-mm", "9000:9100,0:10,0:10", "lies outside the scan"),
+        ("--box-mm", "-inf:inf,0:10,0:10", "not a finite number of mm"),
+        ("--box-mm", "0:10,-inf:0,0:10", "not a finite number of mm"),
     ],
 )
 def test_a_box_outside_the_scan_is_refused_before_any_file(
     option, value, message, tmp_path, capsys
 ):
     out = tmp_path / "out"
-    assert lasc(["infer", str(SAMPLE_SCAN), "--out", str(out), option, value]) == 2
+    # OPTION=VALUE: a value starting with "-" is read as an option otherwise
+    assert lasc(["infer", str(SAMPLE_SCAN), "--out", str(out), f"{option}={value}"]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()

@@ -145,10 +145,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
         "--box",
-        metavar="Z0:Z1,Y0:Y1,X0:X1",
+        metavar="S0:S1,A0:A1,B0:B1",
         help="one scan: segment around this box instead of the one the model finds (voxel "
-        "indices, ends exclusive; Z along the model's slice axis, the file's third for "
-        "LASC'13 scans, then the other two axes in file order)",
+        "indices, ends exclusive). S: the slices, along the array axis the model slices (the "
+        "file's third for LASC'13 scans); A then B: the other two array axes in file order "
+        "(the file's first and second for LASC'13 scans)",
     )
     where.add_argument(
         "--box-mm",

@@ -63,16 +63,17 @@ class AtriumBox:
 
     @classmethod
     def parse(cls, text: str, shape: Sequence[int], source: str = "--box") -> AtriumBox:
-        """``z0:z1,y0:y1,x0:x1`` (slices-first voxel indices, ends exclusive) checked against
-        a slices-first ``shape``: one line naming the problem when it is not a box inside."""
+        """``s0:s1,a0:a1,b0:b1`` (slices-first voxel indices, ends exclusive: the slices, then
+        the other two array axes in file order) checked against a slices-first ``shape``:
+        one line naming the problem when it is not a box inside."""
         parts = [p.strip() for p in text.split(",")]
         try:
             ranges = [tuple(int(v) for v in part.split(":")) for part in parts]
         except ValueError:
             ranges = []
         if len(ranges) != 3 or any(len(r) != 2 for r in ranges):
-            raise LascError(source, f"{text!r} is not z0:z1,y0:y1,x0:x1 (whole voxel indices)")
-        for name, (start, stop), size in zip("zyx", ranges, shape, strict=True):
+            raise LascError(source, f"{text!r} is not s0:s1,a0:a1,b0:b1 (whole voxel indices)")
+        for name, (start, stop), size in zip("SAB", ranges, shape, strict=True):
             if not 0 <= start < stop <= size:
                 raise LascError(
                     source,
@@ -99,6 +100,8 @@ class AtriumBox:
             ranges = []
         if len(ranges) != 3 or any(len(r) != 2 or not r[0] < r[1] for r in ranges):
             raise LascError(source, f"{text!r} is not x0:x1,y0:y1,z0:z1 in mm, each low:high")
+        if not np.isfinite(ranges).all():  # inf parses as a float, then no voxel holds it
+            raise LascError(source, f"{text!r} has a value that is not a finite number of mm")
         corners = np.array(
             [[x, y, z, 1.0] for x in ranges[0] for y in ranges[1] for z in ranges[2]]
         )

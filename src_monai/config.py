@@ -359,14 +359,23 @@ def _numbers(config: Config):
                     yield f"{section.name}.{item.name}", number
 
 
+def check_number(
+    key: str, value: float, source: str | Path | None, written_as: str | None = None
+) -> None:
+    """``value`` of ``key`` is finite and inside ``RANGES``; ``written_as``: the key's name
+    in the file the user wrote, when that is not ours (a legacy INI's)."""
+    name = written_as or key
+    if not math.isfinite(value):
+        raise ConfigError(source, f"{name} = {value} is not a finite number")
+    low, high = RANGES.get(key, (-math.inf, math.inf))
+    if not low <= value <= high:
+        raise ConfigError(source, f"{name} = {value!r} is outside its range {low:g}..{high:g}")
+
+
 def validate(config: Config, source: str | Path | None = None) -> None:
     """Check values beyond their types: finiteness, ranges, choices, consistency."""
     for key, value in _numbers(config):
-        if not math.isfinite(value):
-            raise ConfigError(source, f"{key} = {value} is not a finite number")
-        low, high = RANGES.get(key, (-math.inf, math.inf))
-        if not low <= value <= high:
-            raise ConfigError(source, f"{key} = {value!r} is outside its range {low:g}..{high:g}")
+        check_number(key, value, source)
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)

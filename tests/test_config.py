@@ -178,6 +178,18 @@ def test_ini_value_without_equivalent_is_an_error(tmp_path):
         load_any_config(write(tmp_path, "train_eval_infer.config", text))
 
 
+@pytest.mark.parametrize("count", ["1000000000000", "1", "1e400"])
+def test_an_absurd_class_count_in_an_ini_is_refused_in_one_line(count, tmp_path):
+    assert "num_classes    = 2" in EARLIER_TOOL_INI
+    text = EARLIER_TOOL_INI.replace("num_classes    = 2", f"num_classes    = {count}")
+    path = write(tmp_path, "train_eval_infer.config", text)
+    with pytest.raises(
+        ConfigError,
+        match=r"model.num_classes(: | = .* )(outside its range 2..255|cannot convert float inf)",
+    ):
+        load_any_config(path)
+
+
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.toml")

@@ -17,6 +17,7 @@ from src_monai.config import (
     Config,
     ConfigError,
     apply_overrides,
+    check_number,
     config_from_dict,
     load_config,
     read_config_text,
@@ -130,7 +131,7 @@ def config_from_ini(text: str, source: str | Path) -> Config:
             target, convert = INI_KEYS[(section, key)]
             try:
                 converted = convert(value)
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, OverflowError) as exc:  # int(1e400): overflow
                 raise ConfigError(source, f"{section}.{key}: {exc}") from exc
             ours_section, ours_key = target.split(".")
             raw_config[ours_section][ours_key] = converted
@@ -147,6 +148,8 @@ def config_from_ini(text: str, source: str | Path) -> Config:
         raw_config["data"]["layout"] = "png"
     if raw_config["data"].get("num_classes") and "class_names" not in raw_config["data"]:
         count = raw_config["data"]["num_classes"]
+        # before the class names are made: a typo's 10**12 names would fill the memory
+        check_number("data.num_classes", count, source, written_as="model.num_classes")
         raw_config["data"]["class_names"] = ["background"] + [f"class {i}" for i in range(1, count)]
     _point_to_lasc_infer(values, source)
     if ignored:

@@ -13,6 +13,7 @@ import SimpleITK as sitk
 
 from src_monai.cli import main as lasc
 from src_monai.errors import LascError, ScanShapeError
+from src_monai.io.inputs import find_inputs
 from src_monai.io.scans import read_labels, read_scan
 from src_monai.model.files import SAMPLE_SCAN
 
@@ -132,8 +133,42 @@ def test_a_folder_of_unrelated_files_is_not_a_scan(tmp_path, capsys):
     folder = tmp_path / "notes"
     folder.mkdir()
     (folder / "readme.txt").write_text("not an image")
+    (folder / "empty").mkdir()
     assert lasc(["infer", str(folder), "--out", str(tmp_path / "out")]) == 2
-    assert "no scans or PNG images found" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "no scans, PNG images or DICOM series found" in error
+    assert "1 other files, 1 subfolders" in error
+
+
+def test_a_study_folder_gives_the_series_folders_inside_it(series, tmp_path):
+    study = tmp_path / "study"
+    shutil.copytree(series, study / "series_7")
+    shutil.copytree(series, study / "series_8")
+    (study / "DICOMDIR.txt").write_text("an index, not a slice")
+    scans, pngs = find_inputs([study])
+    assert scans == [(study / "series_7").resolve(), (study / "series_8").resolve()]
+    assert pngs == []
+
+
+def test_a_dicom_series_beside_a_nifti_is_refused_not_chosen_between(series, tmp_path, capsys):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(series, mixed)
+    shutil.copy(SAMPLE_SCAN, mixed / SAMPLE_SCAN.name)
+    out = tmp_path / "out"
+    assert lasc(["infer", str(mixed), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert f"holds a DICOM series and 1 scan or PNG files ({SAMPLE_SCAN.name})" in error
+    assert str(mixed) in error and not out.exists()
+
+
+def test_series_with_no_dicom_input_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["infer", str(SAMPLE_SCAN), "--out", str(out), "--series", "1.2.3"]
+    assert lasc(argv) == 2
+    assert "--series: picks a series of a DICOM folder: the inputs hold none" in (
+        capsys.readouterr().err
+    )
+    assert not out.exists()
 
 
 def test_slices_of_mixed_orientations_are_refused(tmp_path, capsys):

@@ -200,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
     check_prediction_arguments(args)  # checked before any work
     rgb_map = parse_rgb_map(args.rgb_map) if args.rgb_map else None
     found = find_inputs(args.inputs)  # a missing input refused before the pipeline loads
+    if args.series and not any(scan.is_dir() for scan in found[0]):
+        raise LascError("--series", "picks a series of a DICOM folder: the inputs hold none")
     creatable_folder(args.out)
     from src_monai.inference.files import plan_files, predict_files
     from src_monai.inference.predictor import Predictor

@@ -76,6 +76,33 @@ def test_pickle_that_runs_code_is_refused_without_running(tmp_path):
     assert not marker.exists()
 
 
+def test_a_renamed_model_file_loads_and_other_files_are_named_for_what_they_are(tmp_path):
+    import shutil
+
+    from src_monai.model.files import SAMPLE_SCAN
+
+    model = ModelConfig(base_filters=4, levels=3)
+    network = build_network(model, 1, 2)
+    saved = save_model(tmp_path / "m.safetensors", network, model_spec(model))
+    renamed = tmp_path / "m.pt"
+    shutil.copy(saved, renamed)
+    loaded, _ = load_model(renamed)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(loaded.state_dict().values(), network.state_dict().values(), strict=True)
+    )
+    (tmp_path / "notes.pt").write_text("weights are elsewhere")
+    shutil.copy(SAMPLE_SCAN, tmp_path / "scan.pt")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    for name, what in (
+        ("notes.pt", "a text file"),
+        ("scan.pt", "gzip-compressed data"),
+        ("empty.pth", "an empty file"),
+    ):
+        with pytest.raises(ModelFileError, match=f"not a model file: {what}"):
+            load_model(tmp_path / name)
+
+
 def test_plain_state_dict_with_sidecarmodel_metadata(tmp_path):
     model = ModelConfig(base_filters=4, levels=3)
     network = build_network(model, 1, 2)

@@ -163,8 +163,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     path = model_path(path)
     if not path.is_file():
         raise ModelFileError(path, "model file not found")
-    if path.suffix == ".safetensors":
-        state, metadata = _read_safetensors(path)
+    if path.suffix == ".safetensors" or _content_kind(path) == "safetensors":
+        state, metadata = _read_safetensors(path)  # a renamed model file still loads
     else:
         state, metadata = _read_state_dict(path)
     spec = _spec(path, metadata)
@@ -206,8 +206,34 @@ def _read_safetensors(
         raise ModelFileError(path, "no napari-lasc metadata in the file") from exc
 
 
+def _content_kind(path: Path) -> str:
+    """What the first bytes of ``path`` say it is: ``safetensors``, ``torch`` (a zip archive
+    or a pickle, as ``torch.save`` writes), or a description of anything else for a message."""
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    size = path.stat().st_size
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size:
+        return "safetensors"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # zip, or pickle protocol 2+
+        return "torch"
+    if not head:
+        return "an empty file"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip-compressed data (a .nii.gz scan?)"
+    if head.startswith(b"\x89HDF"):
+        return "an HDF5 file (a Keras .h5 model? convert it: it cannot be read here)"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"a binary file that starts {head[:8].hex(' ')}"
+    return "a text file"
+
+
 def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     sidecar = path.with_suffix(".json")
+    kind = _content_kind(path)
+    if kind != "torch":
+        raise ModelFileError(path, f"not a model file: {kind}, not safetensors or PyTorch weights")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # weights_only refuses pickles that would run code

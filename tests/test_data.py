@@ -271,3 +271,42 @@ def test_an_msd_task_folder_as_its_archive_unpacks_is_read(tmp_path, with_manife
     if with_manifest:
         with pytest.raises(DatasetError, match="holds Task02_Heart: give that folder"):
             discover_msd(tmp_path / "downloads")
+
+
+def test_training_warns_of_empty_labels_and_scans_of_another_voxel_size(tmp_path, caplog):
+    """Both are accepted (a case may truly hold no atrium; a user may mix scanners), but
+    named: an all-zero label teaches background only, and a scan of another voxel size is
+    learnt at its own scale while inference resamples to the median."""
+    from conftest import tiny_config
+
+    from src_monai.data.sampling import load_training_data
+
+    dataset = make_msd_dataset(tmp_path / "data", cases=4)
+    image, labels, affine = synthetic_case(shape=(24, 20, 8), seed=1)
+    save_nifti(dataset / "labelsTr" / "case_001.nii.gz", np.zeros_like(labels), affine)
+    coarse = affine.copy()
+    coarse[:3, :3] *= 2.0
+    image, labels, _ = synthetic_case(shape=(24, 20, 9), seed=2)
+    save_nifti(dataset / "imagesTr" / "case_002.nii.gz", image, coarse)
+    save_nifti(dataset / "labelsTr" / "case_002.nii.gz", labels, coarse)
+    config = tiny_config(dataset, tmp_path / "runs", data={"val_fraction": 0.0})
+    with caplog.at_level(logging.WARNING, logger="src_monai"):
+        load_training_data(config)
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    empty = [m for m in messages if "no foreground" in m]
+    assert len(empty) == 1 and "case_001" in empty[0] and "case_000" not in empty[0]
+    scale = [m for m in messages if "voxel size" in m]
+    assert len(scale) == 1 and "case_002" in scale[0] and "case_003" not in scale[0]
+
+
+def test_training_cases_alike_give_no_warning(tmp_path, caplog):
+    from conftest import tiny_config
+
+    from src_monai.data.sampling import load_training_data
+
+    dataset = make_msd_dataset(tmp_path / "data", cases=3)
+    config = tiny_config(dataset, tmp_path / "runs", data={"val_fraction": 0.0})
+    with caplog.at_level(logging.WARNING, logger="src_monai"):
+        load_training_data(config)
+    assert not [r for r in caplog.records if "voxel size" in r.getMessage()]
+    assert not [r for r in caplog.records if "no foreground" in r.getMessage()]

@@ -110,6 +110,7 @@ def load_training_data(config: Config) -> TrainingData:
             "%s: no validation cases: training on all cases; the last epoch is saved as the model",
             data.split or "data.val_fraction = 0",
         )
+    warn_about_cases([c for c in train + val if not c.extra_plane])
     if data.stage is Stage.LOCALISER:
         for case in train + val:
             shrink_case(case, data.downsample)
@@ -122,6 +123,39 @@ def load_training_data(config: Config) -> TrainingData:
     )
     source = " + ".join([str(root), *data.extra_datasets])
     return TrainingData(train=train, val=val, source=source, layout=layout)
+
+
+def warn_about_cases(cases: list[VolumeCase]) -> None:
+    """Warn, naming the cases, about labels without foreground (they teach background only)
+    and scans whose voxel size differs from the median of all: the networks learn each at
+    its own size, where inference resamples every scan to the median."""
+    from src_monai.inference.resample import RESAMPLE_TOLERANCE
+
+    empty = [c.case_id for c in cases if not len(c.foreground_slices)]
+    if empty:
+        logger.warning(
+            "%d training case(s) with no foreground in their label (check them: they teach "
+            "background only): %s",
+            len(empty),
+            ", ".join(empty),
+        )
+    spacings = np.array([c.spacing for c in cases], dtype=float)
+    median = np.median(spacings, axis=0)
+    off = [
+        f"{c.case_id} ({' x '.join(f'{v:.2f}' for v in c.spacing)})"
+        for c, spacing in zip(cases, spacings, strict=True)
+        if np.any(np.abs(spacing / median - 1.0) > RESAMPLE_TOLERANCE)
+    ]
+    if off:
+        logger.warning(
+            "%d training case(s) whose voxel size (mm, slices first) is more than %d %% off the "
+            "median %s: the network learns them at their own scale, while inference resamples "
+            "every scan to the median; resample them first for one scale: %s",
+            len(off),
+            round(100 * RESAMPLE_TOLERANCE),
+            " x ".join(f"{v:.2f}" for v in median),
+            ", ".join(off[:5]) + (", ..." if len(off) > 5 else ""),
+        )
 
 
 def _partition(

@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 
+import nibabel as nib
 import numpy as np
 import pytest
 from conftest import LASC
@@ -203,3 +204,24 @@ def test_a_users_own_model_names_its_validation_cases_and_no_borrowed_accuracy(t
     assert "validation, it chose the checkpoint" in note
     assert "no cross-validated accuracy is recorded for this model" in note
     assert "0.899" not in note and "MODEL_CARD" not in note
+
+
+def test_a_prediction_on_another_grid_is_named_as_prediction_and_truth_in_full(
+    tmp_path, msd_dataset, capsys
+):
+    from src_monai.cli import main as lasc
+
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    truth = msd_dataset / "labelsTr"
+    first = sorted(truth.glob("*.nii.gz"))[0]
+    truth_file = nib.load(first)
+    cropped = np.asarray(truth_file.dataobj)[:, :, :-1]  # one slice fewer: another grid
+    nib.save(nib.Nifti1Image(cropped, truth_file.affine), pred / first.name)
+    out = tmp_path / "report"
+    assert lasc(["evaluate", "--pred", str(pred), "--truth", str(truth), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert f"{pred / first.name} and {first}" in error
+    assert "prediction shape" in error and "!= truth shape" in error
+    assert "image" not in error and "label shape" not in error
+    assert not out.exists()

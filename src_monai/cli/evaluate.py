@@ -12,7 +12,7 @@ from pathlib import Path
 # Light imports only (the pipeline's are in run): parsing and --help need no torch.
 from src_monai.cli.infer import check_prediction_arguments, prediction_options
 from src_monai.errors import LascError
-from src_monai.io.files import ensure_empty_folder
+from src_monai.io.files import check_empty_folder, ensure_empty_folder
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         pairs = _cases_of_model(args)
     else:
         raise LascError(None, "give --model with --data, or --pred with --truth")
-    out = ensure_empty_folder(args.out, overwrite=args.overwrite)
+    check_empty_folder(args.out, overwrite=args.overwrite)  # made once there is a report
     rows = drive(
         evaluate_pairs(
             pairs,
@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         description="evaluate",
         unit="case",
     )
+    out = ensure_empty_folder(args.out, overwrite=args.overwrite)
     note = seen_cases_note(rows, predictor.spec if predictor is not None else None)
     summary = write_report(out, rows, overwrite=args.overwrite, left_out=left_out, seen_note=note)
     print(format_summary(summary, len(rows), empty_predictions(rows)))

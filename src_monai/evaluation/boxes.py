@@ -78,7 +78,7 @@ def box_rows(
     for done, pair in enumerate(pairs, start=1):
         assert pair.image is not None
         scan, truth = read_scan(pair.image), read_labels(pair.truth)
-        check_pair(scan.geometry, truth.geometry, pair.image, pair.truth)
+        check_pair(scan.geometry, truth.geometry, pair.image, pair.truth, roles=("scan", "truth"))
         geometry = scan.geometry
         prepared = localiser.prepare(
             scan.array, spacing=geometry.spacing, affine=geometry.stated_affine

@@ -144,7 +144,13 @@ def evaluate_pairs(
         else:
             assert pair.prediction is not None
             predicted = read_labels(pair.prediction, num_classes)
-            check_pair(predicted.geometry, truth.geometry, pair.prediction, pair.truth)
+            check_pair(
+                predicted.geometry,
+                truth.geometry,
+                pair.prediction,
+                pair.truth,
+                roles=("prediction", "truth"),
+            )
             prediction, probabilities = predicted.array, None
             row["seen_by_model"] = pair.seen
         if true_box:
@@ -172,7 +178,7 @@ def _predicted(predictor, pair: EvalPair, truth, options, true_box: bool):
 
     assert pair.image is not None
     scan = read_scan(pair.image)
-    check_pair(scan.geometry, truth.geometry, pair.image, pair.truth)
+    check_pair(scan.geometry, truth.geometry, pair.image, pair.truth, roles=("scan", "truth"))
     geometry = scan.geometry
     prepared = predictor.prepare(
         scan.array, spacing=geometry.spacing, affine=geometry.stated_affine

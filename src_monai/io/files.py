@@ -137,11 +137,9 @@ def write_text(path: str | os.PathLike[str], text: str, *, overwrite: bool = Fal
     return Path(path)
 
 
-def ensure_empty_folder(folder: str | os.PathLike[str], *, overwrite: bool) -> Path:
-    """Create ``folder``, or accept it if it is empty; a non-empty one needs ``overwrite``.
-
-    Nothing is ever deleted: with ``overwrite`` the caller writes over same-named files.
-    """
+def check_empty_folder(folder: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    """What :func:`ensure_empty_folder` checks, creating nothing: before the work, so that a
+    refused input leaves no empty report folder behind."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputExistsError(folder, "exists and is not a folder")
@@ -149,4 +147,12 @@ def ensure_empty_folder(folder: str | os.PathLike[str], *, overwrite: bool) -> P
         raise OutputExistsError(
             folder, "folder is not empty (use --overwrite to write into it; nothing is deleted)"
         )
-    return writable_folder(folder)
+    return creatable_folder(folder)
+
+
+def ensure_empty_folder(folder: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    """Create ``folder``, or accept it if it is empty; a non-empty one needs ``overwrite``.
+
+    Nothing is ever deleted: with ``overwrite`` the caller writes over same-named files.
+    """
+    return writable_folder(check_empty_folder(folder, overwrite=overwrite))

@@ -149,18 +149,27 @@ def as_label_array(
 
 
 def check_pair(
-    image: ScanGeometry, label: ScanGeometry, image_path: str | Path, label_path: str | Path
+    image: ScanGeometry,
+    label: ScanGeometry,
+    image_path: str | Path,
+    label_path: str | Path,
+    roles: tuple[str, str] = ("image", "label"),
 ) -> None:
-    """Raise :class:`PairMismatchError` unless image and label lie in the same voxel space."""
-    pair = f"{image_path} / {Path(label_path).name}"
+    """Raise :class:`PairMismatchError` unless image and label lie in the same voxel space;
+    the message names both files in full and calls them by their ``roles`` (``lasc
+    evaluate`` compares a prediction and a truth)."""
+    pair = f"{image_path} and {label_path}"
+    first, second = roles
     if image.shape != label.shape:
         raise PairMismatchError(
-            pair, f"image shape {shape_text(image.shape)} != label shape {shape_text(label.shape)}"
+            pair,
+            f"{first} shape {shape_text(image.shape)} != {second} shape {shape_text(label.shape)}",
         )
     if not image.same_space(label):
         offset = float(np.abs(image.affine - label.affine).max())
         raise PairMismatchError(
-            pair, f"image and label affines differ (by up to {offset:.4g} mm): not the same space"
+            pair,
+            f"{first} and {second} affines differ (by up to {offset:.4g} mm): not the same space",
         )
 
 

@@ -351,3 +351,19 @@ def test_an_unknown_precision_is_refused_in_one_line(tiny_run, tmp_path):
     )
     assert refused.returncode == 2 and "invalid choice: 'half'" in refused.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_label_file_given_as_the_scan_is_flagged_and_a_real_scan_is_not(tmp_path, caplog):
+    import logging
+
+    from src_monai.inference.steps import scan_notes
+    from src_monai.model.files import SAMPLE_LABEL, SAMPLE_SCAN
+
+    assert scan_notes(read_scan(SAMPLE_SCAN).array) == []
+    out = tmp_path / "seg"
+    predictor = Predictor.from_checkpoint("bundled", "cpu")
+    with caplog.at_level(logging.WARNING):
+        rows = run_to_end(predict_files(predictor, [SAMPLE_LABEL], out))
+    assert "the scan holds only 2 values (0, 1): is it a label file?" in rows[0]["QC flags"]
+    warned = [r.getMessage() for r in caplog.records if "is it a label file?" in r.getMessage()]
+    assert len(warned) == 1 and SAMPLE_LABEL.name in warned[0]

@@ -26,7 +26,7 @@ from src_monai.errors import LascError
 from src_monai.inference.options import PredictOptions
 from src_monai.inference.predictor import Predictor
 from src_monai.inference.report import CaseReport, report_case
-from src_monai.inference.steps import Prediction
+from src_monai.inference.steps import Prediction, scan_notes
 from src_monai.io.files import creatable_folder, remove_stale_partials, writable_folder
 from src_monai.io.inputs import find_inputs
 from src_monai.io.outputs import (
@@ -246,6 +246,7 @@ def _predict_scan(
         predictor.spec,
         axcodes=scan.geometry.axcodes if scan.geometry.orientation_known else None,
         sequence=request.sequence,
+        notes=scan_notes(scan.array),
     )
     write_case_outputs(plan, prediction, report, scan.geometry)
     for flag in report.quality_flags:
@@ -294,6 +295,7 @@ def _kept_case_row(spec: ModelSpec, plan: CaseOutputs, request: CaseRequest) -> 
         spec,
         axcodes=geometry.axcodes if geometry.orientation_known else None,
         sequence=request.sequence,
+        notes=scan_notes(scan.array),
     )
     row = _case_row(spec, plan, report, scan)
     if spec.localiser is not None:

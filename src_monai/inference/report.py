@@ -64,12 +64,14 @@ def report_case(
     *,
     axcodes: Sequence[str] | None = None,
     sequence: str = "auto",
+    notes: Sequence[str] = (),
 ) -> CaseReport:
     """Measure the predicted atrium, flag what needs a look, score the uncertainty map.
 
     ``spacing`` is the scan's voxel size in file axis order; ``axcodes`` its orientation when
     the file records one (``None``: it records none); ``sequence`` (``auto``, ``bssfp``,
-    ``lge``) chooses the plausible volume range.
+    ``lge``) chooses the plausible volume range; ``notes``: flags about the scan itself
+    (:func:`~src_monai.inference.steps.scan_notes`), listed first.
     """
     labels = prediction.labels
     measurements = measure_atrium(labels, spacing, slice_axis=spec.slice_axis)
@@ -84,6 +86,7 @@ def report_case(
     )
     if prediction.localised is False:
         flags.insert(0, "the localiser found no atrium: whole slices were segmented")
+    flags[:0] = notes
     voxel_ml = float(np.prod([float(s) for s in spacing])) / 1000.0
     volumes = {
         name: round(int(np.count_nonzero(labels == index)) * voxel_ml, 3)

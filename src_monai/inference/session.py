@@ -20,7 +20,7 @@ from src_monai.data.crops import AtriumBox
 from src_monai.inference.options import PredictOptions
 from src_monai.inference.predictor import Predictor
 from src_monai.inference.report import CaseReport, report_case
-from src_monai.inference.steps import Prediction, segment_one_slice
+from src_monai.inference.steps import Prediction, scan_notes, segment_one_slice
 from src_monai.progress import Job, Progress
 
 
@@ -47,6 +47,7 @@ class InteractiveSession:
         self.axcodes = axcodes
         self.shape = volume.shape
         self.prepared = predictor.prepare(volume, spacing=self.spacing, affine=affine)
+        self.notes = scan_notes(volume)  # about the scan itself: in every case report
         self._model_box: AtriumBox | None = None  # on the model's slices-first grid
         self._box_from_user = False
         self.localised: bool | None = None
@@ -83,7 +84,9 @@ class InteractiveSession:
         prediction = yield from self.predictor.segment(
             self.prepared, options, box, localised=self.localised, from_user=self._box_from_user
         )
-        report = report_case(prediction, self.spacing, self.predictor.spec, axcodes=self.axcodes)
+        report = report_case(
+            prediction, self.spacing, self.predictor.spec, axcodes=self.axcodes, notes=self.notes
+        )
         return VolumeResult(prediction, report)
 
     def segment_slice(self, index: int, options: PredictOptions | None = None) -> Job[np.ndarray]:

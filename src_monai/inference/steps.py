@@ -51,6 +51,24 @@ def check_volume(volume: np.ndarray) -> None:
         raise LascError(None, f"the scan is blank (every voxel is {low}): nothing to segment")
 
 
+LABEL_LIKE_VALUES = 8
+"""A scan with at most this many distinct whole values is most likely a label file."""
+
+
+def scan_notes(volume: np.ndarray) -> list[str]:
+    """QC flags about the scan itself: one when its voxels look like labels (a few whole
+    values, as a label file given as the scan). Cheap for a real scan: its value range
+    alone rules it out."""
+    low, high = float(volume.min()), float(volume.max())
+    if high - low > 4 * LABEL_LIKE_VALUES:
+        return []
+    values = np.unique(volume)
+    if len(values) > LABEL_LIKE_VALUES or not np.all(np.mod(values, 1) == 0):
+        return []
+    shown = ", ".join(f"{v:g}" for v in values)
+    return [f"the scan holds only {len(values)} values ({shown}): is it a label file?"]
+
+
 @dataclass(frozen=True)
 class PreparedScan:
     """A scan as the networks take it: normalised ``float32`` voxels on the model's grid

@@ -38,7 +38,12 @@ def _run(argv: list[str], folder: Path) -> tuple[int, str, bool]:
     with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
         code = lasc(argv)
     lines = [line for line in stderr.getvalue().splitlines() if line.startswith("error:")]
-    message = lines[0] if len(lines) == 1 else f"({len(lines)} error lines)"
+    if lines:
+        message = lines[0] if len(lines) == 1 else f"({len(lines)} error lines)"
+    else:  # accepted: the first QC flag the user is shown, if any
+        flags = [line for line in stderr.getvalue().splitlines() if "check by eye" in line]
+        more = f" (+{len(flags) - 1} more QC flags)" if len(flags) > 1 else ""
+        message = flags[0] + more if flags else ""
     message = message.replace(str(folder) + "/", "")
     return code, message, _state(folder) == before
 
@@ -201,6 +206,58 @@ def _dicom_rows(root: Path, model: Path) -> list[tuple]:
     return rows
 
 
+def _round3_rows(root: Path, model: Path) -> list[tuple]:
+    """Issue 28: DICOM geometry slice by slice, folder inputs, and the last internal errors."""
+    import shutil
+
+    from test_dicom import write_dicom_series
+
+    from src_monai.model.files import SAMPLE_LABEL, SAMPLE_SCAN
+
+    uid = "1.2.826.0.1.3680043.2.1125.7"
+
+    def shear(index, plane):
+        x, y, z = (float(v) for v in plane.GetMetaData("0020|0032").split("\\"))
+        plane.SetMetaData("0020|0032", "\\".join(map(str, (x, y + 0.9 * index, z))))
+
+    def other_spacing(index, plane):
+        if index == 45:
+            plane.SetSpacing((1.0, 1.0))
+
+    good = write_dicom_series(SAMPLE_SCAN, root / "good", uid, "LA MRI")
+    cases = {
+        "DICOM: sheared positions (gantry tilt)": write_dicom_series(
+            SAMPLE_SCAN, root / "sheared", uid, "tilt", edit=shear
+        ),
+        "DICOM: one slice of other pixel spacing": write_dicom_series(
+            SAMPLE_SCAN, root / "spacing", uid, "s", edit=other_spacing
+        ),
+        "DICOM: last file truncated": shutil.copytree(good, root / "truncated"),
+        "DICOM series and a NIfTI in one folder": shutil.copytree(good, root / "mixed"),
+    }
+    last = sorted(cases["DICOM: last file truncated"].iterdir())[-1]
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    shutil.copy(SAMPLE_SCAN, cases["DICOM series and a NIfTI in one folder"] / SAMPLE_SCAN.name)
+    out = ["--out", str(root / "out"), "--model", str(model)]
+    runs = [(problem, ["infer", str(folder), *out]) for problem, folder in cases.items()]
+    runs += [
+        ("--series with a NIfTI input", ["infer", str(SAMPLE_SCAN), *out, "--series", "1.2.3"]),
+        ("--box-mm with inf", ["infer", str(SAMPLE_SCAN), *out, "--box-mm=-inf:inf,0:9,0:9"]),
+        ("a label file given as the scan", ["infer", str(SAMPLE_LABEL), *out]),
+    ]
+    (root / "notes.pt").write_text("weights are elsewhere")
+    runs.append(("model: a text file named .pt", ["infer", str(SAMPLE_SCAN), *out[:2],
+                 "--model", str(root / "notes.pt")]))  # fmt: skip
+    ini = root / "train_eval_infer.config"
+    ini.write_text("[model]\nnum_classes = 1000000000000\n")
+    runs.append(("config: earlier tool's INI, num_classes = 10**12", ["train", str(ini)]))
+    rows = []
+    for problem, argv in runs:
+        command = "lasc train" if argv[0] == "train" else "lasc infer"
+        rows.append((problem, command, *_run(argv, root)))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "bad_inputs.md")
@@ -275,6 +332,7 @@ def main() -> int:
         rows += _range_rows(root / "ranges", dataset)
         rows += _metadata_rows(root / "metadata", model, scan_path)
         rows += _dicom_rows(root / "dicom", model)
+        rows += _round3_rows(root / "round3", model)
 
     lines = [
         "# Bad inputs and what happens",
@@ -293,7 +351,7 @@ def main() -> int:
     for kind, command, code, message, unchanged in rows:
         lines.append(
             f"| {kind} | `{command}` | {code} | {message.replace('|', '/')} | "
-            f"{'yes' if unchanged else 'NO'} |"
+            f"{'yes' if unchanged else 'results written' if code == 0 else 'NO'} |"
         )
     text = "\n".join(lines) + "\n"
     args.out.write_text(text)

@@ -69,9 +69,41 @@ def scored_variants(rows: list[dict]) -> list[str]:
 
 
 def fold_models(folder: Path, fold: int) -> Path:
-    """The fold's last checkpoint in a cross-validation folder (a run resumed or restarted
-    by ``cross_validate.py --resume`` included)."""
-    return fold_model(folder.resolve(), f"fold{fold}")
+    """The fold's model: ``FOLDER/fold<k>.safetensors`` where the fold models were kept as
+    files (``tests/data/joint_fold_localisers``), else the fold's last checkpoint in a
+    cross-validation folder (a run resumed or restarted by ``cross_validate.py --resume``
+    included)."""
+    kept = folder / f"fold{fold}.safetensors"
+    return kept if kept.is_file() else fold_model(folder.resolve(), f"fold{fold}")
+
+
+def merged_rows(folders: list[Path]) -> tuple[list[dict], list[dict], list[int]]:
+    """The box and score rows of several earlier outputs (one fold each, scored in separate
+    sessions: run folders do not outlive one), numbers as numbers, and their folds."""
+    from src_monai.io.tables import read_csv
+
+    def typed(row: dict) -> dict:
+        out = {}
+        for key, value in row.items():
+            try:
+                out[key] = float(value) if value not in ("", "True", "False") else value
+            except ValueError:
+                out[key] = value
+            if value in ("True", "False"):
+                out[key] = value == "True"
+            elif value == "":
+                out[key] = float("nan") if key.endswith("_mm") else value
+        out["fold"] = int(out["fold"])
+        return out
+
+    boxes, rows = [], []
+    for folder in folders:
+        boxes += [typed(r) for r in read_csv(folder / "boxes.csv")]
+        rows += [typed(r) for r in read_csv(folder / "per_case.csv")]
+    folds = sorted({r["fold"] for r in rows})
+    if len(folds) != sum(1 for _ in folders) or len({r["case"] for r in boxes}) != len(boxes):
+        raise SystemExit(f"--merge: {', '.join(map(str, folders))}: a fold or case twice")
+    return boxes, rows, folds
 
 
 def mean_sd(values: list[float]) -> dict[str, float]:
@@ -110,7 +142,7 @@ def write_final_model(run: Path, out: Path, rows: list[dict], folds: int) -> str
             "hd95_undefined": int(np.isnan(hd95).sum()),
         }
     chosen = max(stats, key=lambda v: (round(stats[v]["dice_mean"], 3), -stats[v]["hd95_mean"]))
-    network, spec = load_model(run / "model.safetensors")
+    network, spec = load_model(run if run.is_file() else run / "model.safetensors")
     post, whole = VARIANTS[chosen]
     spec = spec.with_inference(
         InferenceDefaults(tta=False, postprocess=post, whole_region=whole),
@@ -139,44 +171,12 @@ def score_summary(boxes: list[dict], rows: list[dict]) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, nargs="+", required=True)
-    parser.add_argument("--localisers", type=Path, required=True)
-    parser.add_argument(
-        "--segmenters", type=Path, help="without it: the localisers' boxes only (boxes.csv)"
-    )
-    parser.add_argument(
-        "--region-3d",
-        action="store_true",
-        help="with --localisers alone: score the boxes by the region a 3D stage 2 segments",
-    )
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--uncertainty", action="store_true", help="re-validate the case score")
-    parser.add_argument("--final", type=Path, help="two-stage run folder of the final model")
-    parser.add_argument(
-        "--only",
-        type=int,
-        action="append",
-        metavar="FOLD",
-        help="score only this fold (repeatable): the folds trained so far; the summary says "
-        "which folds it covers",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    dataset = discover_datasets(args.data)
+def score_folds(args, dataset, folds, scored_folds: list[int]):
+    """Boxes, score rows (every variant), uncertainty rows and slice pairs of the folds
+    ``scored_folds``, each fold's models on its held-out cases."""
     dataset_of = {c.case_id: c.dataset or args.data[0].name for c in dataset.training}
-    split_folder = args.segmenters or args.localisers
-    folds = load_split(split_folder / "folds.json", known_cases=dataset.case_ids())
     by_case = {c.case_id: c for c in dataset.training}
     boxes, rows, uncertain_rows, slice_pairs = [], [], [], []
-    scored_folds = sorted(set(args.only or range(len(folds.partitions))))
-    if not set(scored_folds) <= set(range(len(folds.partitions))):
-        parser.error(f"--only: the folds are 0-{len(folds.partitions) - 1}")
-    if args.final and args.only:
-        parser.error("--final chooses from the whole cross-validation: not with --only")
-    args.out.mkdir(parents=True, exist_ok=False)
     for k, partition in enumerate(folds.partitions):
         if k not in scored_folds:
             continue
@@ -233,6 +233,68 @@ def main(argv: list[str] | None = None) -> int:
                 row, slices = case_uncertainty(predictor, pair)
                 uncertain_rows.append({"fold": k, "case": pair.case_id, **row})
                 slice_pairs.append(slices)
+    return boxes, rows, uncertain_rows, slice_pairs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, nargs="+", required=True)
+    parser.add_argument("--localisers", type=Path, required=True)
+    parser.add_argument(
+        "--segmenters", type=Path, help="without it: the localisers' boxes only (boxes.csv)"
+    )
+    parser.add_argument(
+        "--region-3d",
+        action="store_true",
+        help="with --localisers alone: score the boxes by the region a 3D stage 2 segments",
+    )
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--uncertainty", action="store_true", help="re-validate the case score")
+    parser.add_argument(
+        "--final",
+        type=Path,
+        help="the final model: its two-stage run folder, or the model file (the bundled one)",
+    )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="OUT",
+        help="score nothing: merge earlier outputs (one fold each, from --only) into one "
+        "summary (and --final's model)",
+    )
+    parser.add_argument(
+        "--folds", type=Path, help="the folds file (default: SEGMENTERS/folds.json)"
+    )
+    parser.add_argument(
+        "--only",
+        type=int,
+        action="append",
+        metavar="FOLD",
+        help="score only this fold (repeatable): the folds trained so far; the summary says "
+        "which folds it covers",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    dataset = discover_datasets(args.data)
+    split_file = args.folds or (args.segmenters or args.localisers) / "folds.json"
+    folds = load_split(split_file, known_cases=dataset.case_ids())
+    scored_folds = sorted(set(args.only or range(len(folds.partitions))))
+    if not set(scored_folds) <= set(range(len(folds.partitions))):
+        parser.error(f"--only: the folds are 0-{len(folds.partitions) - 1}")
+    if args.final and args.only:
+        parser.error("--final chooses from the whole cross-validation: not with --only")
+    if args.merge and (args.only or args.uncertainty):
+        parser.error("--merge takes the folds scored already: not with --only or --uncertainty")
+    args.out.mkdir(parents=True, exist_ok=False)
+    uncertain_rows, slice_pairs = [], []
+    if args.merge:
+        boxes, rows, scored_folds = merged_rows(args.merge)
+        if args.final and scored_folds != list(range(len(folds.partitions))):
+            parser.error(f"--final needs every fold; --merge holds folds {scored_folds}")
+    else:
+        boxes, rows, uncertain_rows, slice_pairs = score_folds(args, dataset, folds, scored_folds)
     write_csv(args.out / "boxes.csv", boxes)
     if rows:
         write_csv(args.out / "per_case.csv", rows)

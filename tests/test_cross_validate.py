@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import REPO, make_msd_dataset, tiny_config
 
 from src_monai.config import save_config
@@ -133,3 +134,57 @@ def test_two_stage_scoring_covers_the_folds_asked_for(tmp_path):
     refused = score("2", tmp_path / "none")
     assert refused.returncode == 2 and "--only: the folds are 0-1" in refused.stderr
     assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.slow  # two cross-validations and four scorings, each a process: about 2 minutes
+def test_folds_scored_in_separate_runs_merge_into_the_summary_of_one(tmp_path):
+    """Run folders do not outlive a session, so folds are scored one by one (``--only``) and
+    kept; ``--merge`` gives the summary that scoring them together gives, and the fold
+    localisers may be plain files (``FOLDER/fold<k>.safetensors``)."""
+    import shutil
+
+    data = make_msd_dataset(tmp_path / "data", cases=4)
+    localiser = tiny_config(
+        data,
+        tmp_path / "unused",
+        data={"downsample": 2, "patch_size": [16, 16]},
+        train={"epochs": 2, "val_every": 2},
+    )
+    segmenter = tiny_config(
+        data,
+        tmp_path / "unused",
+        data={"crop_size": 16, "crop_depth": 4, "context_slices": 1, "crop_jitter": 2},
+        train={"epochs": 2, "val_every": 2, "batch_size": 2},
+    )
+    trained = {}
+    for name, config in (("loc", localiser), ("seg", segmenter)):
+        trained[name] = tmp_path / f"cv-{name}"
+        run = _cv(save_config(config, tmp_path / f"{name}.toml"), data, trained[name])
+        log, _ = run.communicate(timeout=900)
+        assert run.returncode == 0, log[-3000:]
+    kept = tmp_path / "kept_localisers"
+    kept.mkdir()
+    for fold in (0, 1):
+        source = next((trained["loc"] / "runs").glob(f"fold{fold}/checkpoints/last.safetensors"))
+        shutil.copy(source, kept / f"fold{fold}.safetensors")
+    script = [sys.executable, str(REPO / "scripts" / "cv_two_stage.py"), "--data", str(data)]
+
+    def score(*extra: str) -> dict:
+        done = subprocess.run(
+            [*script, *extra], cwd=REPO, capture_output=True, text=True, timeout=900
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads((Path(extra[extra.index("--out") + 1]) / "summary.json").read_text())
+
+    both = ["--localisers", str(kept), "--segmenters", str(trained["seg"])]
+    together = score(*both, "--out", str(tmp_path / "together"))
+    for fold in ("0", "1"):
+        score(*both, "--only", fold, "--out", str(tmp_path / f"fold{fold}"))
+    merged = score(
+        "--localisers", str(kept), "--folds", str(trained["seg"] / "folds.json"),
+        "--merge", str(tmp_path / "fold0"), str(tmp_path / "fold1"),
+        "--out", str(tmp_path / "merged"),
+    )  # fmt: skip
+    assert together["folds"] == merged["folds"] == [0, 1]
+    assert merged["variants"] == together["variants"]
+    assert merged["cases"] == together["cases"] == 4

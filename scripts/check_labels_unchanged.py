@@ -46,9 +46,9 @@ def file_digest(path: Path) -> str:
 
 
 def bundled_model() -> Path:
-    import src_monai
+    from src_monai.model.files import BUNDLED_MODEL  # the one name of the shipped file
 
-    return Path(src_monai.__file__).parent / "resources" / "left_atrium_2d5.safetensors"
+    return BUNDLED_MODEL
 
 
 def infer_digests(scans: list[Path], extra_args: list[str]) -> dict[str, str]:

@@ -187,3 +187,21 @@ def test_the_spec_keeps_each_fact_once_and_its_recipe_must_agree_with_it():
     turned = spec.with_input(slice_axis=0)  # both copies change together
     assert turned.slice_axis == turned.record.recipe.data.slice_axis == 0
     assert ModelSpec.from_metadata(turned.to_metadata()) == replace(turned, package_version="")
+
+
+def test_a_saved_model_file_is_readable_as_the_umask_allows(tmp_path):
+    """safetensors writes owner-only files; a model on a shared server must not be."""
+    import os
+
+    model = ModelConfig(base_filters=4, levels=3)
+    mask = os.umask(0o022)
+    try:
+        path = save_model(tmp_path / "m.safetensors", build_network(model, 1, 2), model_spec(model))
+        assert path.stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        private = save_model(
+            tmp_path / "p.safetensors", build_network(model, 1, 2), model_spec(model)
+        )
+        assert private.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(mask)

@@ -77,7 +77,7 @@ def test_wheel_holds_what_the_package_needs_and_nothing_else(distributions, reco
     assert needed - shipped == set(), "files the package needs missing from the wheel"
     for resource in (
         "napari_lasc/napari.yaml",
-        "src_monai/resources/left_atrium_2d5.safetensors",
+        "src_monai/resources/left_atrium.safetensors",
         "src_monai/resources/sample_la_016.nii.gz",
         "src_monai/resources/sample_la_016_label.nii.gz",
     ):
@@ -86,8 +86,9 @@ def test_wheel_holds_what_the_package_needs_and_nothing_else(distributions, reco
     size = wheel.stat().st_size
     record_property("wheel_bytes", size)
     log.info("wheel %s: %.1f MB, %d files", wheel.name, size / 1e6, len(shipped))
-    # The model (3.7 MB) and the sample scan (6.3 MB) are nearly all of it.
-    assert size < 12e6
+    # The model (10.1 MB: the 3D stage 2's 4.8 M weights in fp16, which zip cannot shrink)
+    # and the sample scan (6.3 MB) are nearly all of it.
+    assert size < 18e6
 
 
 def test_sdist_builds_the_wheel_and_leaves_the_tests_in_the_repository(distributions):

@@ -376,6 +376,23 @@ def test_the_single_stage_model_shipped_before_still_loads_and_segments(tmp_path
     assert dice > 0.9  # la_016 was one of its training cases
 
 
+@pytest.mark.slow
+def test_the_2d5_two_stage_model_shipped_before_still_loads_and_segments():
+    """The bundled model until the 3D one (localiser + 2.5D crop segmenter, fp16), kept in
+    tests/data: files of that format still load and give the atrium, in its box."""
+    from src_monai.model.files import SAMPLE_LABEL, SAMPLE_SCAN
+
+    old = Path(__file__).parent / "data" / "two_stage_2d5_v2.safetensors"
+    predictor = Predictor.from_checkpoint(old, "cpu")
+    assert predictor.localiser is not None and predictor.spec.stage.spatial_dims == 2
+    scan, truth = read_scan(SAMPLE_SCAN), read_labels(SAMPLE_LABEL)
+    prediction = run_to_end(predictor.predict_volume(scan.array, spacing=scan.geometry.spacing))
+    assert prediction.localised and prediction.box is not None
+    overlap = np.logical_and(prediction.labels == 1, truth.array == 1).sum()
+    dice = 2 * overlap / ((prediction.labels == 1).sum() + (truth.array == 1).sum())
+    assert dice > 0.9  # la_016 was one of its training cases
+
+
 @pytest.mark.parametrize("localiser_too", [False, True])
 def test_fine_tuning_a_two_stage_model_gives_a_two_stage_model(stages, tmp_path, localiser_too):
     """Stage 2 starts from the base model's segmenter; stage 1 is kept as it was, or

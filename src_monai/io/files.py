@@ -42,6 +42,13 @@ def atomic_destination(path: str | os.PathLike[str], *, overwrite: bool = False)
 PARTIAL_PREFIX = ".partial-"
 
 
+def current_umask() -> int:
+    """The process's file-creation mask (read by setting it: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def remove_stale_partials(folder: str | os.PathLike[str]) -> list[Path]:
     """Delete the temporary files that killed runs (SIGKILL, power loss) left in ``folder``.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from torch import nn
 
 from src_monai import __version__
 from src_monai.errors import LascError
-from src_monai.io.files import atomic_destination
+from src_monai.io.files import atomic_destination, current_umask
 from src_monai.model.networks import build_network, plain_state_dict
 from src_monai.model.spec import ModelSpec, Stage
 
@@ -33,7 +34,7 @@ MODEL_FORMAT_VERSION = 1
 METADATA_KEY = "napari_lasc"
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
-BUNDLED_MODEL = RESOURCES / "left_atrium_2d5.safetensors"
+BUNDLED_MODEL = RESOURCES / "left_atrium.safetensors"
 SAMPLE_SCAN = RESOURCES / "sample_la_016.nii.gz"
 SAMPLE_LABEL = RESOURCES / "sample_la_016_label.nii.gz"
 
@@ -67,6 +68,9 @@ def save_model(
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     with atomic_destination(path, overwrite=overwrite) as temporary:
         save_file(state, str(temporary), metadata={METADATA_KEY: json.dumps(metadata)})
+        # safetensors makes its files owner-only (0600) whatever the umask: a model on a
+        # shared server should be readable as the user's other files are
+        os.chmod(temporary, 0o666 & ~current_umask())
     return Path(path)
 
 

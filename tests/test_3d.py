@@ -89,16 +89,26 @@ def test_3d_prediction_keeps_the_scan_grid_and_stays_inside_the_region(trained_3
     assert inside.box == box and inside.box_from_user
 
 
-def test_one_slice_of_a_3d_model_is_its_window_prediction(trained_3d):
+@pytest.mark.parametrize("whole_region", [False, True])
+def test_one_slice_of_a_3d_model_is_that_slice_of_the_whole_volume(trained_3d, whole_region):
+    """The current-slice mode shows what the whole volume gives the slice (before
+    post-processing), with windows or with the region in one pass."""
     from src_monai.inference.steps import segment_one_slice
 
     dataset, result = trained_3d
     predictor = Predictor.from_checkpoint(result.best_model, "cpu")
     scan = read_scan(dataset / "imagesTr" / "case_001.nii.gz")
     prepared = predictor.prepare(scan.array, spacing=scan.geometry.spacing)
-    first = segment_one_slice(predictor.segmenter, prepared, 3, None, tta=False)
-    again = segment_one_slice(predictor.segmenter, prepared, 3, None, tta=False)
-    assert first.shape == prepared.slices.shape[1:] and np.array_equal(first, again)
+    options = predictor.options(postprocess=False, whole_region=whole_region)
+    volume = run_to_end(predictor.predict_volume(scan.array, options)).labels
+    slice_axis = prepared.grid.scan_slice_axis
+    for index in (0, 3):
+        one = segment_one_slice(
+            predictor.segmenter, prepared, index, None, tta=False, whole_region=whole_region
+        )
+        assert one.shape == prepared.slices.shape[1:]
+        np.testing.assert_array_equal(one, np.take(volume, index, axis=slice_axis))
+    assert np.count_nonzero(volume) > 0
 
 
 def test_a_3d_models_uncertainty_map_covers_its_region_and_leaves_the_labels(trained_3d):

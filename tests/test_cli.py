@@ -241,7 +241,7 @@ def test_infer_output_reads_well_and_leaves_no_lock_file(tmp_path):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    assert "localiser: slices" in done.stderr and "segmenter: slices" in done.stderr
+    assert "localiser: slices" in done.stderr  # the first pass, named (lines every 10 s)
     assert not re.search(r"\d\.\d{3,}/", done.stderr), done.stderr  # no 0.177778/2 files
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
     import csv

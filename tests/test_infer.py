@@ -367,3 +367,20 @@ def test_a_label_file_given_as_the_scan_is_flagged_and_a_real_scan_is_not(tmp_pa
     assert "the scan holds only 2 values (0, 1): is it a label file?" in rows[0]["QC flags"]
     warned = [r.getMessage() for r in caplog.records if "is it a label file?" in r.getMessage()]
     assert len(warned) == 1 and SAMPLE_LABEL.name in warned[0]
+
+
+def test_the_bundled_models_progress_names_both_passes():
+    """Every progress report says which stage is working (the log shows one every 10 s)."""
+    from src_monai.model.files import SAMPLE_SCAN
+
+    predictor = Predictor.from_checkpoint("bundled", "cpu")
+    job = predictor.predict_volume(read_scan(SAMPLE_SCAN).array)
+    messages = []
+    while True:
+        try:
+            messages.append(next(job).message)
+        except StopIteration:
+            break
+    assert any(m.startswith("localiser: slices") for m in messages), messages
+    assert any("segmenter" in m for m in messages), messages
+    assert all(m for m in messages)

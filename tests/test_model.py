@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,19 +125,21 @@ def test_missing_model_file(tmp_path):
 def test_stages_are_stated_in_the_file_and_round_trip(tmp_path):
     """Each network's stage is written to the model file and read back as its type; a file
     that states a stage its keys contradict is refused; files older than the key (the
-    bundled model's) take the stage their keys make."""
+    2.5D model bundled until 2026-12-02) take the stage their keys make."""
     from dataclasses import replace
 
     from safetensors import safe_open
 
     from src_monai.config import Stage
-    from src_monai.model.files import BUNDLED_MODEL, load_spec
+    from src_monai.model.files import load_spec
 
-    old = json.loads(safe_open(str(BUNDLED_MODEL), "pt").metadata()["napari_lasc"])
+    # the 2.5D model bundled until 2026-12-02, written before the stage key existed
+    earlier = Path(__file__).parent / "data" / "two_stage_2d5_v2.safetensors"
+    old = json.loads(safe_open(str(earlier), "pt").metadata()["napari_lasc"])
     assert "stage" not in old and "stage" not in old["localiser"]
-    network, spec = load_model(BUNDLED_MODEL)
+    network, spec = load_model(earlier)
     assert (spec.stage, spec.localiser.stage) == (Stage.CROP_SEGMENTER, Stage.LOCALISER)
-    assert load_spec(BUNDLED_MODEL) == spec  # the header alone: no weights read
+    assert load_spec(earlier) == spec  # the header alone: no weights read
     path = save_model(tmp_path / "again.safetensors", network, spec)
     written = json.loads(safe_open(str(path), "pt").metadata()["napari_lasc"])
     assert (written["stage"], written["localiser"]["stage"]) == ("crop_segmenter", "localiser")
@@ -169,7 +172,8 @@ def test_the_spec_keeps_each_fact_once_and_its_recipe_must_agree_with_it():
         "localiser",
     ]
     spec = load_spec(BUNDLED_MODEL)
-    assert spec.record.recipe.data.crop_size == spec.input.crop_size == 128
+    assert spec.record.recipe.data.crop_size == spec.input.crop_size == 80
+    assert spec.record.recipe.data.crop_depth == spec.input.crop_depth == 48
     assert spec.trained_with_flips is spec.record.recipe.augment.flip
     metadata = spec.to_metadata()  # the file adds the package version that writes it
     assert ModelSpec.from_metadata(metadata) == replace(spec, package_version="")

@@ -11,6 +11,7 @@ from monai.transforms import Resize
 
 from src_monai.cli import main as lasc
 from src_monai.inference.predictor import Predictor
+from src_monai.inference.resample import resampled_shape
 from src_monai.inference.session import InteractiveSession
 from src_monai.io.scans import read_labels, read_scan
 from src_monai.model.files import SAMPLE_SCAN
@@ -45,7 +46,12 @@ def test_session_labels_equal_lasc_infer_on_a_resampled_scan(fine_scan, tmp_path
         predictor, scan.array, geometry.spacing, affine=geometry.stated_affine
     )
     result = run_to_end(session.segment_volume())
-    assert result.prediction.resampled_to == (256, 256, 90)
+    # 0.625 mm in-plane is resampled; then every axis goes to the training voxel size
+    target = predictor.spec.training_spacing
+    assert result.prediction.resampled_to == resampled_shape(
+        scan.array.shape, geometry.spacing, target
+    )
+    assert result.prediction.resampled_to[:2] == (256, 256)
     np.testing.assert_array_equal(result.prediction.labels, by_cli)
     assert by_cli.sum() * np.prod(geometry.spacing) / 1000 > 50  # mL: the atrium, not noise
     # Slice after slice, the session agrees with its volume (3D post-processing aside).

@@ -130,16 +130,24 @@ def segment_in_box_3d(
 
 
 def one_slice_3d(
-    segmenter: StageNetwork, slices: np.ndarray, index: int, box: AtriumBox | None, *, tta: bool
+    segmenter: StageNetwork,
+    slices: np.ndarray,
+    index: int,
+    box: AtriumBox | None,
+    *,
+    tta: bool,
+    whole_region: bool = False,
 ) -> np.ndarray:
-    """One slice's labels from a 3D model: its windows over a window's depth of slices
-    around ``index`` (inside ``box`` in-plane, or the whole slice), so the network sees the
-    context it was trained with."""
+    """One slice's labels from a 3D model: the region the whole volume is segmented in
+    (around ``box``, or every slice when there is none), so the slice gets the labels the
+    whole volume gives it (before post-processing and before any growth of the region); with
+    ``whole_region`` that region goes through in one pass, as the volume's does."""
     count, height, width = slices.shape
-    depth = segmenter.spec.crop_depth
-    low = int(np.clip(index - depth // 2, 0, max(count - depth, 0)))
-    y0, y1, x0, x1 = (0, height, 0, width) if box is None else (box.y0, box.y1, box.x0, box.x1)
-    slab = AtriumBox(low, min(low + depth, count), y0, y1, x0, x1)
-    options = PredictOptions(tta=tta)
-    labels, _, _ = run_to_end(segment_in_box_3d(segmenter, slices, slab, options, slice_margin=0))
+    options = PredictOptions(tta=tta, whole_region=whole_region)
+    margin = None
+    if box is None:
+        box, margin = AtriumBox(0, count, 0, height, 0, width), 0
+    labels, _, _ = run_to_end(
+        segment_in_box_3d(segmenter, slices, box, options, slice_margin=margin)
+    )
     return labels[index]

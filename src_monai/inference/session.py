@@ -101,6 +101,7 @@ class InteractiveSession:
             grid.scan_index_to_model(index),
             box,
             tta=options.tta,
+            whole_region=options.whole_region,
         )
         yield Progress(f"slice {index}", 1, 1)
         return grid.slice_to_scan(labels, self.predictor.spec.num_classes)

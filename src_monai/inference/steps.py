@@ -312,11 +312,13 @@ def segment_one_slice(
     box: AtriumBox | None,
     *,
     tta: bool,
+    whole_region: bool = False,
 ) -> np.ndarray:
     """Labels of one prepared slice (model slices-first index) with its neighbours as
     context, edge slices repeated as in training: the same labels the slice gets in the
     whole volume (3D post-processing aside). ``box``: a crop segmenter's, outside whose
-    slices (plus the margin) the slice is background."""
+    slices (plus the margin) the slice is background; ``whole_region``: a 3D segmenter's
+    region in one pass, as in the volume (:class:`PredictOptions`)."""
     spec = segmenter.spec
     slices = prepared.slices
     count, half = slices.shape[0], spec.context_slices // 2
@@ -327,7 +329,7 @@ def segment_one_slice(
         if not first <= index < stop:
             return np.zeros(slices.shape[1:], np.uint8)
     if spec.input.spatial_dims == 3:
-        return one_slice_3d(segmenter, slices, index, box, tta=tta)
+        return one_slice_3d(segmenter, slices, index, box, tta=tta, whole_region=whole_region)
     wanted = np.clip(np.arange(index - half, index + half + 1), 0, count - 1)
     stack = torch.from_numpy(np.ascontiguousarray(slices[wanted], dtype=np.float32))[None]
     if box is None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from psygnal import Signal
 
-BUNDLED = "bundled: left atrium, two-stage 2.5D UNet"
+BUNDLED = "bundled: left atrium, two-stage 3D UNet, bSSFP + LGE"  # said of the shipped file
 FROM_FILE = "model file…"
 
 

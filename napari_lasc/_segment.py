@@ -101,7 +101,7 @@ class SegmentWidget(ScrollingContainer):
         )
         self._batch_size = SpinBox(label="batch size", min=1, max=512, value=16)
         self._current_slice = CheckBox(text="current slice only (interactive)")
-        self._uncertainty = CheckBox(text="uncertainty map (5 views: about 7x the time)")
+        self._uncertainty = CheckBox(text="uncertainty map (5 more views of the scan: slower)")
         # The atrium box's slices (its rectangle is the box layer's): see _box_layer.
         self._box = BoxControls(self._viewer, lambda: self._image.value, _after_this_event)
         self._box_first, self._box_last = self._box.first, self._box.last

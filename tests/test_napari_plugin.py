@@ -891,3 +891,15 @@ def test_the_three_docks_fit_a_1280x800_screen_and_scroll(make_napari_viewer, qt
     segment_widget._show(long_text)  # ... and a long result wraps, not cut at the edge
     label = segment_widget._result.native
     assert label.wordWrap() and label.heightForWidth(label.width()) > label.fontMetrics().height()
+
+
+def test_the_bundled_models_name_in_the_widget_says_what_the_file_holds():
+    """The model picker's words for the bundled model come from a constant: checked against
+    the shipped file, so a new bundled model cannot keep an old description."""
+    from napari_lasc._models import BUNDLED
+    from src_monai.model.files import BUNDLED_MODEL, load_spec
+
+    spec = load_spec(BUNDLED_MODEL)
+    assert ("two-stage" in BUNDLED) == (spec.localiser is not None)
+    assert ("3D" in BUNDLED) == (spec.input.spatial_dims == 3)
+    assert ("LGE" in BUNDLED) == ("atriaseg" in spec.record.source.lower())

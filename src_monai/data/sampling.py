@@ -129,7 +129,7 @@ def warn_about_cases(cases: list[VolumeCase]) -> None:
     """Warn, naming the cases, about labels without foreground (they teach background only)
     and scans whose voxel size differs from the median of all: the networks learn each at
     its own size, where inference resamples every scan to the median."""
-    from src_monai.inference.resample import RESAMPLE_TOLERANCE
+    from src_monai.inference.resample import RESAMPLE_TOLERANCE, resampled_shape
 
     empty = [c.case_id for c in cases if not len(c.foreground_slices)]
     if empty:
@@ -141,10 +141,10 @@ def warn_about_cases(cases: list[VolumeCase]) -> None:
         )
     spacings = np.array([c.spacing for c in cases], dtype=float)
     median = np.median(spacings, axis=0)
-    off = [
+    off = [  # those inference would resample to the median: its own rule
         f"{c.case_id} ({' x '.join(f'{v:.2f}' for v in c.spacing)})"
-        for c, spacing in zip(cases, spacings, strict=True)
-        if np.any(np.abs(spacing / median - 1.0) > RESAMPLE_TOLERANCE)
+        for c in cases
+        if resampled_shape(c.slices.shape, c.spacing, median) is not None
     ]
     if off:
         logger.warning(

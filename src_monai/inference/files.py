@@ -240,18 +240,25 @@ def _predict_scan(
         affine=geometry.stated_affine,
         box=request.box,
     )
-    report = report_case(
-        prediction,
-        scan.geometry.spacing,
-        predictor.spec,
-        axcodes=scan.geometry.axcodes if scan.geometry.orientation_known else None,
-        sequence=request.sequence,
-        notes=scan_notes(scan.array),
-    )
+    report = _scan_report(predictor.spec, prediction, scan, request)
     write_case_outputs(plan, prediction, report, scan.geometry)
     for flag in report.quality_flags:
         logger.warning("%s: check by eye: %s", plan.source.name, flag)
     return _case_row(predictor.spec, plan, report, scan)
+
+
+def _scan_report(spec: ModelSpec, prediction: Prediction, scan, request: CaseRequest) -> CaseReport:
+    """:func:`report_case` of a scan read from its file (its spacing, stated orientation and
+    the flags about its voxels), a fresh result's or a kept one's alike."""
+    geometry = scan.geometry
+    return report_case(
+        prediction,
+        geometry.spacing,
+        spec,
+        axcodes=geometry.axcodes if geometry.orientation_known else None,
+        sequence=request.sequence,
+        notes=scan_notes(scan.array),
+    )
 
 
 def _summarised_inputs(summary: Path) -> set[str]:
@@ -288,15 +295,7 @@ def _kept_case_row(spec: ModelSpec, plan: CaseOutputs, request: CaseRequest) -> 
         raise LascError(
             exc.source, f"{exc.problem}: an earlier result kept by --skip-existing"
         ) from exc
-    geometry = scan.geometry
-    report = report_case(
-        Prediction(labels=labels, uncertainty=uncertainty),
-        geometry.spacing,
-        spec,
-        axcodes=geometry.axcodes if geometry.orientation_known else None,
-        sequence=request.sequence,
-        notes=scan_notes(scan.array),
-    )
+    report = _scan_report(spec, Prediction(labels=labels, uncertainty=uncertainty), scan, request)
     row = _case_row(spec, plan, report, scan)
     if spec.localiser is not None:
         row["atrium box (slices-first voxels)"] = "not recorded (result kept from an earlier run)"

@@ -144,17 +144,21 @@ def write_text(path: str | os.PathLike[str], text: str, *, overwrite: bool = Fal
     return Path(path)
 
 
-def check_empty_folder(folder: str | os.PathLike[str], *, overwrite: bool) -> Path:
-    """What :func:`ensure_empty_folder` checks, creating nothing: before the work, so that a
-    refused input leaves no empty report folder behind."""
-    folder = Path(folder)
+def _refuse_occupied(folder: Path, *, overwrite: bool) -> Path:
+    """A file where the folder should be, or a non-empty folder without ``overwrite``."""
     if folder.exists() and not folder.is_dir():
         raise OutputExistsError(folder, "exists and is not a folder")
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
         raise OutputExistsError(
             folder, "folder is not empty (use --overwrite to write into it; nothing is deleted)"
         )
-    return creatable_folder(folder)
+    return folder
+
+
+def check_empty_folder(folder: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    """What :func:`ensure_empty_folder` checks, creating nothing: before the work, so that a
+    refused input leaves no empty report folder behind."""
+    return creatable_folder(_refuse_occupied(Path(folder), overwrite=overwrite))
 
 
 def ensure_empty_folder(folder: str | os.PathLike[str], *, overwrite: bool) -> Path:
@@ -162,4 +166,4 @@ def ensure_empty_folder(folder: str | os.PathLike[str], *, overwrite: bool) -> P
 
     Nothing is ever deleted: with ``overwrite`` the caller writes over same-named files.
     """
-    return writable_folder(check_empty_folder(folder, overwrite=overwrite))
+    return writable_folder(_refuse_occupied(Path(folder), overwrite=overwrite))

@@ -167,10 +167,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     path = model_path(path)
     if not path.is_file():
         raise ModelFileError(path, "model file not found")
-    if path.suffix == ".safetensors" or _content_kind(path) == "safetensors":
+    kind = "safetensors" if path.suffix == ".safetensors" else _content_kind(path)
+    if kind == "safetensors":
         state, metadata = _read_safetensors(path)  # a renamed model file still loads
     else:
-        state, metadata = _read_state_dict(path)
+        state, metadata = _read_state_dict(path, kind)
     spec = _spec(path, metadata)
     try:
         network = build_model_network(spec)
@@ -233,9 +234,10 @@ def _content_kind(path: Path) -> str:
     return "a text file"
 
 
-def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _read_state_dict(path: Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A ``torch.save`` state dict and its ``.json`` sidecar; ``kind``: the file's
+    :func:`_content_kind`."""
     sidecar = path.with_suffix(".json")
-    kind = _content_kind(path)
     if kind != "torch":
         raise ModelFileError(path, f"not a model file: {kind}, not safetensors or PyTorch weights")
     try:

@@ -210,19 +210,11 @@ def _round3_rows(root: Path, model: Path) -> list[tuple]:
     """Issue 28: DICOM geometry slice by slice, folder inputs, and the last internal errors."""
     import shutil
 
-    from test_dicom import write_dicom_series
+    from test_dicom import other_pixel_spacing, shear, write_dicom_series
 
     from src_monai.model.files import SAMPLE_LABEL, SAMPLE_SCAN
 
     uid = "1.2.826.0.1.3680043.2.1125.7"
-
-    def shear(index, plane):
-        x, y, z = (float(v) for v in plane.GetMetaData("0020|0032").split("\\"))
-        plane.SetMetaData("0020|0032", "\\".join(map(str, (x, y + 0.9 * index, z))))
-
-    def other_spacing(index, plane):
-        if index == 45:
-            plane.SetSpacing((1.0, 1.0))
 
     good = write_dicom_series(SAMPLE_SCAN, root / "good", uid, "LA MRI")
     cases = {
@@ -230,7 +222,7 @@ def _round3_rows(root: Path, model: Path) -> list[tuple]:
             SAMPLE_SCAN, root / "sheared", uid, "tilt", edit=shear
         ),
         "DICOM: one slice of other pixel spacing": write_dicom_series(
-            SAMPLE_SCAN, root / "spacing", uid, "s", edit=other_spacing
+            SAMPLE_SCAN, root / "spacing", uid, "s", edit=other_pixel_spacing(45)
         ),
         "DICOM: last file truncated": shutil.copytree(good, root / "truncated"),
         "DICOM series and a NIfTI in one folder": shutil.copytree(good, root / "mixed"),

@@ -82,17 +82,18 @@ def merged_rows(folders: list[Path]) -> tuple[list[dict], list[dict], list[int]]
     sessions: run folders do not outlive one), numbers as numbers, and their folds."""
     from src_monai.io.tables import read_csv
 
+    def typed_value(key: str, value: str):
+        if value in ("True", "False"):
+            return value == "True"
+        if value == "":  # an undefined distance was written empty
+            return float("nan") if key.endswith("_mm") else value
+        try:
+            return float(value)
+        except ValueError:
+            return value
+
     def typed(row: dict) -> dict:
-        out = {}
-        for key, value in row.items():
-            try:
-                out[key] = float(value) if value not in ("", "True", "False") else value
-            except ValueError:
-                out[key] = value
-            if value in ("True", "False"):
-                out[key] = value == "True"
-            elif value == "":
-                out[key] = float("nan") if key.endswith("_mm") else value
+        out = {key: typed_value(key, value) for key, value in row.items()}
         out["fold"] = int(out["fold"])
         return out
 
@@ -101,7 +102,7 @@ def merged_rows(folders: list[Path]) -> tuple[list[dict], list[dict], list[int]]
         boxes += [typed(r) for r in read_csv(folder / "boxes.csv")]
         rows += [typed(r) for r in read_csv(folder / "per_case.csv")]
     folds = sorted({r["fold"] for r in rows})
-    if len(folds) != sum(1 for _ in folders) or len({r["case"] for r in boxes}) != len(boxes):
+    if len(folds) != len(folders) or len({r["case"] for r in boxes}) != len(boxes):
         raise SystemExit(f"--merge: {', '.join(map(str, folders))}: a fold or case twice")
     return boxes, rows, folds
 

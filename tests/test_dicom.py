@@ -242,15 +242,27 @@ def _refusal(folder: Path, capsys) -> str:
     return err
 
 
+def shear(index: int, plane) -> None:
+    """A ``write_dicom_series`` edit: each slice's position moved 0.9 mm further along the
+    columns' direction than the one before (a tilted gantry)."""
+    x, y, z = (float(v) for v in plane.GetMetaData("0020|0032").split("\\"))
+    plane.SetMetaData("0020|0032", "\\".join(map(str, (x, y + 0.9 * index, z))))
+
+
+def other_pixel_spacing(which: int):
+    """A ``write_dicom_series`` edit: slice ``which`` with 1 x 1 mm pixels (the others'
+    are the scan's)."""
+
+    def edit(index: int, plane) -> None:
+        if index == which:
+            plane.SetSpacing((1.0, 1.0))
+
+    return edit
+
+
 def test_a_sheared_series_is_refused_not_read_as_a_taller_volume(tmp_path, capsys):
     """Positions shifted in-plane as well as along the normal (a tilted gantry): the even
     spacing along the normal alone would claim no shear and a wrong slice thickness."""
-
-    def shear(index, plane):
-        x, y, z = (float(v) for v in plane.GetMetaData("0020|0032").split("\\"))
-        shifted = (x, y + 0.9 * index, z)  # 0.9 mm per slice along the columns' direction
-        plane.SetMetaData("0020|0032", "\\".join(map(str, shifted)))
-
     folder = write_dicom_series(SAMPLE_SCAN, tmp_path / "sheared", UID, "tilt", edit=shear)
     err = _refusal(folder, capsys)
     assert err.startswith(f"error: {folder}: the DICOM slices are sheared"), err
@@ -260,12 +272,8 @@ def test_a_sheared_series_is_refused_not_read_as_a_taller_volume(tmp_path, capsy
 @pytest.mark.parametrize("which", [0, 45])
 def test_a_slice_with_other_pixel_spacing_is_named(tmp_path, capsys, which):
     """The first slice's spacing was taken for the whole volume, a middle one ignored."""
-
-    def other_spacing(index, plane):
-        if index == which:
-            plane.SetSpacing((1.0, 1.0))
-
-    folder = write_dicom_series(SAMPLE_SCAN, tmp_path / "spacing", UID, "s", edit=other_spacing)
+    edit = other_pixel_spacing(which)
+    folder = write_dicom_series(SAMPLE_SCAN, tmp_path / "spacing", UID, "s", edit=edit)
     odd = sorted(folder.iterdir())[which]
     err = _refusal(folder, capsys)
     assert odd.name in err and "pixel spacing 1x1 mm" in err and "1.25x1.25" in err, err

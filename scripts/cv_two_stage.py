@@ -16,10 +16,12 @@ region instead of sliding windows (the ``-whole`` variants). With ``--uncertaint
 uncertainty map of each held-out case (post-processing on, as shipped) against its errors:
 ``uncertainty_per_case.csv`` and Spearman correlations under ``uncertainty`` in the summary (the
 same measures as ``cv_planes_uncertainty.py``). ``--only FOLD`` scores the folds trained so far.
+The variant with the best mean Dice (then HD95; with several datasets, the mean of their means)
+is ``chosen`` in the summary, and ``per_case.md`` holds its per-case tables, one per dataset.
 With ``--final RUN``, the two-stage model that ``lasc train`` joined in
-``RUN/model.safetensors`` (trained on every case) is written to ``OUT/model.safetensors`` in
-fp16 with the inference variant chosen here (best mean Dice, then HD95) and its cross-validated
-accuracy in the metadata: the file to bundle.
+``RUN/model.safetensors`` (trained on every case; or a model file) is written to
+``OUT/model.safetensors`` in fp16 with the chosen variant as its default and its
+cross-validated accuracy, per dataset too, in the metadata: the file to bundle.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from src_monai.inference.predictor import Predictor
 from src_monai.io.scans import read_labels, read_scan
 from src_monai.io.tables import write_csv
 from src_monai.model.files import combine_stages, load_model, save_model
-from src_monai.model.spec import CrossValidation, InferenceDefaults
+from src_monai.model.spec import CrossValidation, DatasetAccuracy, InferenceDefaults
 from src_monai.progress import run_to_end
 
 logger = logging.getLogger("cv_two_stage")
@@ -108,9 +110,14 @@ def merged_rows(folders: list[Path]) -> tuple[list[dict], list[dict], list[int]]
 
 
 def mean_sd(values: list[float]) -> dict[str, float]:
+    """Mean, sd and the worst (lowest) value, undefined values (NaN) left out."""
     array = np.array(values, dtype=float)
     array = array[~np.isnan(array)]
-    return {"mean": round(float(array.mean()), 4), "sd": round(float(array.std(ddof=1)), 4)}
+    return {
+        "mean": round(float(array.mean()), 4),
+        "sd": round(float(array.std(ddof=1)), 4),
+        "min": round(float(array.min()), 4),
+    }
 
 
 def case_uncertainty(predictor: Predictor, pair: EvalPair):
@@ -128,30 +135,102 @@ def case_uncertainty(predictor: Predictor, pair: EvalPair):
     )
 
 
-def write_final_model(run: Path, out: Path, rows: list[dict], folds: int) -> str:
+def variant_accuracy(rows: list[dict], folds: int, variant: str) -> CrossValidation:
+    """One variant's cross-validated accuracy over ``rows``, and per dataset where the folds
+    held out cases of several."""
+
+    def scores(picked: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        dice = np.array([r["dice"] for r in picked], dtype=float)
+        return dice, np.array([r["hd95_mm"] for r in picked], dtype=float)
+
+    picked = [r for r in rows if r["variant"] == variant]
+    dice, hd95 = scores(picked)
+    parts = []
+    names = sorted({r["dataset"] for r in picked})
+    for name in names if len(names) > 1 else []:
+        part_dice, part_hd95 = scores([r for r in picked if r["dataset"] == name])
+        parts.append(
+            DatasetAccuracy(
+                name=name,
+                cases=len(part_dice),
+                dice_mean=round(float(part_dice.mean()), 4),
+                dice_sd=round(float(part_dice.std(ddof=1)), 4),
+                dice_min=round(float(part_dice.min()), 4),
+                hd95_mean=round(float(np.nanmean(part_hd95)), 4),
+                hd95_sd=round(float(np.nanstd(part_hd95, ddof=1)), 4),
+            )
+        )
+    return CrossValidation(
+        folds=folds,
+        cases=len(picked),
+        chosen=variant,
+        dice_mean=round(float(dice.mean()), 4),
+        dice_sd=round(float(dice.std(ddof=1)), 4),
+        hd95_mean=round(float(np.nanmean(hd95)), 4),
+        hd95_sd=round(float(np.nanstd(hd95, ddof=1)), 4),
+        hd95_undefined=int(np.isnan(hd95).sum()),
+        datasets=tuple(parts),
+    )
+
+
+def chosen_variant(accuracies: dict[str, CrossValidation]) -> str:
+    """The best mean Dice (to 3 decimals), then the lower HD95. With several datasets each
+    counts equally (the mean of their means): LGE's 80 cases would otherwise outvote
+    bSSFP's 16."""
+
+    def means(cv: CrossValidation) -> tuple[float, float]:
+        parts = cv.datasets or (cv,)
+        return (
+            float(np.mean([p.dice_mean for p in parts])),
+            float(np.mean([p.hd95_mean for p in parts])),
+        )
+
+    return max(
+        accuracies, key=lambda v: (round(means(accuracies[v])[0], 3), -means(accuracies[v])[1])
+    )
+
+
+def case_tables(rows: list[dict], boxes: list[dict], variant: str) -> str:
+    """Markdown per-case tables of one variant, one per dataset (for the model card)."""
+    outside = {b["case"]: b.get("voxels_outside_crop", "") for b in boxes}
+    picked = sorted(
+        (r for r in rows if r["variant"] == variant), key=lambda r: (r["fold"], r["case"])
+    )
+    text = []
+    for name in sorted({r["dataset"] for r in picked}):
+        part = [r for r in picked if r["dataset"] == name]
+        dice = np.array([r["dice"] for r in part], dtype=float)
+        hd95 = np.array([r["hd95_mm"] for r in part], dtype=float)
+        text += [
+            f"#### {name}: {len(part)} cases, variant `{variant}`",
+            "",
+            "| fold | case | Dice | HD95 (mm) | ASD (mm) | volume error (%) "
+            "| atrium voxels outside the region |",
+            "|---|---|---|---|---|---|---|",
+            *(
+                f"| {r['fold']} | {r['case']} | {r['dice']:.3f} | {r['hd95_mm']:.2f} "
+                f"| {r['asd_mm']:.2f} | {r['volume_error_pct']:.1f} "
+                f"| {outside.get(r['case'], '')} |"
+                for r in part
+            ),
+            "",
+            f"Mean Dice **{dice.mean():.3f} ± {dice.std(ddof=1):.3f}** (lowest {dice.min():.3f}, "
+            f"{part[int(dice.argmin())]['case']}), mean HD95 **{np.nanmean(hd95):.2f} ± "
+            f"{np.nanstd(hd95, ddof=1):.2f} mm**.",
+            "",
+        ]
+    return "\n".join(text)
+
+
+def write_final_model(run: Path, out: Path, accuracy: CrossValidation) -> None:
     """The final two-stage model with the chosen inference variant and its CV accuracy."""
-    stats = {}
-    for variant in scored_variants(rows):
-        picked = [r for r in rows if r["variant"] == variant]
-        hd95 = np.array([r["hd95_mm"] for r in picked], dtype=float)
-        stats[variant] = {
-            "cases": len(picked),
-            "dice_mean": round(float(np.mean([r["dice"] for r in picked])), 4),
-            "dice_sd": round(float(np.std([r["dice"] for r in picked], ddof=1)), 4),
-            "hd95_mean": round(float(np.nanmean(hd95)), 4),
-            "hd95_sd": round(float(np.nanstd(hd95, ddof=1)), 4),
-            "hd95_undefined": int(np.isnan(hd95).sum()),
-        }
-    chosen = max(stats, key=lambda v: (round(stats[v]["dice_mean"], 3), -stats[v]["hd95_mean"]))
     network, spec = load_model(run if run.is_file() else run / "model.safetensors")
-    post, whole = VARIANTS[chosen]
+    post, whole = VARIANTS[accuracy.chosen]
     spec = spec.with_inference(
-        InferenceDefaults(tta=False, postprocess=post, whole_region=whole),
-        CrossValidation(folds=folds, chosen=chosen, **stats[chosen]),
+        InferenceDefaults(tta=False, postprocess=post, whole_region=whole), accuracy
     )
     save_model(out / "model.safetensors", network, spec, half=True)
-    logger.info("final model %s: %s, %s", out / "model.safetensors", chosen, stats[chosen])
-    return chosen
+    logger.info("final model %s: %s", out / "model.safetensors", accuracy)
 
 
 def score_summary(boxes: list[dict], rows: list[dict]) -> dict:
@@ -311,8 +390,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.uncertainty:
         write_csv(args.out / "uncertainty_per_case.csv", uncertain_rows)
         summary["uncertainty"] = uncertainty_summary(uncertain_rows, slice_pairs)
-    if args.final:
-        summary["chosen"] = write_final_model(args.final, args.out, rows, len(folds.partitions))
+    if rows:
+        accuracies = {
+            v: variant_accuracy(rows, len(folds.partitions), v) for v in scored_variants(rows)
+        }
+        summary["chosen"] = chosen_variant(accuracies)
+        (args.out / "per_case.md").write_text(case_tables(rows, boxes, summary["chosen"]))
+        if args.final:
+            write_final_model(args.final, args.out, accuracies[summary["chosen"]])
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     logger.info("%s", json.dumps(summary))
     return 0

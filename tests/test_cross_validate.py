@@ -188,3 +188,57 @@ def test_folds_scored_in_separate_runs_merge_into_the_summary_of_one(tmp_path):
     assert together["folds"] == merged["folds"] == [0, 1]
     assert merged["variants"] == together["variants"]
     assert merged["cases"] == together["cases"] == 4
+
+
+def _rows(variant: str, dataset: str, dices: list[float], hd95: float) -> list[dict]:
+    return [
+        {
+            "fold": i % 4,
+            "dataset": dataset,
+            "variant": variant,
+            "case": f"{dataset}_{i:03d}",
+            "dice": dice,
+            "hd95_mm": hd95,
+            "asd_mm": 1.0,
+            "volume_error_pct": -2.0,
+        }
+        for i, dice in enumerate(dices)
+    ]
+
+
+def test_a_joint_cross_validation_is_quoted_and_chosen_per_dataset(monkeypatch):
+    """With two datasets (80 LGE cases against 16 bSSFP), the accuracy is quoted per dataset
+    and the variant is chosen with each counting equally: the pooled mean would pick the one
+    that is worse on bSSFP. The model file keeps the per-dataset figures."""
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    import cv_two_stage
+
+    from src_monai.model.files import BUNDLED_MODEL, load_spec
+    from src_monai.model.spec import InferenceDefaults, ModelSpec
+
+    rows = [
+        *_rows("plain", "lasc13", [0.80, 0.82, 0.78, 0.80], 9.0),
+        *_rows("plain", "atriaseg2018", [0.96] * 20, 3.0),
+        *_rows("post", "lasc13", [0.90, 0.92, 0.88, 0.86], 4.0),
+        *_rows("post", "atriaseg2018", [0.93] * 20, 3.5),
+    ]
+    accuracies = {v: cv_two_stage.variant_accuracy(rows, 4, v) for v in ("plain", "post")}
+    assert accuracies["plain"].dice_mean > accuracies["post"].dice_mean  # pooled
+    assert cv_two_stage.chosen_variant(accuracies) == "post"
+    post = accuracies["post"]
+    by_name = {part.name: part for part in post.datasets}
+    assert by_name["lasc13"].cases == 4 and by_name["lasc13"].dice_min == 0.86
+    assert by_name["lasc13"].dice_mean == pytest.approx(0.89)
+    assert post.text() == "atriaseg2018: Dice 0.930, HD95 3.5 mm; lasc13: Dice 0.890, HD95 4.0 mm"
+
+    spec = load_spec(BUNDLED_MODEL).with_inference(InferenceDefaults(postprocess=True), post)
+    read_back = ModelSpec.from_metadata(json.loads(json.dumps(spec.to_metadata())))
+    assert read_back.cross_validation == post
+    assert "lasc13: Dice 0.890" in read_back.seen_note({"la_016": "training"}, 1)
+
+    tables = cv_two_stage.case_tables(
+        rows, [{"case": "lasc13_003", "voxels_outside_crop": 0}], "post"
+    )
+    assert tables.count("| 3 | lasc13_003 | 0.860 | 4.00 | 1.00 | -2.0 | 0 |") == 1
+    assert "#### lasc13: 4 cases" in tables and "lowest 0.860, lasc13_003" in tables
+    assert len([line for line in tables.splitlines() if line.startswith("| ")]) == 2 * 1 + 24

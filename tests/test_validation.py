@@ -95,7 +95,13 @@ def test_every_config_field_is_validated_before_any_file(
 
 # --------------------------------------------------------------------------- model metadata
 
-FREE_TEXT = {"data.layout", "data.source", "package_version", "cross_validation.chosen"}
+FREE_TEXT = {
+    "data.layout",
+    "data.source",
+    "package_version",
+    "cross_validation.chosen",
+    "cross_validation.datasets.0.name",
+}
 RECORDS = {"config", "training", "format", "format_version", "split"}
 
 
@@ -106,6 +112,9 @@ def _leaves(table: dict, prefix: str = ""):
             continue
         if isinstance(value, dict):
             yield from _leaves(value, f"{path}.")
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for index, item in enumerate(value):  # a list of tables: each field on its own
+                yield from _leaves(item, f"{path}.{index}.")
         else:
             yield path, value
 
@@ -130,7 +139,7 @@ def _set(table: dict, path: str, value) -> dict:
     *parents, last = path.split(".")
     target = changed
     for name in parents:
-        target = target[name]
+        target = target[int(name) if name.isdigit() else name]
     target[last] = value
     return changed
 
@@ -150,6 +159,17 @@ def model_parts(tiny_run):
         "hd95_mean": 8.2,
         "hd95_sd": 6.6,
         "hd95_undefined": 0,
+        "datasets": [
+            {
+                "name": "lasc13",
+                "cases": 16,
+                "dice_mean": 0.9,
+                "dice_sd": 0.04,
+                "dice_min": 0.74,
+                "hd95_mean": 8.2,
+                "hd95_sd": 6.6,
+            }
+        ],
     }
     return state, metadata
 
@@ -166,7 +186,10 @@ def _metadata_cases():
         "cross_validation.folds", "cross_validation.cases", "cross_validation.dice_mean",
         "cross_validation.dice_sd", "cross_validation.hd95_mean", "cross_validation.hd95_sd",
         "cross_validation.hd95_undefined", "data.layout", "data.source", "package_version",
-        "cross_validation.chosen",
+        "cross_validation.chosen", "cross_validation.datasets.0.name",
+        "cross_validation.datasets.0.cases", "cross_validation.datasets.0.dice_mean",
+        "cross_validation.datasets.0.dice_sd", "cross_validation.datasets.0.dice_min",
+        "cross_validation.datasets.0.hd95_mean", "cross_validation.datasets.0.hd95_sd",
     ]  # fmt: skip
     return [
         pytest.param(path, which, id=f"{path}-{'type' if which == 0 else 'range'}")
@@ -188,7 +211,7 @@ def test_every_model_metadata_field_is_validated_before_any_file(
     leaves = dict(_leaves(metadata))
     assert path in leaves, sorted(leaves)  # the list above follows what training writes
     value = _wrong_values(leaves[path])[which]
-    if path.startswith("cross_validation.hd95") and which == 1:
+    if which == 1 and path.startswith("cross_validation.") and "hd95" in path:
         value = -1.0  # NaN is valid there: no case had a defined HD95
     model = tmp_path / "model.safetensors"
     save_file(state, model, metadata={METADATA_KEY: json.dumps(_set(metadata, path, value))})

@@ -518,9 +518,16 @@ labels of `lasc infer --precision float32`)."""
 def _readme(bundle_metadata: dict[str, Any]) -> str:
     info = bundle_metadata["napari_lasc"]
     cv = info["cross_validation"] or {}
+    # A joint cross-validation is quoted per dataset (each MRI sequence on its own).
+    parts = (cv.get("datasets") or [{"name": "", **cv}]) if cv else []
     accuracy = (
-        f"Patient-level {cv.get('folds')}-fold cross-validation: mean Dice "
-        f"{cv.get('dice_mean')}, mean HD95 {cv.get('hd95_mean')} mm."
+        f"Patient-level {cv.get('folds')}-fold cross-validation, per-case means: "
+        + "; ".join(
+            f"{p['name'] + ': ' if p['name'] else ''}Dice {p['dice_mean']}, "
+            f"HD95 {p['hd95_mean']} mm"
+            for p in parts
+        )
+        + "."
         if cv
         else "No cross-validation figures are recorded in this model."
     )

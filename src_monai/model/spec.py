@@ -32,6 +32,23 @@ class InferenceDefaults:
 
 
 @dataclass(frozen=True)
+class DatasetAccuracy:
+    """One dataset's share of a joint cross-validation: a model trained on two MRI sequences
+    is quoted per sequence, since a mean over both says little about either."""
+
+    name: str
+    cases: int
+    dice_mean: float
+    dice_sd: float
+    dice_min: float
+    hd95_mean: float
+    hd95_sd: float
+
+    def text(self) -> str:
+        return f"{self.name}: Dice {self.dice_mean:.3f}, HD95 {self.hd95_mean:.1f} mm"
+
+
+@dataclass(frozen=True)
 class CrossValidation:
     """The cross-validated accuracy recorded with a model (``scripts/cross_validate.py``)."""
 
@@ -43,9 +60,14 @@ class CrossValidation:
     hd95_mean: float
     hd95_sd: float
     hd95_undefined: int = 0
+    datasets: tuple[DatasetAccuracy, ...] = ()
+    """Per dataset, where folds held out cases of several (joint folds)."""
 
     def text(self) -> str:
-        """The figures a user quotes: ``Dice 0.899, HD95 8.2 mm`` (per-case means)."""
+        """The figures a user quotes: ``Dice 0.899, HD95 8.2 mm`` (per-case means), per
+        dataset where there are several."""
+        if self.datasets:
+            return "; ".join(part.text() for part in self.datasets)
         return f"Dice {self.dice_mean:.3f}, HD95 {self.hd95_mean:.1f} mm"
 
 
@@ -572,4 +594,30 @@ def _cross_validation(values: dict[str, Any]) -> CrossValidation:
         hd95_mean=_real(values["hd95_mean"], key + "hd95_mean", 0.0, 1e6, nan=True),
         hd95_sd=_real(values["hd95_sd"], key + "hd95_sd", 0.0, 1e6, nan=True),
         hd95_undefined=_whole(values.get("hd95_undefined", 0), key + "hd95_undefined", 0, 10**6),
+        datasets=_dataset_accuracies(values.get("datasets", []), key + "datasets"),
+    )
+
+
+def _dataset_accuracies(values: Any, key: str) -> tuple[DatasetAccuracy, ...]:
+    names = [f.name for f in fields(DatasetAccuracy)]
+    if not isinstance(values, list) or not all(
+        isinstance(v, dict) and set(v) == set(names) for v in values
+    ):
+        raise ValueError(f"{key} = {values!r} must be a list of tables of {', '.join(names)}")
+    if len({v["name"] for v in values}) != len(values):
+        raise ValueError(f"{key}: a dataset named twice")
+    return tuple(
+        DatasetAccuracy(
+            name=_text(v["name"], f"{key}.name"),
+            cases=_whole(v["cases"], f"{key}.cases", 1, 10**6),
+            **{
+                name: _real(v[name], f"{key}.{name}", 0.0, 1.0)
+                for name in ("dice_mean", "dice_sd", "dice_min")
+            },
+            **{
+                name: _real(v[name], f"{key}.{name}", 0.0, 1e6, nan=True)
+                for name in ("hd95_mean", "hd95_sd")
+            },
+        )
+        for v in values
     )

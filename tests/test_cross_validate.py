@@ -237,8 +237,10 @@ def test_a_joint_cross_validation_is_quoted_and_chosen_per_dataset(monkeypatch):
     assert "lasc13: Dice 0.890" in read_back.seen_note({"la_016": "training"}, 1)
 
     tables = cv_two_stage.case_tables(
-        rows, [{"case": "lasc13_003", "voxels_outside_crop": 0}], "post"
+        rows,
+        [{"case": "lasc13_003", "voxels_outside_crop": 74, "voxels_outside_grown_region": 0}],
+        "post",
     )
-    assert tables.count("| 3 | lasc13_003 | 0.860 | 4.00 | 1.00 | -2.0 | 0 |") == 1
+    assert tables.count("| 3 | lasc13_003 | 0.860 | 4.00 | 1.00 | -2.0 | 74 / 0 |") == 1
     assert "#### lasc13: 4 cases" in tables and "lowest 0.860, lasc13_003" in tables
     assert len([line for line in tables.splitlines() if line.startswith("| ")]) == 2 * 1 + 24

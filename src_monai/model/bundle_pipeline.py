@@ -246,18 +246,22 @@ def _scores(network, batch, stage: dict[str, Any], device, *, softmax: bool) -> 
     larger = any(
         size > patch for size, patch in zip(batch.shape[-len(window) :], window, strict=True)
     )
-    inferer = SlidingWindowInferer(
-        roi_size=window,
-        sw_batch_size=batch.shape[0],
-        overlap=stage["overlap"],
-        mode="gaussian" if larger else "constant",
-        padding_mode="constant",
+    inferer = (
+        None
+        if whole
+        else SlidingWindowInferer(
+            roi_size=window,
+            sw_batch_size=batch.shape[0],
+            overlap=stage["overlap"],
+            mode="gaussian" if larger else "constant",
+            padding_mode="constant",
+        )
     )
     batch = batch.to(device)
 
     def logits(x: torch.Tensor) -> torch.Tensor:
         with network_autocast(device, stage.get("precision", "auto")):
-            if whole:
+            if inferer is None:
                 return whole_region_logits(network, x, stage["divisor"])
             out = inferer(x, network)
         return out.as_tensor() if hasattr(out, "as_tensor") else out

@@ -29,11 +29,13 @@ def test_bundled_model_segments_the_bundled_sample(monkeypatch):
     # No network: the model and sample come from the package itself.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     predictor = Predictor.from_checkpoint(device="cpu")
-    # what the cross-validation screens chose: post-processing, the 3D region in one pass
-    assert predictor.spec.inference == InferenceDefaults(
-        tta=False, postprocess=True, whole_region=True
-    )
+    # The defaults are what the cross-validation chose (before it: what the screens chose,
+    # post-processing and the 3D region in one pass).
     cross_validation = predictor.spec.cross_validation
+    chosen = cross_validation.chosen if cross_validation else "post-whole"
+    assert predictor.spec.inference == InferenceDefaults(
+        tta=False, postprocess=chosen.startswith("post"), whole_region=chosen.endswith("-whole")
+    )
     assert cross_validation is None or cross_validation.folds == 4
     scan, truth = read_scan(SAMPLE_SCAN), read_labels(SAMPLE_LABEL)
     labels = run_to_end(predictor.predict_volume(scan.array)).labels
@@ -64,6 +66,7 @@ def test_lasc_demo_writes_labels_overlay_and_summary(tmp_path):
         assert "model: no cross-validation recorded" in text
     else:
         assert f"model: cross-validated over 4 folds of {cross_validation.cases} cases" in text
+        assert cross_validation.text(spread=True) in text  # per dataset for a joint model
     assert "{" not in text  # no Python dicts for a reader
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["dice"] >= 0.85 and 50 < summary["la_volume_ml"] < 200

@@ -16,6 +16,7 @@ import numpy as np
 
 from src_monai.io.files import write_json, write_text
 from src_monai.io.tables import new_figure, save_figure
+from src_monai.model.spec import CrossValidation
 from src_monai.progress import Job, Progress, run_to_end
 
 
@@ -106,12 +107,10 @@ def _summary_text(summary: dict) -> str:
     lines = []
     for key, value in summary.items():
         if key == "model":
-            cv = value
             value = (
-                f"cross-validated over {cv['folds']} folds of {cv['cases']} cases, Dice "
-                f"{cv['dice_mean']:.3f} ± {cv['dice_sd']:.3f}, HD95 {cv['hd95_mean']:.1f} ± "
-                f"{cv['hd95_sd']:.1f} mm"
-                if cv
+                f"cross-validated over {value['folds']} folds of {value['cases']} cases, "
+                + CrossValidation.from_dict(value).text(spread=True)
+                if value
                 else "no cross-validation recorded"
             )
         elif key == "cross_validated":

@@ -41,7 +41,7 @@ from src_monai.errors import LascError
 from src_monai.io.files import atomic_destination, ensure_empty_folder, write_text
 from src_monai.model.files import load_model
 from src_monai.model.networks import network_spec, plain_state_dict
-from src_monai.model.spec import ModelSpec, Stage
+from src_monai.model.spec import CrossValidation, ModelSpec, Stage
 
 logger = logging.getLogger(__name__)
 
@@ -518,16 +518,9 @@ labels of `lasc infer --precision float32`)."""
 def _readme(bundle_metadata: dict[str, Any]) -> str:
     info = bundle_metadata["napari_lasc"]
     cv = info["cross_validation"] or {}
-    # A joint cross-validation is quoted per dataset (each MRI sequence on its own).
-    parts = (cv.get("datasets") or [{"name": "", **cv}]) if cv else []
     accuracy = (
-        f"Patient-level {cv.get('folds')}-fold cross-validation, per-case means: "
-        + "; ".join(
-            f"{p['name'] + ': ' if p['name'] else ''}Dice {p['dice_mean']}, "
-            f"HD95 {p['hd95_mean']} mm"
-            for p in parts
-        )
-        + "."
+        f"Patient-level {cv['folds']}-fold cross-validation, per-case means: "
+        f"{CrossValidation.from_dict(cv).text()}."
         if cv
         else "No cross-validation figures are recorded in this model."
     )

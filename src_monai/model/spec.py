@@ -44,8 +44,8 @@ class DatasetAccuracy:
     hd95_mean: float
     hd95_sd: float
 
-    def text(self) -> str:
-        return f"{self.name}: Dice {self.dice_mean:.3f}, HD95 {self.hd95_mean:.1f} mm"
+    def text(self, spread: bool = False) -> str:
+        return f"{self.name}: {_scores_text(self, spread)}"
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,26 @@ class CrossValidation:
     datasets: tuple[DatasetAccuracy, ...] = ()
     """Per dataset, where folds held out cases of several (joint folds)."""
 
-    def text(self) -> str:
-        """The figures a user quotes: ``Dice 0.899, HD95 8.2 mm`` (per-case means), per
-        dataset where there are several."""
+    def text(self, spread: bool = False) -> str:
+        """The figures a user quotes: ``Dice 0.899, HD95 8.2 mm`` (per-case means; with
+        ``spread``, ± their sd), per dataset where there are several."""
         if self.datasets:
-            return "; ".join(part.text() for part in self.datasets)
-        return f"Dice {self.dice_mean:.3f}, HD95 {self.hd95_mean:.1f} mm"
+            return "; ".join(part.text(spread) for part in self.datasets)
+        return _scores_text(self, spread)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CrossValidation:
+        """From the metadata's table (as :func:`dataclasses.asdict` wrote it), checked."""
+        return _cross_validation(values)
+
+
+def _scores_text(scores: DatasetAccuracy | CrossValidation, spread: bool) -> str:
+    if not spread:
+        return f"Dice {scores.dice_mean:.3f}, HD95 {scores.hd95_mean:.1f} mm"
+    return (
+        f"Dice {scores.dice_mean:.3f} ± {scores.dice_sd:.3f}, "
+        f"HD95 {scores.hd95_mean:.1f} ± {scores.hd95_sd:.1f} mm"
+    )
 
 
 @dataclass(frozen=True)

@@ -614,7 +614,7 @@ def _cross_validation(values: dict[str, Any]) -> CrossValidation:
 
 def _dataset_accuracies(values: Any, key: str) -> tuple[DatasetAccuracy, ...]:
     names = [f.name for f in fields(DatasetAccuracy)]
-    if not isinstance(values, list) or not all(
+    if not isinstance(values, list | tuple) or not all(  # a tuple: asdict, not yet JSON
         isinstance(v, dict) and set(v) == set(names) for v in values
     ):
         raise ValueError(f"{key} = {values!r} must be a list of tables of {', '.join(names)}")

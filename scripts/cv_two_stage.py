@@ -135,31 +135,33 @@ def case_uncertainty(predictor: Predictor, pair: EvalPair):
     )
 
 
+def scores(picked: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """The Dice and HD95 (mm; NaN where undefined) of score rows."""
+    dice = np.array([r["dice"] for r in picked], dtype=float)
+    return dice, np.array([r["hd95_mm"] for r in picked], dtype=float)
+
+
+def dataset_accuracy(name: str, picked: list[dict]) -> DatasetAccuracy:
+    """One dataset's per-case means, sd and lowest Dice over its score rows."""
+    dice, hd95 = scores(picked)
+    return DatasetAccuracy(
+        name=name,
+        cases=len(dice),
+        dice_mean=round(float(dice.mean()), 4),
+        dice_sd=round(float(dice.std(ddof=1)), 4),
+        dice_min=round(float(dice.min()), 4),
+        hd95_mean=round(float(np.nanmean(hd95)), 4),
+        hd95_sd=round(float(np.nanstd(hd95, ddof=1)), 4),
+    )
+
+
 def variant_accuracy(rows: list[dict], folds: int, variant: str) -> CrossValidation:
     """One variant's cross-validated accuracy over ``rows``, and per dataset where the folds
     held out cases of several."""
-
-    def scores(picked: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-        dice = np.array([r["dice"] for r in picked], dtype=float)
-        return dice, np.array([r["hd95_mm"] for r in picked], dtype=float)
-
     picked = [r for r in rows if r["variant"] == variant]
     dice, hd95 = scores(picked)
-    parts = []
     names = sorted({r["dataset"] for r in picked})
-    for name in names if len(names) > 1 else []:
-        part_dice, part_hd95 = scores([r for r in picked if r["dataset"] == name])
-        parts.append(
-            DatasetAccuracy(
-                name=name,
-                cases=len(part_dice),
-                dice_mean=round(float(part_dice.mean()), 4),
-                dice_sd=round(float(part_dice.std(ddof=1)), 4),
-                dice_min=round(float(part_dice.min()), 4),
-                hd95_mean=round(float(np.nanmean(part_hd95)), 4),
-                hd95_sd=round(float(np.nanstd(part_hd95, ddof=1)), 4),
-            )
-        )
+    parts = [dataset_accuracy(n, [r for r in picked if r["dataset"] == n]) for n in names]
     return CrossValidation(
         folds=folds,
         cases=len(picked),
@@ -169,7 +171,7 @@ def variant_accuracy(rows: list[dict], folds: int, variant: str) -> CrossValidat
         hd95_mean=round(float(np.nanmean(hd95)), 4),
         hd95_sd=round(float(np.nanstd(hd95, ddof=1)), 4),
         hd95_undefined=int(np.isnan(hd95).sum()),
-        datasets=tuple(parts),
+        datasets=tuple(parts) if len(parts) > 1 else (),
     )
 
 
@@ -178,16 +180,12 @@ def chosen_variant(accuracies: dict[str, CrossValidation]) -> str:
     counts equally (the mean of their means): LGE's 80 cases would otherwise outvote
     bSSFP's 16."""
 
-    def means(cv: CrossValidation) -> tuple[float, float]:
-        parts = cv.datasets or (cv,)
-        return (
-            float(np.mean([p.dice_mean for p in parts])),
-            float(np.mean([p.hd95_mean for p in parts])),
-        )
+    def ranking(variant: str) -> tuple[float, float]:
+        parts = accuracies[variant].datasets or (accuracies[variant],)
+        dice = float(np.mean([p.dice_mean for p in parts]))
+        return round(dice, 3), -float(np.mean([p.hd95_mean for p in parts]))
 
-    return max(
-        accuracies, key=lambda v: (round(means(accuracies[v])[0], 3), -means(accuracies[v])[1])
-    )
+    return max(accuracies, key=ranking)
 
 
 def case_tables(rows: list[dict], boxes: list[dict], variant: str) -> str:
@@ -208,8 +206,8 @@ def case_tables(rows: list[dict], boxes: list[dict], variant: str) -> str:
     text = []
     for name in sorted({r["dataset"] for r in picked}):
         part = [r for r in picked if r["dataset"] == name]
-        dice = np.array([r["dice"] for r in part], dtype=float)
-        hd95 = np.array([r["hd95_mm"] for r in part], dtype=float)
+        accuracy = dataset_accuracy(name, part)
+        lowest = min(part, key=lambda r: r["dice"])["case"]
         text += [
             f"#### {name}: {len(part)} cases, variant `{variant}`",
             "",
@@ -223,9 +221,9 @@ def case_tables(rows: list[dict], boxes: list[dict], variant: str) -> str:
                 for r in part
             ),
             "",
-            f"Mean Dice **{dice.mean():.3f} ± {dice.std(ddof=1):.3f}** (lowest {dice.min():.3f}, "
-            f"{part[int(dice.argmin())]['case']}), mean HD95 **{np.nanmean(hd95):.2f} ± "
-            f"{np.nanstd(hd95, ddof=1):.2f} mm**.",
+            f"Mean Dice **{accuracy.dice_mean:.3f} ± {accuracy.dice_sd:.3f}** (lowest "
+            f"{accuracy.dice_min:.3f}, {lowest}), mean HD95 **{accuracy.hd95_mean:.2f} ± "
+            f"{accuracy.hd95_sd:.2f} mm**.",
             "",
         ]
     return "\n".join(text)

@@ -267,6 +267,43 @@ def test_a_whole_region_pass_equals_one_window_and_crops_its_padding(trained_3d)
     assert fits_whole((9, 40, 40), 14_400) and not fits_whole((9, 40, 40), 0)
 
 
+def test_a_scan_thinner_than_the_window_takes_one_pass_whatever_the_model_chose():
+    """Windows along an axis the scan does not fill would be mostly zero padding: such a
+    scan's regions pass whole (up to the thin-scan limit); a scan the window fits keeps the
+    model's choice (0: windows)."""
+    from src_monai.model.bundle_pipeline import one_pass_limit
+
+    stage = {"window": [48, 80, 80], "whole_region_voxels": 0, "thin_scan_voxels": 4_000_000}
+    assert one_pass_limit((130, 256, 256), stage) == 0
+    assert one_pass_limit((48, 80, 80), stage) == 0  # the window fits exactly
+    assert one_pass_limit((16, 256, 256), stage) == 4_000_000
+    assert one_pass_limit((130, 256, 60), stage) == 4_000_000  # thin in-plane, too
+    chosen = {**stage, "whole_region_voxels": 1_000_000}
+    assert one_pass_limit((130, 256, 256), chosen) == 1_000_000
+    assert one_pass_limit((16, 256, 256), chosen) == 4_000_000
+    older = {"window": [48, 80, 80], "whole_region_voxels": 0}  # a bundle before the key
+    assert one_pass_limit((16, 256, 256), older) == 0
+
+
+@pytest.mark.slow
+def test_a_real_scan_thinner_than_the_window_segments_under_the_defaults():
+    """A 16-slice excerpt of the sample (the shipped model's window is 48 slices): the default
+    prediction is the one-pass one and finds the atrium (Dice 0.05 in padded windows)."""
+    from src_monai.model.files import SAMPLE_LABEL, SAMPLE_SCAN
+
+    predictor = Predictor.from_checkpoint(None, "cpu")
+    assert predictor.spec.input.window[0] > 16 and not predictor.options().whole_region
+    scan = read_scan(SAMPLE_SCAN).array[:, :, 30:46]
+    truth = read_labels(SAMPLE_LABEL, 2).array[:, :, 30:46] == 1
+    default, whole = (
+        run_to_end(predictor.predict_volume(scan, predictor.options(**o)))
+        for o in ({}, {"whole_region": True})
+    )
+    np.testing.assert_array_equal(default.labels, whole.labels)
+    found = default.labels == 1
+    assert 2 * np.count_nonzero(found & truth) / (found.sum() + truth.sum()) > 0.9
+
+
 def test_the_whole_region_choice_is_recorded_in_the_model_and_can_be_overridden(
     trained_3d, tmp_path
 ):

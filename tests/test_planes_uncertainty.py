@@ -137,9 +137,7 @@ def test_uncertainty_on_the_sample_lies_at_the_atrium_border():  # reads only bu
 
     predictor = Predictor.from_checkpoint(None, "cpu")
     scan = read_scan(SAMPLE_SCAN).array[:, :, 30:46]  # 16 slices through the atrium
-    # One pass over the region: 48-slice windows padded from 16 slices fail (Dice 0.05 on
-    # this excerpt, a known limit of the windowed default on scans thinner than a window).
-    options = {"postprocess": False, "whole_region": True}
+    options = {"postprocess": False}
     plain = run_to_end(predictor.predict_volume(scan, predictor.options(**options)))
     result = run_to_end(
         predictor.predict_volume(scan, predictor.options(**options, uncertainty=True))

@@ -15,6 +15,8 @@ wall, decides where it ends. A box the user gives is the region asked for: it ne
 With ``options.whole_region`` (what cross-validation chose for the model), a region of at most
 :data:`WHOLE_REGION_VOXELS` goes through the network in one pass instead of windows: the network
 sees the whole atrium and its surroundings at once, and no window's edge cuts through it.
+A scan thinner than the window along an axis (a slab, an excerpt) always takes the one pass:
+its windows would be mostly zero padding (:func:`~src_monai.model.bundle_pipeline.one_pass_limit`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from src_monai.data.crops import AtriumBox
 from src_monai.inference.options import PredictOptions
 from src_monai.inference.stage import UNCERTAINTY_VIEWS, StageNetwork, normalised_entropy
+from src_monai.model.bundle_pipeline import one_pass_limit
 from src_monai.progress import Job, Progress, run_to_end
 
 IN_PLANE_MARGIN = 16  # voxels added around the box in-plane before the windows are laid
@@ -68,6 +71,19 @@ def grown_region(region: AtriumBox, labels: np.ndarray, shape: tuple[int, ...]) 
     return AtriumBox(*edges)
 
 
+def _one_pass_voxels(
+    window: tuple[int, ...], shape: tuple[int, ...], options: PredictOptions
+) -> int:
+    """The largest region of a scan of ``shape`` passed whole: the bundle's rule."""
+    chosen = WHOLE_REGION_VOXELS if options.whole_region else 0
+    stage = {
+        "window": window,
+        "whole_region_voxels": chosen,
+        "thin_scan_voxels": WHOLE_REGION_VOXELS,
+    }
+    return one_pass_limit(shape, stage)
+
+
 def segment_in_box_3d(
     segmenter: StageNetwork,
     slices: np.ndarray,
@@ -87,7 +103,7 @@ def segment_in_box_3d(
     margin = spec.crop_slice_margin if slice_margin is None else slice_margin
     region = region_around(box, margin, slices.shape)
     steps = 2 if options.uncertainty else 1
-    whole = WHOLE_REGION_VOXELS if options.whole_region else 0
+    whole = _one_pass_voxels(spec.input.window, slices.shape, options)
     yield Progress("3D segmenter inside the box", 0, steps)
     for round_ in range(GROWTH_ROUNDS + 1):
         part = (

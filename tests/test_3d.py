@@ -267,17 +267,20 @@ def test_a_whole_region_pass_equals_one_window_and_crops_its_padding(trained_3d)
     assert fits_whole((9, 40, 40), 14_400) and not fits_whole((9, 40, 40), 0)
 
 
-def test_a_scan_thinner_than_the_window_takes_one_pass_whatever_the_model_chose():
-    """Windows along an axis the scan does not fill would be mostly zero padding: such a
-    scan's regions pass whole (up to the thin-scan limit); a scan the window fits keeps the
-    model's choice (0: windows)."""
+def test_a_scan_less_than_half_a_window_thick_takes_one_pass_whatever_the_model_chose():
+    """Windows along an axis the scan fills less than half would be mostly zero padding: such
+    a scan's regions pass whole (up to the thin-scan limit); a thicker scan keeps the model's
+    choice (0: windows), as the cross-validated LGE scans (down to 44 x 66 x 74) did."""
     from src_monai.model.bundle_pipeline import one_pass_limit
 
     stage = {"window": [48, 80, 80], "whole_region_voxels": 0, "thin_scan_voxels": 4_000_000}
     assert one_pass_limit((130, 256, 256), stage) == 0
     assert one_pass_limit((48, 80, 80), stage) == 0  # the window fits exactly
+    assert one_pass_limit((44, 66, 74), stage) == 0  # the thinnest CV scan: windows, as in CV
+    assert one_pass_limit((24, 256, 256), stage) == 0  # half the window: still windows
+    assert one_pass_limit((23, 256, 256), stage) == 4_000_000
     assert one_pass_limit((16, 256, 256), stage) == 4_000_000
-    assert one_pass_limit((130, 256, 60), stage) == 4_000_000  # thin in-plane, too
+    assert one_pass_limit((130, 256, 39), stage) == 4_000_000  # thin in-plane, too
     chosen = {**stage, "whole_region_voxels": 1_000_000}
     assert one_pass_limit((130, 256, 256), chosen) == 1_000_000
     assert one_pass_limit((16, 256, 256), chosen) == 4_000_000
@@ -286,7 +289,7 @@ def test_a_scan_thinner_than_the_window_takes_one_pass_whatever_the_model_chose(
 
 
 @pytest.mark.slow
-def test_a_real_scan_thinner_than_the_window_segments_under_the_defaults():
+def test_a_real_scan_a_third_of_the_window_thick_segments_under_the_defaults():
     """A 16-slice excerpt of the sample (the shipped model's window is 48 slices): the default
     prediction is the one-pass one and finds the atrium (Dice 0.05 in padded windows)."""
     from src_monai.model.files import SAMPLE_LABEL, SAMPLE_SCAN

@@ -15,7 +15,7 @@ wall, decides where it ends. A box the user gives is the region asked for: it ne
 With ``options.whole_region`` (what cross-validation chose for the model), a region of at most
 :data:`WHOLE_REGION_VOXELS` goes through the network in one pass instead of windows: the network
 sees the whole atrium and its surroundings at once, and no window's edge cuts through it.
-A scan thinner than the window along an axis (a slab, an excerpt) always takes the one pass:
+A scan less than half the window thick along an axis (a slab, an excerpt) always takes the one pass:
 its windows would be mostly zero padding (:func:`~src_monai.model.bundle_pipeline.one_pass_limit`).
 """
 

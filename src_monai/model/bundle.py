@@ -314,7 +314,7 @@ def pipeline_parameters(spec: ModelSpec) -> dict[str, Any]:
             "overlap": WINDOW_OVERLAP if three_d else options.overlap,
             # a 3D region this small goes through the network at once (0: always windows)
             "whole_region_voxels": WHOLE_REGION_VOXELS if three_d and options.whole_region else 0,
-            # ... and so does a region of a scan thinner than the window (always)
+            # ... and so does a region of a scan less than half the window thick (always)
             "thin_scan_voxels": WHOLE_REGION_VOXELS if three_d else 0,
             "divisor": 2 ** (spec.network.levels - 1),
             "crop_size": spec.crop_size,

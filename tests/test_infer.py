@@ -17,6 +17,7 @@ from PIL import Image
 from src_monai.config import config_from_dict
 from src_monai.errors import LascError
 from src_monai.inference.files import predict_files
+from src_monai.inference.options import PredictOptions
 from src_monai.inference.predictor import Predictor
 from src_monai.io.scans import read_scan
 from src_monai.io.tables import read_csv
@@ -384,3 +385,31 @@ def test_the_bundled_models_progress_names_both_passes():
     assert any(m.startswith("localiser: slices") for m in messages), messages
     assert any("segmenter" in m for m in messages), messages
     assert all(m for m in messages)
+
+
+def test_the_localiser_takes_as_many_shrunk_slices_per_batch_as_fit_the_users_batch():
+    """Stage 1's slices are shrunk ``downsample``-fold per side, so its batch holds
+    ``downsample``² times the slices of the user's batch (the memory of that many full
+    slices): the bundled model's 130-slice sample goes through in one pass, and its box is
+    the one batches of the user's size find."""
+    from src_monai.inference.steps import localise
+    from src_monai.model.files import SAMPLE_SCAN
+
+    predictor = Predictor.from_checkpoint("bundled", "cpu")
+    spec = predictor.localiser.spec
+    assert spec.downsample == 4
+    options = predictor.options(batch_size=16)
+    assert options.for_localiser(spec).batch_size == 256
+    assert predictor.options(batch_size=1).for_localiser(spec).batch_size == 16
+    prepared = predictor.prepare(read_scan(SAMPLE_SCAN).array)
+    job = predictor.find_box(prepared, options)
+    reports = []
+    while True:
+        try:
+            reports.append(next(job))
+        except StopIteration as stop:
+            box = stop.value
+            break
+    assert len(reports) == 1 and reports[0].done == prepared.slices.shape[0]  # one pass
+    in_sixteens = PredictOptions.for_model(spec, postprocess=True, batch_size=16)
+    assert run_to_end(localise(predictor.localiser, prepared.slices, in_sixteens)) == box

@@ -97,6 +97,18 @@ class PredictOptions:
             whole_region=defaults.whole_region if whole_region is None else whole_region,
         )
 
+    def for_localiser(self, localiser: ModelSpec) -> PredictOptions:
+        """The options stage 1 runs with: its own model's defaults, post-processed (its box
+        is the largest 3D component), and ``downsample``² times the batch: shrunk slices hold
+        that many fewer pixels, so such a batch takes the memory of ``batch_size`` full
+        slices. On a CPU one pass over a scan's shrunk slices takes about half the time of
+        batches of 16 (the localiser was most of ``lasc infer``'s network time)."""
+        return PredictOptions.for_model(
+            localiser,
+            postprocess=True,
+            batch_size=self.batch_size * max(localiser.downsample, 1) ** 2,
+        )
+
     def for_one_slice(self) -> PredictOptions:
         """A single slice (a PNG) has no other planes: predicted along the slice axis."""
         return replace(self, tri_planar=False)

@@ -221,9 +221,7 @@ class Predictor:
         one-stage model or when it finds nothing."""
         if self.localiser is None:
             return None
-        localiser_options = PredictOptions.for_model(
-            self.localiser.spec, postprocess=True, batch_size=options.batch_size
-        )
+        localiser_options = options.for_localiser(self.localiser.spec)
         return (yield from localise(self.localiser, prepared.slices, localiser_options))
 
     def localise(self, prepared: PreparedScan, *, batch_size: int = 16) -> Job[AtriumBox | None]:

@@ -286,7 +286,7 @@ def pipeline_parameters(spec: ModelSpec) -> dict[str, Any]:
     localiser = spec.localiser
     assert localiser is not None
     options = PredictOptions.for_model(spec)
-    localiser_options = PredictOptions.for_model(localiser, postprocess=True)
+    localiser_options = options.for_localiser(localiser)
     three_d = spec.input.spatial_dims == 3
     spacing = spec.training_spacing
     return {

@@ -3,14 +3,17 @@
     .venv/bin/python benchmarks/infer_speed.py [--cases 4] [--repeats 3] [--device cpu]
 
 1. **Whole processes** on the first ``--cases`` real scans of ``../shared/data/lasc13``, timed
-   from start to exit, the two interleaved ``--repeats`` rounds:
+   from start to exit, interleaved over ``--repeats`` rounds:
    * **baseline**: ``benchmarks/monai_baseline.py``: MONAI's ``LoadImage``, percentile clip
      and z-score, ``SliceInferer`` over whole slices with the tutorial 2D UNet (the weights of
      the single-stage model shipped until the two-stage one, ``tests/data/``),
      ``AsDiscrete(argmax=True)``, ``SaveImage``;
    * **lasc infer** with ``--model`` (default: the bundled model), everything it does by
-     default (post-processing, measurements, QC, summary).
-   Dice of both against the truth, per case (these cases are training cases of both bundled
+     default (the model's own post-processing choice, measurements, QC, summary);
+   * **lasc infer on the first scan alone**, in the same rounds: each further scan's cost
+     after start-up is the difference, divided by ``--cases`` - 1 (the ``<= 1 s a scan after
+     start-up`` figure).
+   Dice of each against the truth, per case (these cases are training cases of both bundled
    models: the Dice shows the fast path is not broken; held-out figures are in the model card).
 2. **Model time** in one process on a 256x256x130 scan (la_003): the project's
    ``predict_volume`` (normalised input, no post-processing) and the baseline's
@@ -41,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 LASC13 = REPO.parent / "shared" / "data" / "lasc13"
 BASELINE_MODEL = REPO / "tests" / "data" / "single_stage_2d5_v1.safetensors"
 LASC = str(Path(sys.executable).with_name("lasc"))
+ONE_SCAN = "lasc infer, first scan alone"
 
 
 def _volumes(count: int) -> list[tuple[str, np.ndarray]]:
@@ -133,31 +137,33 @@ def _peak_memory(model: str, height: int, depth: int, device: str, batch_size: i
 
 
 def whole_processes(scans: list[Path], model: str, device: str, repeats: int) -> dict:
-    """Both processes on ``scans``, interleaved, ``repeats`` rounds; seconds and Dice."""
+    """Both processes on ``scans``, and ``lasc infer`` on the first scan alone, interleaved,
+    ``repeats`` rounds; seconds and Dice. The one-scan process is start-up plus one scan, so
+    the difference to the whole run is what the other scans cost after start-up."""
+
+    def lasc_infer(inputs: list[Path]) -> list[str]:
+        return [LASC, "infer", *map(str, inputs), "--out", "{out}", "--model", model]
+
     commands = {
-        "baseline": [
-            sys.executable,
-            str(REPO / "benchmarks" / "monai_baseline.py"),
-            str(BASELINE_MODEL),
-            "{out}",
-            *map(str, scans),
-        ],
-        "lasc infer": [
-            LASC,
-            "infer",
-            *map(str, scans),
-            "--out",
-            "{out}",
-            "--model",
-            model,
-            "--device",
-            device,
-        ],
+        "baseline": (
+            [
+                sys.executable,
+                str(REPO / "benchmarks" / "monai_baseline.py"),
+                str(BASELINE_MODEL),
+                "{out}",
+                *map(str, scans),
+            ],
+            scans,
+        ),
+        "lasc infer": ([*lasc_infer(scans), "--device", device], scans),
+        ONE_SCAN: ([*lasc_infer(scans[:1]), "--device", device], scans[:1]),
     }
+    if len(scans) < 2:
+        del commands[ONE_SCAN]
     times: dict[str, list[float]] = {name: [] for name in commands}
     dice: dict[str, dict[str, float]] = {}
     for round_ in range(repeats):
-        for name, command in commands.items():
+        for name, (command, inputs) in commands.items():
             with tempfile.TemporaryDirectory() as out:
                 started = time.perf_counter()
                 subprocess.run(
@@ -167,11 +173,21 @@ def whole_processes(scans: list[Path], model: str, device: str, repeats: int) ->
                 )
                 times[name].append(time.perf_counter() - started)
                 if round_ == 0:
-                    dice[name] = _dice_against_truth(Path(out), scans)
+                    dice[name] = _dice_against_truth(Path(out), inputs)
     return {
         name: {**_summary(times[name]), "times_s": times[name], "dice": dice[name]}
         for name in commands
     }
+
+
+def per_scan_after_startup(processes: dict, scans: int) -> dict[str, float] | None:
+    """Seconds each scan after the first adds to ``lasc infer`` (median of the rounds' own
+    differences, so a slow round affects both of its terms alike)."""
+    if ONE_SCAN not in processes:
+        return None
+    pairs = zip(processes["lasc infer"]["times_s"], processes[ONE_SCAN]["times_s"], strict=True)
+    each = [(many - one) / (scans - 1) for many, one in pairs]
+    return _summary(each)
 
 
 def _dice_against_truth(out: Path, scans: list[Path]) -> dict[str, float]:
@@ -279,6 +295,7 @@ def main() -> int:
         "whole_process": processes,
         "whole_process_speedup": processes["baseline"]["median_s"]
         / processes["lasc infer"]["median_s"],
+        "lasc_infer_per_scan_after_startup_s": per_scan_after_startup(processes, len(scans)),
         "whole_process_all_scans": amortised,
         "startup_s": startup_seconds(),
         "model_time_256x256x130": timing,
@@ -313,6 +330,12 @@ def _print_tables(results: dict) -> None:
             + " |"
         )
     print(f"speed-up of lasc infer as a whole process: x{results['whole_process_speedup']:.2f}")
+    each = results["lasc_infer_per_scan_after_startup_s"]
+    if each:
+        print(
+            f"lasc infer per scan after start-up (each scan after the first): "
+            f"{each['median_s']:.2f} s ({each['min_s']:.2f}-{each['max_s']:.2f})"
+        )
     startup = results["startup_s"]
     print(
         f"start-up alone: lasc --help {startup['lasc --help']:.2f} s, the baseline's imports "

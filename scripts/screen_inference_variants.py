@@ -13,6 +13,8 @@ post-processing (the shipped default) by the project's own metrics:
 - ``thresholds``: the plain probabilities cut at 0.3, 0.4, 0.6 and 0.7 instead of the
   argmax (0.5): is the network biased towards too much or too little atrium?
 - ``overlap75``: windows overlapping by 0.75 instead of nnU-Net's 0.5;
+- ``margin16``: the region 16 voxels around the box in-plane, the margin until 2026-12-08
+  (now 8; growth, as always, takes it further where the labels reach its faces);
 - ``views``: test-time augmentation by the uncertainty map's views (in-plane rotations of
   ±10°, gamma 0.8 and 1.25, all inside the training augmentation), probabilities averaged;
 - ``flip-tta``: the plain prediction averaged with that of the left-right mirrored scan (a
@@ -49,7 +51,16 @@ from src_monai.model.files import combine_stages
 from src_monai.progress import run_to_end
 
 DATA = [Path("../shared/data/lasc13"), Path("../shared/data/atriaseg2018")]
-VARIANTS = ("plain", "thresholds", "overlap75", "views", "flip-tta", "no-growth", "true-box")
+VARIANTS = (
+    "plain",
+    "thresholds",
+    "overlap75",
+    "margin16",
+    "views",
+    "flip-tta",
+    "no-growth",
+    "true-box",
+)
 THRESHOLDS = (0.3, 0.4, 0.6, 0.7)
 
 
@@ -101,6 +112,13 @@ def case_variants(predictor: Predictor, image: Path, label: Path, variants: list
             row["overlap75"] = score(segment(predictor.segmenter, box, True).labels)
         finally:
             in_box_3d.WINDOW_OVERLAP = nnunets
+    if "margin16" in variants:
+        shipped = in_box_3d.IN_PLANE_MARGIN
+        in_box_3d.IN_PLANE_MARGIN = 16  # read at call time by region_around
+        try:
+            row["margin16"] = score(segment(predictor.segmenter, box, True).labels)
+        finally:
+            in_box_3d.IN_PLANE_MARGIN = shipped
     if "views" in variants:
         row["views"] = score(segment(ViewAveraged(predictor.segmenter), box, True).labels)
     if "flip-tta" in variants and predictor.spec.trained_with_flips:
